@@ -1,0 +1,13 @@
+"""Errors caused by the user's input rather than by a bug.
+
+`alexnet_jax.main` prints these as one line naming the fix and exits non-zero;
+anything else keeps its traceback.
+"""
+
+
+class UserError(Exception):
+  """Bad configuration, data or environment; the message names the fix."""
+
+
+class ConfigError(UserError, ValueError):
+  """A config value that cannot work."""

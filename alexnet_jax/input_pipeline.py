@@ -1,0 +1,225 @@
+"""tfds -> host decode and resize -> per-host batches -> global device arrays.
+
+Host side (tf.data): decode, convert to RGB, resize the shorter side to
+`config.image_size`, centre crop a square, keep uint8 (the paper's
+preprocessing). Random crops, flips and mean subtraction happen on the device
+(`alexnet_jax.augment`).
+
+Order: the training stream of epoch e is a shuffle seeded by (seed, e), so it is
+a function of the config alone. Resuming at step s skips the first
+`s mod steps_per_epoch` batches of that epoch's (still encoded) stream, so a
+resumed run sees the batches an uninterrupted run would have seen.
+"""
+
+import os
+import queue
+import threading
+from typing import Dict, Iterator, Optional
+
+from absl import logging
+import jax
+import numpy as np
+
+from alexnet_jax import errors
+from alexnet_jax import parallel
+
+# Datasets whose input path is not built yet, with what to do instead.
+_NOT_YET = {
+    'imagenet2012': (
+        'the ImageNet input path (ILSVRC-2012 tars in --config.manual_dir, '
+        'prepared by tfds) is not implemented yet; until it lands, run '
+        '--config configs/digits.py'),
+}
+
+
+class DataError(errors.UserError):
+  """A dataset that cannot be found, prepared or read."""
+
+
+def _tf():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  # tf.data only; keep TensorFlow off any accelerator JAX wants.
+  tf.config.set_visible_devices([], 'GPU')
+  return tf
+
+
+def get_builder(config):
+  """The prepared tfds builder for `config.dataset` (prepares it if needed)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  name = config.dataset
+  if name in _NOT_YET:
+    raise DataError(f'dataset {name!r}: {_NOT_YET[name]}.')
+  if name == 'digits':
+    from alexnet_jax.datasets import digits  # pylint: disable=unused-import,g-import-not-at-top
+  try:
+    builder = tfds.builder(name, data_dir=config.data_dir)
+  except Exception as e:  # tfds raises several types for unknown names.
+    raise DataError(f'dataset {name!r} is not a tfds dataset ({e}); use '
+                    "'digits' or a tfds name.") from e
+  if not builder.is_prepared():
+    logging.info('Preparing tfds dataset %s in %s (once).', name,
+                 builder.data_dir)
+    kwargs = {}
+    if config.manual_dir:
+      kwargs['download_config'] = tfds.download.DownloadConfig(
+          manual_dir=config.manual_dir)
+    builder.download_and_prepare(**kwargs)
+  return builder
+
+
+def num_examples(builder, split: str) -> int:
+  try:
+    return builder.info.splits[split].num_examples
+  except KeyError as e:
+    raise DataError(f'dataset {builder.name!r} has no split {split!r}; it has '
+                    f'{sorted(builder.info.splits)}.') from e
+
+
+def _preprocess(example, image_size: int):
+  """The paper's host preprocessing: RGB, shorter side -> S, centre S x S."""
+  tf = _tf()
+  image = tf.io.decode_image(example['image'], channels=3,
+                             expand_animations=False)
+  h = tf.cast(tf.shape(image)[0], tf.float32)
+  w = tf.cast(tf.shape(image)[1], tf.float32)
+  scale = image_size / tf.minimum(h, w)
+  new_h = tf.maximum(image_size, tf.cast(tf.round(h * scale), tf.int32))
+  new_w = tf.maximum(image_size, tf.cast(tf.round(w * scale), tf.int32))
+  image = tf.image.resize(image, (new_h, new_w), antialias=True)
+  top = (new_h - image_size) // 2
+  left = (new_w - image_size) // 2
+  image = image[top:top + image_size, left:left + image_size]
+  image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+  image = tf.ensure_shape(image, (image_size, image_size, 3))
+  return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
+
+
+def _encoded(builder, split):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return builder.as_dataset(
+      split=split, shuffle_files=False,
+      decoders={'image': tfds.decode.SkipDecoding()},
+      read_config=tfds.ReadConfig(interleave_cycle_length=1))
+
+
+def _local_slice(ds, global_batch: int):
+  """Keeps this process's contiguous share of every global batch."""
+  tf = _tf()
+  count, index = jax.process_count(), jax.process_index()
+  if count == 1:
+    return ds
+  local = global_batch // count
+  ds = ds.batch(global_batch, drop_remainder=True)
+  ds = ds.map(lambda b: tf.nest.map_structure(
+      lambda x: x[index * local:(index + 1) * local], b))
+  return ds.unbatch()
+
+
+def train_batches(builder, config, epoch: int,
+                  start_batch: int = 0) -> Iterator[Dict[str, np.ndarray]]:
+  """This process's share of epoch `epoch`'s training batches, from a batch on.
+
+  Every global batch is full (the epoch's last partial batch is dropped).
+  """
+  tf = _tf()
+  ds = _encoded(builder, config.train_split)
+  n = num_examples(builder, config.train_split)
+  seed = int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0])
+  ds = ds.shuffle(min(n, config.shuffle_buffer), seed=seed,
+                  reshuffle_each_iteration=False)
+  ds = ds.skip(start_batch * config.batch_size)
+  ds = _local_slice(ds, config.batch_size)
+  ds = ds.map(lambda e: _preprocess(e, config.image_size),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(config.batch_size // jax.process_count(), drop_remainder=True)
+  ds = ds.prefetch(2)
+  yield from ds.as_numpy_iterator()
+
+
+def eval_batches(builder, config,
+                 split: Optional[str] = None) -> Iterator[Dict[str, np.ndarray]]:
+  """The whole split in order, in full batches; padding has mask 0."""
+  tf = _tf()
+  split = split or config.eval_split
+  n = num_examples(builder, split)
+  gb = config.eval_batch_size
+  ds = _encoded(builder, split)
+  ds = ds.map(lambda e: _preprocess(e, config.image_size),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(lambda e: dict(e, mask=tf.constant(1.0)))
+  pad = -n % gb
+  if pad:
+    blank = {'image': tf.zeros((config.image_size,) * 2 + (3,), tf.uint8),
+             'label': tf.constant(0, tf.int32), 'mask': tf.constant(0.0)}
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(pad))
+  ds = _local_slice(ds, gb)
+  ds = ds.batch(gb // jax.process_count(), drop_remainder=True).prefetch(2)
+  yield from ds.as_numpy_iterator()
+
+
+def to_global(batch: Dict[str, np.ndarray], mesh) -> Dict[str, jax.Array]:
+  """Per-host numpy batch -> global arrays sharded over `data`."""
+  sharding = parallel.batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v)
+          for k, v in batch.items()}
+
+
+def prefetch_to_device(batches, mesh, size: int = 2):
+  """Moves batches to the devices in a background thread, `size` ahead."""
+  q = queue.Queue(maxsize=size)
+  sentinel = object()
+
+  def producer():
+    try:
+      for b in batches:
+        q.put(to_global(b, mesh))
+    except Exception as e:  # Surface errors in the consumer.
+      q.put(e)
+    q.put(sentinel)
+
+  threading.Thread(target=producer, daemon=True).start()
+  while True:
+    item = q.get()
+    if item is sentinel:
+      return
+    if isinstance(item, Exception):
+      raise item
+    yield item
+
+
+def mean_image(builder, config) -> np.ndarray:
+  """The training split's per-pixel mean image (S, S, 3) float32, cached.
+
+  Computed once by streaming the training split through the host
+  preprocessing (progress bar), then stored beside the prepared dataset.
+  """
+  if config.augment.mean == 'none':
+    return np.zeros((config.image_size,) * 2 + (3,), np.float32)
+  if config.augment.mean != 'per_pixel':
+    raise ValueError(f"augment.mean={config.augment.mean!r}: use 'per_pixel' "
+                     "or 'none'.")
+  path = os.path.join(builder.data_dir,
+                      f'mean_image_{config.train_split}_{config.image_size}.npy')
+  if os.path.exists(path):
+    logging.info('Mean image: loaded from %s', path)
+    return np.load(path)
+  import tqdm  # pylint: disable=g-import-not-at-top
+  tf = _tf()
+  ds = _encoded(builder, config.train_split).map(
+      lambda e: _preprocess(e, config.image_size),
+      num_parallel_calls=tf.data.AUTOTUNE).batch(256)
+  total = np.zeros((config.image_size,) * 2 + (3,), np.float64)
+  count = 0
+  n = num_examples(builder, config.train_split)
+  with tqdm.tqdm(total=n, desc='mean image', unit='img') as bar:
+    for b in ds.as_numpy_iterator():
+      total += b['image'].astype(np.float64).sum(0)
+      count += len(b['image'])
+      bar.update(len(b['image']))
+  mean = (total / max(count, 1)).astype(np.float32)
+  tmp = path + '.tmp.npy'
+  np.save(tmp, mean)
+  os.replace(tmp, path)
+  logging.info('Mean image: computed over %d training images, saved to %s',
+               count, path)
+  return mean

@@ -1,0 +1,379 @@
+"""The paper's AlexNet as a pure functional Flax (linen) module.
+
+Layout (Krizhevsky et al. 2012, Figure 2 and Section 3.5): two towers, one per
+GPU in the paper. Every layer is split between the towers and every parameter
+carries a leading tower axis of size 2. The towers talk only at the input of
+conv3, fc6, fc7 and fc8 and at the logits; `AlexNet._connect` is the one place
+where that happens: a local concatenate when both towers are on this device, an
+`all_gather` over the mesh's `model` axis when they are not.
+
+Layouts (`layout`):
+  two_towers      the paper's network (default), 60,965,224 parameters.
+  one_tower_half  the paper's one-GPU comparison (Section 3.5): one tower with
+                  half the kernels in conv1-conv4; conv5 and the fully
+                  connected layers keep their full size, as in the paper.
+  single_tower    one tower at full width with full connectivity (the layout
+                  of torchvision's and most later AlexNets; set `conv_features`
+                  to (64, 192, 384, 256, 256) for torchvision's widths).
+
+Initialisation (`init`):
+  paper  weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0.
+  caffe  bvlc_alexnet's train_val.prototxt: weights N(0, 0.01) except fc6/fc7
+         N(0, 0.005); biases 0.1 where the paper has 1. Caffe's authors changed
+         the biases because 1 left the loss flat at the start.
+  he     weights N(0, 2 / fan_in) (He et al. 2015), fc8 N(0, 1 / fan_in);
+         biases 0. Small datasets train from it in minutes (DESIGN §4).
+"""
+
+import dataclasses
+from typing import Any, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from alexnet_jax import ops
+
+LAYOUTS = ('two_towers', 'one_tower_half', 'single_tower')
+INITS = ('paper', 'caffe', 'he')
+ACTIVATIONS = {'relu': nn.relu, 'tanh': jnp.tanh}
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
+          'float16': jnp.float16}
+CONV_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
+FC_LAYERS = ('fc6', 'fc7', 'fc8')
+# Layers whose bias the paper initialises to 1 (Section 5).
+ONE_BIAS_LAYERS = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+  """One layer of the network, per tower."""
+  name: str
+  features: int  # Output units per tower.
+  kernel: int = 0  # Conv window (0 for fully connected layers).
+  stride: int = 1
+  padding: int = 0
+  reads_all_towers: bool = False  # True where the paper's GPUs talk.
+
+
+def tower_count(layout: str) -> int:
+  if layout not in LAYOUTS:
+    raise ValueError(f'model.layout={layout!r} is unknown; use one of {LAYOUTS}.')
+  return 2 if layout == 'two_towers' else 1
+
+
+def layer_specs(layout: str = 'two_towers', num_classes: int = 1000,
+                width: float = 1.0, conv1_padding: int = 2,
+                conv_features: Optional[Sequence[int]] = None,
+                fc_features: int = 4096) -> Tuple[LayerSpec, ...]:
+  """The per-tower layer table (DESIGN §2) for a layout.
+
+  Args:
+    layout: one of LAYOUTS.
+    num_classes: output classes; split evenly over the towers (padded by one
+      unused unit per tower when odd).
+    width: multiplies every conv and hidden fc width (1.0 = paper).
+    conv1_padding: conv1's padding (2 for 224 inputs, 0 for Caffe's 227).
+    conv_features: total kernels of conv1..conv5 over all towers; default is
+      the layout's (paper: 96, 256, 384, 384, 256).
+    fc_features: total units of fc6 and fc7 over all towers (paper: 4096).
+  """
+  towers = tower_count(layout)
+  if conv_features is None:
+    conv_features = {
+        'two_towers': (96, 256, 384, 384, 256),
+        'one_tower_half': (48, 128, 192, 192, 256),
+        'single_tower': (96, 256, 384, 384, 256),
+    }[layout]
+  if len(conv_features) != 5:
+    raise ValueError('model.conv_features needs 5 entries (conv1..conv5), '
+                     f'got {tuple(conv_features)}.')
+
+  def per_tower(total):
+    if total % towers:
+      raise ValueError(f'{total} units cannot be split over {towers} towers.')
+    return max(1, int(round(total // towers * width)))
+
+  c1, c2, c3, c4, c5 = (per_tower(c) for c in conv_features)
+  fc = per_tower(fc_features)
+  return (
+      LayerSpec('conv1', c1, 11, 4, conv1_padding),
+      LayerSpec('conv2', c2, 5, 1, 2),
+      LayerSpec('conv3', c3, 3, 1, 1, reads_all_towers=True),
+      LayerSpec('conv4', c4, 3, 1, 1),
+      LayerSpec('conv5', c5, 3, 1, 1),
+      LayerSpec('fc6', fc, reads_all_towers=True),
+      LayerSpec('fc7', fc, reads_all_towers=True),
+      LayerSpec('fc8', -(-num_classes // towers), reads_all_towers=True),
+  )
+
+
+def _initializers(init: str, name: str, fan_in: int):
+  """(kernel_init, bias_init) for one layer under an init scheme."""
+  if init == 'paper':
+    std, bias = 0.01, (1.0 if name in ONE_BIAS_LAYERS else 0.0)
+  elif init == 'caffe':
+    std = 0.005 if name in ('fc6', 'fc7') else 0.01
+    bias = 0.1 if name in ONE_BIAS_LAYERS else 0.0
+  elif init == 'he':
+    std = float(np.sqrt((1.0 if name == 'fc8' else 2.0) / fan_in))
+    bias = 0.0
+  else:
+    raise ValueError(f'model.init={init!r} is unknown; use one of {INITS}.')
+  return nn.initializers.normal(std), nn.initializers.constant(bias)
+
+
+class TowerConv(nn.Module):
+  """A convolution split over towers: kernel (towers, kh, kw, in, out)."""
+  spec: LayerSpec
+  towers: int
+  in_features: int
+  init_scheme: str
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x):
+    s = self.spec
+    fan_in = s.kernel * s.kernel * self.in_features
+    k_init, b_init = _initializers(self.init_scheme, s.name, fan_in)
+    kernel = self.param('kernel', k_init, (self.towers, s.kernel, s.kernel,
+                                           self.in_features, s.features))
+    bias = self.param('bias', b_init, (self.towers, s.features))
+    y = ops.per_tower_conv(x, kernel.astype(self.dtype), s.stride, s.padding)
+    return y + bias.astype(self.dtype)[:, None, None, None, :]
+
+
+class TowerDense(nn.Module):
+  """A fully connected layer split over towers: kernel (towers, in, out)."""
+  spec: LayerSpec
+  towers: int
+  in_features: int
+  init_scheme: str
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x):
+    s = self.spec
+    k_init, b_init = _initializers(self.init_scheme, s.name, self.in_features)
+    kernel = self.param('kernel', k_init,
+                        (self.towers, self.in_features, s.features))
+    bias = self.param('bias', b_init, (self.towers, s.features))
+    # x is the full (gathered) input (B, in) read by every tower.
+    y = jnp.einsum('bi,tio->tbo', x, kernel.astype(self.dtype))
+    return y + bias.astype(self.dtype)[:, None, :]
+
+
+class AlexNet(nn.Module):
+  """Krizhevsky et al. (2012) AlexNet; returns logits `(batch, num_classes)`.
+
+  Attributes (see configs/default.py for the documented config keys):
+    tower_axis: the mesh axis the towers are spread over inside `shard_map`
+      (None outside it). `tower_axis_size` devices then hold
+      `towers // tower_axis_size` towers each.
+  """
+  num_classes: int = 1000
+  layout: str = 'two_towers'
+  width: float = 1.0
+  conv_features: Optional[Tuple[int, ...]] = None
+  fc_features: int = 4096
+  input_size: int = 224
+  conv1_padding: int = -1
+  activation: str = 'relu'
+  lrn: bool = True
+  lrn_n: int = 5
+  lrn_k: float = 2.0
+  lrn_alpha: float = 1e-4
+  lrn_beta: float = 0.75
+  lrn_alpha_over_n: bool = False
+  pool_window: int = 3
+  pool_stride: int = 2
+  dropout_rate: float = 0.5
+  init_scheme: str = 'paper'
+  dtype: Any = jnp.float32
+  tower_axis: Optional[str] = None
+  tower_axis_size: int = 1
+
+  @property
+  def towers(self) -> int:
+    return tower_count(self.layout)
+
+  @property
+  def local_towers(self) -> int:
+    if self.towers % self.tower_axis_size:
+      raise ValueError(
+          f'layout {self.layout!r} has {self.towers} tower(s), which cannot be '
+          f'spread over a model axis of {self.tower_axis_size} devices; set '
+          f'mesh.model to 1' + (' or 2.' if self.towers == 2 else '.'))
+    return self.towers // self.tower_axis_size
+
+  @property
+  def padding1(self) -> int:
+    if self.conv1_padding >= 0:
+      return self.conv1_padding
+    return 0 if self.input_size == 227 else 2
+
+  def specs(self) -> Tuple[LayerSpec, ...]:
+    return layer_specs(self.layout, self.num_classes, self.width,
+                       self.padding1, self.conv_features, self.fc_features)
+
+  def _connect(self, x, replicated: bool = False):
+    """Where the paper's GPUs talk: every tower's maps, merged on channels.
+
+    `(local_towers, B, ..., C)` -> `(B, ..., towers * C)`. With the towers on
+    different devices this is an `all_gather` over the model axis (its
+    backward a reduce-scatter); with all towers here, a local concatenate.
+    `replicated` (the logits) marks the result as identical on every device of
+    the model axis, so the loss needs no further collective and the backward
+    pass just slices the cotangent.
+    """
+    if self.tower_axis is not None and self.tower_axis_size > 1:
+      x = lax.all_gather(x, self.tower_axis, axis=0, tiled=True,
+                         to='invarying' if replicated else 'varying')
+    return ops.merge_towers(x)
+
+  def _tower_index(self, t: int):
+    """Global index of local tower t (for mesh-independent dropout masks)."""
+    if self.tower_axis is not None and self.tower_axis_size > 1:
+      return lax.axis_index(self.tower_axis) * self.local_towers + t
+    return t
+
+  def _dropout(self, x, example_ids):
+    """Dropout whose mask depends only on (rng, example id, tower, unit).
+
+    Masks drawn per example from the example's global index make training
+    identical on every mesh shape (a data shard draws exactly the masks the
+    same examples get in a one-device run).
+    """
+    rate = self.dropout_rate
+    key = self.make_rng('dropout')
+    keep = []
+    for t in range(x.shape[0]):
+      tkey = jax.random.fold_in(key, self._tower_index(t))
+      keep.append(jax.vmap(lambda i, k=tkey: jax.random.bernoulli(
+          jax.random.fold_in(k, i), 1.0 - rate, x.shape[2:]))(example_ids))
+    keep = jnp.stack(keep)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+  @nn.compact
+  def __call__(self, images, *, train: bool = False,
+               example_ids: Optional[jax.Array] = None,
+               capture: bool = False):
+    """Forward pass.
+
+    Args:
+      images: `(B, input_size, input_size, 3)` network-ready float images.
+      train: enables dropout (needs a 'dropout' rng).
+      example_ids: `(B,)` global indices of the examples; dropout masks are a
+        function of them. Defaults to `arange(B)`.
+      capture: also return a dict of intermediate activations by layer name.
+
+    Returns:
+      logits `(B, num_classes)` in float32 (and the activations if `capture`).
+    """
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f'expected images (batch, H, W, 3), got {images.shape}')
+    act = ACTIVATIONS[self.activation]
+    towers = self.local_towers
+    specs = self.specs()
+    feats = {}
+    if example_ids is None:
+      example_ids = jnp.arange(images.shape[0])
+    use_dropout = train and self.dropout_rate > 0
+
+    def lrn(y):
+      if not self.lrn:
+        return y
+      return ops.local_response_norm(y, self.lrn_n, self.lrn_k, self.lrn_alpha,
+                                     self.lrn_beta, self.lrn_alpha_over_n)
+
+    def pool(y):
+      return ops.max_pool(y, self.pool_window, self.pool_stride)
+
+    def conv(spec, y, in_features):
+      return TowerConv(spec, towers, in_features, self.init_scheme, self.dtype,
+                       name=spec.name)(y)
+
+    def dense(spec, y, in_features):
+      return TowerDense(spec, towers, in_features, self.init_scheme, self.dtype,
+                        name=spec.name)(y)
+
+    s1, s2, s3, s4, s5, s6, s7, s8 = specs
+    all_t = self.towers
+    x = images.astype(self.dtype)
+    x = act(conv(s1, x, 3))                        # both towers read the image
+    feats['conv1'] = x
+    x = pool(lrn(x))
+    x = act(conv(s2, x, s1.features))              # own tower only
+    feats['conv2'] = x
+    x = pool(lrn(x))
+    x = act(conv(s3, self._connect(x), all_t * s2.features))  # GPUs talk
+    feats['conv3'] = x
+    x = act(conv(s4, x, s3.features))              # own tower only
+    feats['conv4'] = x
+    x = act(conv(s5, x, s4.features))              # own tower only
+    feats['conv5'] = x
+    x = pool(x)
+    feats['pool5'] = x
+    x = self._connect(x)                           # GPUs talk
+    x = x.reshape(x.shape[0], -1)                  # HWC flatten
+    x = act(dense(s6, x, x.shape[-1]))
+    if use_dropout:
+      x = self._dropout(x, example_ids)
+    feats['fc6'] = x
+    x = act(dense(s7, self._connect(x), all_t * s6.features))  # GPUs talk
+    if use_dropout:
+      x = self._dropout(x, example_ids)
+    feats['fc7'] = x
+    x = dense(s8, self._connect(x), all_t * s7.features)       # GPUs talk
+    logits = self._connect(x, replicated=True)[:, :self.num_classes]  # talk
+    logits = logits.astype(jnp.float32)
+    if capture:
+      feats['logits'] = logits
+      return logits, feats
+    return logits
+
+
+def create_model(config: ml_collections.ConfigDict, **overrides) -> AlexNet:
+  """Builds the module from `config.model` (see configs/default.py)."""
+  c = config
+  if c.dtype not in DTYPES:
+    raise ValueError(f'model.dtype={c.dtype!r} is unknown; use one of '
+                     f'{tuple(DTYPES)}.')
+  if c.activation not in ACTIVATIONS:
+    raise ValueError(f'model.activation={c.activation!r} is unknown; use one '
+                     f'of {tuple(ACTIVATIONS)}.')
+  tower_count(c.layout)
+  if c.init not in INITS:
+    raise ValueError(f'model.init={c.init!r} is unknown; use one of {INITS}.')
+  conv_features = tuple(c.conv_features) if c.get('conv_features') else None
+  kwargs = dict(
+      num_classes=c.num_classes, layout=c.layout, width=c.width,
+      conv_features=conv_features, fc_features=c.fc_features,
+      input_size=c.input_size, conv1_padding=c.conv1_padding,
+      activation=c.activation, lrn=c.lrn.enabled, lrn_n=c.lrn.n,
+      lrn_k=c.lrn.k, lrn_alpha=c.lrn.alpha, lrn_beta=c.lrn.beta,
+      lrn_alpha_over_n=c.lrn.alpha_over_n, pool_window=c.pool_window,
+      pool_stride=c.pool_stride, dropout_rate=c.dropout_rate, init_scheme=c.init,
+      dtype=DTYPES[c.dtype])
+  kwargs.update(overrides)
+  model = AlexNet(**kwargs)
+  _, _, _, p5 = ops.feature_sizes(model.input_size, model.padding1,
+                                  model.pool_window, model.pool_stride)
+  if p5 < 1:
+    raise ValueError(f'model.input_size={model.input_size} is too small for '
+                     'three poolings; use at least 63 (paper: 224).')
+  return model
+
+
+def param_shapes(model: AlexNet):
+  """Parameter shapes without allocating them (jax.eval_shape)."""
+  x = jax.ShapeDtypeStruct((1, model.input_size, model.input_size, 3),
+                           jnp.float32)
+  return jax.eval_shape(model.init, jax.random.key(0), x)['params']
+
+
+def count_params(tree) -> int:
+  return int(sum(np.prod(l.shape) for l in jax.tree.leaves(tree)))

@@ -1,0 +1,176 @@
+"""The paper's special operations as pure jnp functions.
+
+Everything here is plain `jax.numpy` / `jax.lax` so it can be jitted, differentiated
+and tested against independent references (tests/ops_test.py).
+
+Tower convention: activations of a split layer carry a leading *tower* axis,
+``(towers, batch, height, width, channels)``, and so do their kernels,
+``(towers, kh, kw, in_channels, out_channels)``. On the paper's two GPUs each
+tower lived on its own device; here the tower axis is sharded over the mesh's
+``model`` axis or kept whole on one device (see `alexnet_jax.parallel`).
+"""
+
+import functools
+from typing import Sequence
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+# Named LRN conventions. The paper (Section 3.3) writes
+#   b = a / (k + alpha * sum_{window of n maps} a^2) ** beta,  k=2, n=5, alpha=1e-4, beta=0.75.
+# cuda-convnet (the paper's own code) and Caffe divide alpha by n inside the sum
+# (effective 2e-5), Caffe and PyTorch default to k=1. Caffe's bvlc_alexnet uses
+# k=1 with alpha/n; PyTorch's nn.LocalResponseNorm(5) is the same formula.
+LRN_CONVENTIONS = {
+    'paper': dict(n=5, k=2.0, alpha=1e-4, beta=0.75, alpha_over_n=False),
+    'cuda_convnet': dict(n=5, k=2.0, alpha=1e-4, beta=0.75, alpha_over_n=True),
+    'caffe': dict(n=5, k=1.0, alpha=1e-4, beta=0.75, alpha_over_n=True),
+    'pytorch': dict(n=5, k=1.0, alpha=1e-4, beta=0.75, alpha_over_n=True),
+}
+
+
+def _window_sum(x: jax.Array, n: int) -> jax.Array:
+  """Sum over a window of n adjacent channels (clipped at the ends).
+
+  Adds shifted copies of the zero-padded input: n elementwise adds that XLA
+  fuses into one loop. The operator is symmetric, so it is its own transpose.
+  """
+  half = n // 2
+  channels = x.shape[-1]
+  xp = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(half, half)])
+  return sum(lax.slice_in_dim(xp, i, i + channels, axis=-1) for i in range(n))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _lrn(x, n, k, alpha, beta):
+  return _lrn_fwd(x, n, k, alpha, beta)[0]
+
+
+def _lrn_fwd(x, n, k, alpha, beta):
+  xf = x.astype(jnp.float32)
+  d = k + alpha * _window_sum(xf * xf, n)
+  r = jnp.exp(-beta * jnp.log(d))  # d ** -beta, computed once.
+  return (xf * r).astype(x.dtype), (x, d, r)
+
+
+def _lrn_bwd(n, k, alpha, beta, res, g):
+  # y_i = x_i r_i with r = d^-beta, d_i = k + alpha sum_{j in W(i)} x_j^2:
+  # dx_j = g_j r_j - 2 alpha beta x_j sum_{i in W(j)} g_i x_i r_i / d_i.
+  # Written by hand because autodiff of the pow recomputes it several times;
+  # this halves the cost of LRN's backward pass on CPU.
+  del k
+  x, d, r = res
+  xf, gf = x.astype(jnp.float32), g.astype(jnp.float32)
+  t = _window_sum(gf * xf * r / d, n)
+  dx = gf * r - (2.0 * alpha * beta) * xf * t
+  return (dx.astype(x.dtype),)
+
+
+_lrn.defvjp(_lrn_fwd, _lrn_bwd)
+
+
+def local_response_norm(x: jax.Array,
+                        n: int = 5,
+                        k: float = 2.0,
+                        alpha: float = 1e-4,
+                        beta: float = 0.75,
+                        alpha_over_n: bool = False) -> jax.Array:
+  """Local response normalisation across the last (channel) axis.
+
+  b_i = a_i / (k + alpha' * sum_{j=max(0,i-n//2)}^{min(N-1,i+n//2)} a_j^2) ** beta,
+  with alpha' = alpha / n when `alpha_over_n` (cuda-convnet / Caffe / PyTorch) and
+  alpha' = alpha as printed in the paper otherwise. The window is clipped at the
+  ends of the channel axis, so applied to a tower's activations it never crosses
+  into the other tower, as on the paper's GPUs. Computed in float32 whatever
+  the input dtype; has a hand-written VJP.
+
+  Args:
+    x: activations, channels last; any leading axes (tower, batch, H, W).
+    n: window size (number of adjacent kernel maps), odd.
+    k, alpha, beta: the formula's constants (paper: 2, 1e-4, 0.75).
+    alpha_over_n: divide alpha by n (the convention of cuda-convnet and Caffe).
+
+  Returns:
+    The normalised activations, same shape and dtype as `x`.
+  """
+  if n % 2 != 1 or n < 1:
+    raise ValueError(f'LRN window n must be odd and positive, got {n}.')
+  return _lrn(x, n, float(k), float(alpha / n if alpha_over_n else alpha),
+              float(beta))
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1,
+           padding: int = 0) -> jax.Array:
+  """Plain NHWC x HWIO convolution with symmetric integer padding."""
+  return lax.conv_general_dilated(
+      x, kernel.astype(x.dtype),
+      window_strides=(stride, stride),
+      padding=((padding, padding), (padding, padding)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def per_tower_conv(x: jax.Array, kernel: jax.Array, stride: int = 1,
+                   padding: int = 0) -> jax.Array:
+  """Runs each tower as its own convolution.
+
+  Mathematically this is a grouped convolution (`feature_group_count` = towers),
+  but XLA:CPU runs a grouped convolution, and `vmap` over towers which lowers to
+  one, about 3.4x slower than separate convolutions (DESIGN §4, JAX issue
+  #13800). A Python loop over the (static, small) tower axis gives XLA one
+  ordinary convolution per tower.
+
+  Args:
+    x: either per-tower inputs `(towers, B, H, W, C)` (the tower reads only its
+      own maps, e.g. conv2, conv4, conv5) or one shared input `(B, H, W, C)`
+      that every tower reads in full (conv1's image, conv3's gathered maps).
+    kernel: `(towers, kh, kw, C, out_per_tower)`.
+    stride, padding: as in the paper's layer table.
+
+  Returns:
+    `(towers, B, H', W', out_per_tower)`.
+  """
+  towers = kernel.shape[0]
+  shared = x.ndim == 4
+  if not shared and x.shape[0] != towers:
+    raise ValueError(f'input has {x.shape[0]} towers, kernel has {towers}')
+  outs = [conv2d(x if shared else x[t], kernel[t], stride, padding)
+          for t in range(towers)]
+  return jnp.stack(outs)
+
+
+def max_pool(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
+  """Max pooling over the two spatial axes just before the channel axis.
+
+  window=3, stride=2 is the paper's overlapping pooling (Section 3.4);
+  window=2, stride=2 the traditional non-overlapping one it is compared with.
+  Any leading axes (tower, batch) are kept. No padding, as in the paper.
+  """
+  lead = x.ndim - 3
+  # A Python scalar init lets JAX recognise the max monoid (differentiable).
+  return lax.reduce_window(
+      x, -jnp.inf, lax.max,
+      window_dimensions=(1,) * lead + (window, window, 1),
+      window_strides=(1,) * lead + (stride, stride, 1),
+      padding='VALID')
+
+
+def merge_towers(x: jax.Array) -> jax.Array:
+  """`(towers, B, ..., C)` -> `(B, ..., towers * C)`, tower-major channels."""
+  towers = x.shape[0]
+  return jnp.concatenate([x[t] for t in range(towers)], axis=-1)
+
+
+def output_size(size: int, window: int, stride: int, padding: int = 0) -> int:
+  """Spatial size after a VALID-with-padding window op."""
+  return (size + 2 * padding - window) // stride + 1
+
+
+def feature_sizes(input_size: int, conv1_padding: int, pool_window: int,
+                  pool_stride: int) -> Sequence[int]:
+  """Spatial sizes after conv1, pool1, pool2 and pool5."""
+  c1 = output_size(input_size, 11, 4, conv1_padding)
+  p1 = output_size(c1, pool_window, pool_stride)
+  p2 = output_size(p1, pool_window, pool_stride)
+  p5 = output_size(p2, pool_window, pool_stride)
+  return c1, p1, p2, p5

@@ -1,0 +1,384 @@
+"""Train state, the sharded train / eval steps, and `train_and_evaluate`.
+
+The forward pass (augmentation, model, loss) runs under `jax.shard_map` over the
+('data', 'model') mesh; gradients are taken through it, so JAX inserts the
+transposed collectives (sums over `data`, and over `model` where the towers
+talk) itself. The optimiser update then runs under the same `jit` on the
+sharded parameters, with the state's buffers donated.
+"""
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Any, Dict, Optional
+
+from absl import logging
+import flax
+from flax import struct
+import jax
+from jax.sharding import PartitionSpec as P
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from alexnet_jax import augment
+from alexnet_jax import checkpoint
+from alexnet_jax import errors
+from alexnet_jax import input_pipeline
+from alexnet_jax import model as model_lib
+from alexnet_jax import optim
+from alexnet_jax import parallel
+from alexnet_jax.parallel import DATA, MODEL
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def validate_config(config: ml_collections.ConfigDict):
+  """Raises ConfigError (one line naming the fix) for impossible values."""
+  def need(ok, msg):
+    if not ok:
+      raise errors.ConfigError(msg)
+  need(config.batch_size > 0, f'batch_size={config.batch_size} must be > 0.')
+  need(config.eval_batch_size > 0,
+       f'eval_batch_size={config.eval_batch_size} must be > 0.')
+  need(config.learning_rate > 0,
+       f'learning_rate={config.learning_rate} must be > 0 (paper: 0.01).')
+  need(config.num_epochs > 0 or config.num_train_steps > 0,
+       'set num_epochs > 0 or num_train_steps > 0.')
+  need(config.eval_every_epochs > 0,
+       f'eval_every_epochs={config.eval_every_epochs} must be > 0.')
+  need(config.log_every_steps > 0 and config.checkpoint_every_steps > 0,
+       'log_every_steps and checkpoint_every_steps must be > 0.')
+  need(0 <= config.model.dropout_rate < 1,
+       f'model.dropout_rate={config.model.dropout_rate} must be in [0, 1).')
+  need(config.model.num_classes > 0, 'model.num_classes must be > 0.')
+  need(config.model.width > 0, 'model.width must be > 0.')
+  need(config.model.input_size <= config.image_size,
+       f'model.input_size={config.model.input_size} (the crop) is larger than '
+       f'image_size={config.image_size}; lower model.input_size or raise '
+       'image_size.')
+  try:
+    model_lib.create_model(config.model)
+    optim.create(config, steps_per_epoch=1)
+  except ValueError as e:
+    raise errors.ConfigError(str(e)) from e
+
+
+def _topk_correct(logits, labels, k):
+  k = min(k, logits.shape[-1])
+  topk = jax.lax.top_k(logits, k)[1]
+  return (topk == labels[:, None]).any(-1).astype(jnp.float32)
+
+
+class Steps:
+  """Builds the jitted, sharded train and eval steps for a mesh."""
+
+  def __init__(self, config, model: model_lib.AlexNet, tx, mesh):
+    self.config = config
+    self.mesh = mesh
+    self.tx = tx
+    self.model = model
+    # Inside shard_map each device holds towers // mesh.model towers.
+    if mesh.shape[MODEL] > 1:
+      self.sharded_model = model.clone(tower_axis=MODEL,
+                                       tower_axis_size=mesh.shape[MODEL])
+    else:
+      self.sharded_model = model
+
+  def init_state(self, key) -> TrainState:
+    """Initialises the state directly in its sharded layout."""
+    size = self.model.input_size
+    dummy = jnp.zeros((1, size, size, 3), jnp.float32)
+
+    def init(key):
+      params = self.model.init(key, dummy)['params']
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                        opt_state=self.tx.init(params))
+
+    abstract = jax.eval_shape(init, key)
+    self.state_sharding = parallel.param_sharding(self.mesh, abstract)
+    return jax.jit(init, out_shardings=self.state_sharding)(key)
+
+  def _param_specs(self, params):
+    return jax.tree.map(lambda x: parallel.param_spec(self.mesh, x), params)
+
+  @functools.cached_property
+  def train_step(self):
+    config, mesh = self.config, self.mesh
+    global_batch = config.batch_size
+
+    def local_loss(params, images, labels, mean, step, key):
+      b = images.shape[0]
+      ids = (step * global_batch + jax.lax.axis_index(DATA) * b +
+             jnp.arange(b))
+      aug_key, drop_key = jax.random.split(jax.random.fold_in(key, step))
+      x = augment.train_views(images, aug_key, ids, mean, config)
+      logits = self.sharded_model.apply(
+          {'params': params}, x, train=True, example_ids=ids,
+          rngs={'dropout': drop_key})
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      loss = jax.lax.psum(ce.sum(), DATA) / global_batch
+      err1 = jax.lax.psum(b - _topk_correct(logits, labels, 1).sum(), DATA)
+      err5 = jax.lax.psum(b - _topk_correct(logits, labels, 5).sum(), DATA)
+      return loss, dict(loss=loss, top1_err=err1 / global_batch,
+                        top5_err=err5 / global_batch)
+
+    def step_fn(state: TrainState, batch, mean, key):
+      def loss_fn(params):
+        return jax.shard_map(
+            local_loss, mesh=mesh,
+            in_specs=(self._param_specs(params), P(DATA), P(DATA), P(), P(),
+                      P()),
+            out_specs=(P(), P()),
+        )(params, batch['image'], batch['label'], mean, state.step, key)
+
+      grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+      updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      metrics['lr'] = optim.get_learning_rate(state.opt_state)
+      return TrainState(step=state.step + 1, params=params,
+                        opt_state=opt_state), metrics
+
+    return jax.jit(step_fn, donate_argnums=(0,),
+                   out_shardings=(self.state_sharding,
+                                  parallel.replicated(mesh)))
+
+  @functools.cached_property
+  def eval_step(self):
+    config, mesh = self.config, self.mesh
+
+    def local_eval(params, images, labels, mask, mean):
+      x = augment.eval_views(images, mean, config)
+      logits = self.sharded_model.apply({'params': params}, x, train=False)
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      sums = dict(
+          loss=(ce * mask).sum(),
+          top1_err=((1 - _topk_correct(logits, labels, 1)) * mask).sum(),
+          top5_err=((1 - _topk_correct(logits, labels, 5)) * mask).sum(),
+          count=mask.sum())
+      return jax.tree.map(lambda v: jax.lax.psum(v, DATA), sums)
+
+    def step_fn(params, batch, mean):
+      return jax.shard_map(
+          local_eval, mesh=mesh,
+          in_specs=(self._param_specs(params), P(DATA), P(DATA), P(DATA), P()),
+          out_specs=P(),
+      )(params, batch['image'], batch['label'], batch['mask'], mean)
+
+    return jax.jit(step_fn)
+
+
+def evaluate(steps: Steps, params, builder, config, mean) -> Dict[str, float]:
+  """Top-1 / top-5 error and loss over the whole evaluation split."""
+  totals = None
+  start = time.time()
+  for batch in input_pipeline.prefetch_to_device(
+      input_pipeline.eval_batches(builder, config), steps.mesh):
+    sums = steps.eval_step(params, batch, mean)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  n = float(totals.pop('count'))
+  out = {k: float(v) / n for k, v in totals.items()}
+  out['img_per_sec'] = n / max(time.time() - start, 1e-9)
+  out['num_examples'] = int(n)
+  return out
+
+
+class MetricsLog:
+  """Writes metrics to `workdir/metrics.jsonl` and TensorBoard event files.
+
+  metrics.jsonl is a documented interface: one JSON object per line with at
+  least step, epoch, split ('train' | 'eval'), loss, top1_err, top5_err, lr,
+  img_per_sec. Only process 0 writes.
+  """
+
+  def __init__(self, workdir: str):
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+    self.active = jax.process_index() == 0
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.writer = metric_writers.create_default_writer(
+        os.path.join(workdir, 'tensorboard'), just_logging=not self.active,
+        asynchronous=False)
+
+  def write(self, record: Dict[str, Any]):
+    if not self.active:
+      return
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    scalars = {f'{record["split"]}/{k}': v for k, v in record.items()
+               if k not in ('step', 'split', 'epoch')
+               and isinstance(v, (int, float))}
+    self.writer.write_scalars(record['step'], scalars)
+    self.writer.flush()
+
+
+def _fmt_time(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
+
+
+def _prepare_workdir(workdir: str, config):
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, '.write_test')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise errors.UserError(
+        f'workdir {workdir!r} is not writable ({e.strerror}); pass a '
+        '--workdir you can write to.') from e
+  path = os.path.join(workdir, 'config.json')
+  if jax.process_index() == 0 and not os.path.exists(path):
+    with open(path, 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> Dict[str, float]:
+  """Trains, evaluates and checkpoints; resumes from `workdir` if it can.
+
+  Returns the final evaluation's metrics.
+  """
+  validate_config(config)
+  _prepare_workdir(workdir, config)
+  mesh = parallel.create_mesh(config.mesh.data, config.mesh.model)
+  data_size = mesh.shape[DATA]
+  for name in ('batch_size', 'eval_batch_size'):
+    if config[name] % (data_size * jax.process_count()):
+      raise errors.ConfigError(
+          f'{name}={config[name]} is not divisible by the mesh\'s data axis '
+          f'({data_size}); use a multiple of {data_size}.')
+  logging.info('Mesh: %s on %d %s device(s)', dict(mesh.shape),
+               mesh.devices.size, jax.devices()[0].platform)
+
+  builder = input_pipeline.get_builder(config)
+  n_train = input_pipeline.num_examples(builder, config.train_split)
+  input_pipeline.num_examples(builder, config.eval_split)
+  steps_per_epoch = n_train // config.batch_size
+  if steps_per_epoch < 1:
+    raise errors.ConfigError(
+        f'batch_size={config.batch_size} is larger than the training split '
+        f'({n_train} examples); lower batch_size.')
+  # Durations are written in epochs; this is the one place they become steps.
+  if config.num_train_steps > 0:
+    total_steps = int(config.num_train_steps)
+  else:
+    total_steps = int(math.ceil(config.num_epochs * steps_per_epoch))
+  eval_every = max(1, int(round(config.eval_every_epochs * steps_per_epoch)))
+  num_epochs = total_steps / steps_per_epoch
+
+  model = model_lib.create_model(config.model)
+  tx, schedule = optim.create(config, steps_per_epoch)
+  steps = Steps(config, model, tx, mesh)
+  root_key = jax.random.key(config.seed)
+  init_key, train_key = jax.random.split(root_key)
+  state = steps.init_state(init_key)
+  logging.info('Model: %s, %s parameters', config.model.layout,
+               f'{model_lib.count_params(state.params):,}')
+
+  ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
+  restored = ckpt.restore(state)
+  if restored is not None:
+    state, meta = restored
+    schedule.load_state_dict(meta.get('schedule', {}))
+  start_step = int(jax.device_get(state.step))
+  if start_step:
+    logging.info('Resuming from step %d (epoch %.2f).', start_step,
+                 start_step / steps_per_epoch)
+
+  mean = jax.device_put(
+      jnp.asarray(input_pipeline.mean_image(builder, config)),
+      parallel.replicated(mesh))
+  log = MetricsLog(workdir)
+
+  def save(step):
+    ckpt.save(step, state, {'schedule': schedule.state_dict(),
+                            'epoch': step / steps_per_epoch,
+                            'config': config.to_dict()})
+
+  current_lr = None
+  batches = None
+  window, window_start, window_steps = [], time.time(), 0
+  run_start, run_start_step = time.time(), start_step
+  last_eval = None
+  step = start_step
+  while step < total_steps:
+    epoch = step // steps_per_epoch
+    if batches is None or step % steps_per_epoch == 0:
+      batches = input_pipeline.prefetch_to_device(
+          input_pipeline.train_batches(builder, config, epoch,
+                                       step % steps_per_epoch), mesh)
+    lr = schedule.lr_at(step)
+    if lr != current_lr:
+      state = state.replace(opt_state=optim.set_learning_rate(
+          state.opt_state, lr))
+      if current_lr is not None:
+        logging.info('Learning rate -> %g at step %d.', lr, step)
+      current_lr = lr
+    batch = next(batches)
+    state, metrics = steps.train_step(state, batch, mean, train_key)
+    window.append(metrics)
+    window_steps += 1
+    step += 1
+
+    if step % config.log_every_steps == 0 or step == total_steps:
+      fetched = jax.device_get(window)  # The only host sync between logs.
+      now = time.time()
+      rate = window_steps * config.batch_size / max(now - window_start, 1e-9)
+      record = {'step': step, 'epoch': step / steps_per_epoch,
+                'split': 'train', 'lr': float(fetched[-1]['lr']),
+                'img_per_sec': rate}
+      for k in ('loss', 'top1_err', 'top5_err'):
+        record[k] = float(np.mean([m[k] for m in fetched]))
+      if not math.isfinite(record['loss']):
+        raise errors.UserError(
+            f'loss is {record["loss"]} at step {step}; the run diverged. '
+            f'Last checkpoint: step {ckpt.latest_step()}. Lower learning_rate '
+            'or use model.init=he.')
+      log.write(record)
+      elapsed = now - run_start
+      eta = elapsed / max(step - run_start_step, 1) * (total_steps - step)
+      logging.info(
+          'epoch %.2f/%g  step %d/%d  loss %.4f  top1_err %.2f%%  lr %g  '
+          '%.1f img/s  ETA %s', step / steps_per_epoch, num_epochs, step,
+          total_steps, record['loss'], 100 * record['top1_err'],
+          record['lr'], rate, _fmt_time(eta))
+      window, window_start, window_steps = [], time.time(), 0
+
+    if step % eval_every == 0 or step == total_steps:
+      t0 = time.time()
+      last_eval = evaluate(steps, state.params, builder, config, mean)
+      log.write({'step': step, 'epoch': step / steps_per_epoch,
+                 'split': 'eval', 'lr': current_lr, **last_eval})
+      logging.info('eval at step %d: loss %.4f  top1_err %.2f%%  top5_err '
+                   '%.2f%%  (%d images, %.1fs)', step, last_eval['loss'],
+                   100 * last_eval['top1_err'], 100 * last_eval['top5_err'],
+                   last_eval['num_examples'], time.time() - t0)
+      if schedule.observe(last_eval['top1_err']):
+        logging.info('Validation error stopped improving: learning rate / 10 '
+                     '(drop %d of at most %d).', schedule.drops,
+                     schedule.max_drops)
+      window_start = time.time()  # Keep eval time out of the train img/s.
+
+    if step % config.checkpoint_every_steps == 0 or step == total_steps:
+      save(step)
+
+  ckpt.wait()
+  ckpt.close()
+  if last_eval is None:  # Nothing left to train: report the restored state.
+    last_eval = evaluate(steps, state.params, builder, config, mean)
+  logging.info('Done: %d steps, final top1_err %.2f%%, top5_err %.2f%%, '
+               'checkpoints in %s', total_steps, 100 * last_eval['top1_err'],
+               100 * last_eval['top5_err'], ckpt.directory)
+  return last_eval

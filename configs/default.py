@@ -1,0 +1,100 @@
+"""The paper's defaults: every value here matches Krizhevsky et al. (2012).
+
+Other configs import this one and override a few fields. Not meant to be run
+by itself (it names no runnable dataset); see configs/ilsvrc2012.py for the
+ImageNet recipe and configs/digits.py for the embedded demo.
+
+Durations are written in epochs; `train.py` converts them to steps in one place.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the paper's configuration."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # ---- Data -----------------------------------------------------------------
+  # tfds name: 'digits' (embedded, no download) or 'imagenet2012'.
+  config.dataset = 'imagenet2012'
+  config.data_dir = config_dict.placeholder(str)  # tfds data dir (None: tfds default).
+  config.manual_dir = config_dict.placeholder(str)  # where the ILSVRC tars are.
+  config.train_split = 'train'
+  config.eval_split = 'validation'
+  # Host preprocessing: shorter side resized to image_size, centre crop
+  # image_size x image_size, kept as uint8 (paper: 256).
+  config.image_size = 256
+  config.shuffle_buffer = 16_384
+
+  # ---- Augmentation and normalisation (on device, jitted) -------------------
+  config.augment = ml_collections.ConfigDict()
+  config.augment.random_crop = True  # Random model.input_size crops (paper).
+  config.augment.flip = True  # Random horizontal flips (paper).
+  # 'per_pixel': subtract the training set's mean image (paper);
+  # 'none': keep raw pixels.
+  config.augment.mean = 'per_pixel'
+  # Pixels are divided by this after mean subtraction (paper: 1, raw 0..255).
+  config.augment.scale = 1.0
+
+  # ---- Model (see alexnet_jax/model.py) -------------------------------------
+  config.model = ml_collections.ConfigDict()
+  config.model.layout = 'two_towers'  # | 'one_tower_half' | 'single_tower'
+  config.model.num_classes = 1000
+  config.model.input_size = 224  # Crop size: 224 (paper) or 227 (Caffe).
+  config.model.conv1_padding = -1  # -1: 2 for 224-style inputs, 0 for 227.
+  config.model.width = 1.0  # Multiplies every layer's width (demos: < 1).
+  # Total conv1..conv5 kernels (None: the layout's own, paper 96-256-384-384-256).
+  config.model.conv_features = config_dict.placeholder(tuple)
+  config.model.fc_features = 4096
+  config.model.activation = 'relu'  # | 'tanh' (Figure 1)
+  config.model.lrn = ml_collections.ConfigDict()
+  config.model.lrn.enabled = True
+  # The paper's formula and constants; see ops.LRN_CONVENTIONS for Caffe
+  # (k=1, alpha_over_n=True) and PyTorch (the same as Caffe).
+  config.model.lrn.n = 5
+  config.model.lrn.k = 2.0
+  config.model.lrn.alpha = 1e-4
+  config.model.lrn.beta = 0.75
+  config.model.lrn.alpha_over_n = False
+  config.model.pool_window = 3  # 3x3 stride 2: overlapping (paper); 2/2: not.
+  config.model.pool_stride = 2
+  config.model.dropout_rate = 0.5  # On fc6 and fc7, training only.
+  config.model.init = 'paper'  # | 'caffe' | 'he'
+  config.model.dtype = 'float32'  # Compute dtype; parameters stay float32.
+
+  # ---- Devices --------------------------------------------------------------
+  # Mesh ('data', 'model'). model=2 puts one tower on each device, as on the
+  # paper's two GPUs; -1 means all remaining devices.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1
+  config.mesh.model = 1
+
+  # ---- Optimisation (Section 5) ---------------------------------------------
+  config.batch_size = 128  # Global batch.
+  config.eval_batch_size = 128
+  config.momentum = 0.9
+  config.weight_decay = 5e-4
+  config.decay_biases = True  # Paper: decay on every weight; Caffe: not biases.
+  config.learning_rate = 0.01
+  # 'plateau': divide by 10 when validation top-1 error has not improved for
+  # `plateau_patience` evaluations, at most `max_lr_drops` times (the paper's
+  # manual rule, automated). 'milestones': divide by 10 at each epoch in
+  # `lr_milestones`. 'constant'.
+  config.lr_schedule = 'plateau'
+  config.plateau_patience = 3
+  config.max_lr_drops = 3
+  config.lr_milestones = ()
+  # Set when resuming to change the rate by hand, as the paper's authors did;
+  # it replaces the schedule's rate from the resumed step on (-1: unused).
+  config.lr_override = -1.0
+
+  # ---- Duration, logging, checkpoints ---------------------------------------
+  config.num_epochs = 90.0
+  config.num_train_steps = -1  # > 0 overrides num_epochs (short runs, tests).
+  config.eval_every_epochs = 1.0
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  return config
