@@ -90,6 +90,10 @@ class Steps:
     if mesh.shape[MODEL] > 1:
       self.sharded_model = model.clone(tower_axis=MODEL,
                                        tower_axis_size=mesh.shape[MODEL])
+      try:
+        self.sharded_model.local_towers  # pylint: disable=pointless-statement
+      except ValueError as e:
+        raise errors.ConfigError(str(e)) from e
     else:
       self.sharded_model = model
 

@@ -1,0 +1,44 @@
+"""Shared test setup.
+
+Four simulated CPU devices, so mesh tests run in-process; this must be set
+before jax is first imported, which is why it lives here.
+"""
+
+import os
+import sys
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=4').strip()
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def tiny_config(data_dir=None):
+  """The digits config shrunk so a train step takes milliseconds."""
+  from configs import digits  # pylint: disable=g-import-not-at-top
+  config = digits.get_config()
+  config.data_dir = data_dir
+  config.image_size = 72
+  config.model.input_size = 64
+  config.model.width = 1 / 16
+  config.model.fc_features = 256
+  config.batch_size = 16
+  config.eval_batch_size = 40
+  config.mesh.data = 1
+  config.mesh.model = 1
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 4
+  return config
+
+
+@pytest.fixture(scope='session')
+def digits_dir(tmp_path_factory):
+  """A tfds data dir with the digits dataset prepared once per session."""
+  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  input_pipeline.get_builder(tiny_config(data_dir))
+  return data_dir

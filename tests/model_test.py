@@ -1,0 +1,172 @@
+"""The model's structure against the paper's table (DESIGN §2)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alexnet_jax import model as model_lib
+from configs import default
+
+
+def paper_model(**overrides):
+  return model_lib.create_model(default.get_config().model, **overrides)
+
+
+def test_paper_parameter_count_is_exact():
+  shapes = model_lib.param_shapes(paper_model())
+  assert model_lib.count_params(shapes) == 60_965_224
+
+
+def test_every_layer_per_tower_matches_paper():
+  shapes = jax.tree.map(lambda s: s.shape, model_lib.param_shapes(paper_model()))
+  want = {
+      'conv1': (2, 11, 11, 3, 48),    # 96 kernels 11x11x3, 48 per tower.
+      'conv2': (2, 5, 5, 48, 128),    # 256 kernels 5x5x48: own tower only.
+      'conv3': (2, 3, 3, 256, 192),   # 384 kernels 3x3x256: both towers.
+      'conv4': (2, 3, 3, 192, 192),   # 384 kernels 3x3x192.
+      'conv5': (2, 3, 3, 192, 128),   # 256 kernels 3x3x192.
+      'fc6': (2, 6 * 6 * 256, 2048),  # 4096, reads all of pool5.
+      'fc7': (2, 4096, 2048),
+      'fc8': (2, 4096, 500),          # 1000-way.
+  }
+  for name, kernel in want.items():
+    assert shapes[name]['kernel'] == kernel, name
+    assert shapes[name]['bias'] == (2, kernel[-1]), name
+
+
+@pytest.mark.parametrize('size', [224, 227])
+def test_activation_sizes(size):
+  net = paper_model(input_size=size)
+  x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+  params = model_lib.param_shapes(net)
+  logits, feats = jax.eval_shape(
+      lambda p, x: net.apply({'params': p}, x, capture=True), params, x)
+  assert logits.shape == (2, 1000)
+  assert feats['conv1'].shape == (2, 2, 55, 55, 48)
+  assert feats['conv2'].shape == (2, 2, 27, 27, 128)
+  assert feats['conv3'].shape == (2, 2, 13, 13, 192)
+  assert feats['conv5'].shape == (2, 2, 13, 13, 128)
+  assert feats['pool5'].shape == (2, 2, 6, 6, 128)
+  assert feats['fc7'].shape == (2, 2, 2048)
+
+
+def test_conv1_padding_follows_input_size():
+  assert paper_model(input_size=224).padding1 == 2
+  assert paper_model(input_size=227).padding1 == 0
+  assert paper_model(input_size=227, conv1_padding=1).padding1 == 1
+
+
+def test_layouts():
+  half = jax.tree.map(lambda s: s.shape,
+                      model_lib.param_shapes(paper_model(layout='one_tower_half')))
+  # The paper's one-GPU net: half the kernels in conv1-4, conv5 and fc full.
+  assert half['conv1']['kernel'] == (1, 11, 11, 3, 48)
+  assert half['conv4']['kernel'] == (1, 3, 3, 192, 192)
+  assert half['conv5']['kernel'] == (1, 3, 3, 192, 256)
+  assert half['fc6']['kernel'] == (1, 9216, 4096)
+  single = jax.tree.map(lambda s: s.shape,
+                        model_lib.param_shapes(paper_model(layout='single_tower')))
+  assert single['conv2']['kernel'] == (1, 5, 5, 96, 256)
+  assert single['conv3']['kernel'] == (1, 3, 3, 256, 384)
+  tv = model_lib.param_shapes(paper_model(
+      layout='single_tower', conv_features=(64, 192, 384, 256, 256)))
+  assert tv['conv1']['kernel'].shape == (1, 11, 11, 3, 64)
+  with pytest.raises(ValueError, match='layout'):
+    paper_model(layout='three_towers').towers  # pylint: disable=expression-not-assigned
+
+
+def small(**kw):
+  kw = dict(dict(num_classes=7, input_size=67, width=1 / 8, fc_features=64),
+            **kw)
+  return paper_model(**kw)
+
+
+def init(net, seed=0):
+  x = jnp.zeros((1, net.input_size, net.input_size, 3))
+  return net.init(jax.random.key(seed), x)['params']
+
+
+def test_paper_init():
+  params = init(paper_model())
+  for name in model_lib.CONV_LAYERS + model_lib.FC_LAYERS:
+    k, b = np.asarray(params[name]['kernel']), np.asarray(params[name]['bias'])
+    assert abs(k.std() - 0.01) < 0.001, name
+    want_bias = 1.0 if name in ('conv2', 'conv4', 'conv5', 'fc6', 'fc7') else 0
+    np.testing.assert_array_equal(b, want_bias)
+
+
+def test_caffe_and_he_init():
+  caffe = init(small(init_scheme='caffe', width=1.0, fc_features=4096))
+  assert float(caffe['conv2']['bias'][0, 0]) == pytest.approx(0.1)
+  assert float(caffe['conv1']['bias'][0, 0]) == 0.0
+  assert abs(float(caffe['fc6']['kernel'].std()) - 0.005) < 5e-4
+  he = init(small(init_scheme='he', width=1.0))
+  fan_in = 5 * 5 * 48
+  assert abs(float(he['conv2']['kernel'].std()) - np.sqrt(2 / fan_in)) < 2e-3
+  assert float(jnp.abs(he['fc6']['bias']).max()) == 0.0
+
+
+def test_odd_class_count_is_padded_then_sliced():
+  net = small(num_classes=7)
+  params = init(net)
+  assert params['fc8']['kernel'].shape[-1] == 4
+  assert net.apply({'params': params}, jnp.ones((3, 67, 67, 3))).shape == (3, 7)
+
+
+def test_dropout_only_in_training_and_per_example():
+  net = small(init_scheme='he')
+  params = init(net)
+  x = jax.random.normal(jax.random.key(1), (4, 67, 67, 3))
+  a = net.apply({'params': params}, x)
+  b = net.apply({'params': params}, x)
+  np.testing.assert_array_equal(a, b)
+  rngs = {'dropout': jax.random.key(2)}
+  t1 = net.apply({'params': params}, x, train=True, rngs=rngs)
+  assert not np.allclose(t1, a)
+  # Masks depend on the example's id, not its position in the batch.
+  t2 = net.apply({'params': params}, x[2:], train=True, rngs=rngs,
+                 example_ids=jnp.arange(2, 4))
+  np.testing.assert_allclose(t1[2:], t2, rtol=1e-5, atol=1e-5)
+  no_drop = small(init_scheme='he', dropout_rate=0.0)
+  np.testing.assert_allclose(
+      no_drop.apply({'params': params}, x, train=True, rngs=rngs), a,
+      rtol=1e-6)
+
+
+def test_switches_change_the_function():
+  params = init(small(init_scheme='he'))
+  x = jax.random.normal(jax.random.key(1), (2, 67, 67, 3)) * 50
+  base = small(init_scheme='he').apply({'params': params}, x)
+  for kw in [dict(activation='tanh'), dict(lrn=False),
+             dict(lrn_k=1.0, lrn_alpha_over_n=True)]:
+    out = small(init_scheme='he', **kw).apply({'params': params}, x)
+    assert not np.allclose(out, base, rtol=1e-4), kw
+  pooled = small(init_scheme='he', pool_window=2)
+  assert pooled.apply({'params': init(pooled)}, x).shape == (2, 7)
+
+
+def test_towers_only_talk_at_the_paper_points():
+  # Perturbing tower 1's conv2 kernel must not change tower 0's conv2 output,
+  # but must change tower 0's conv3 output (conv3 reads both towers).
+  net = small(init_scheme='he')
+  params = init(net)
+  x = jax.random.normal(jax.random.key(3), (2, 67, 67, 3))
+  _, f1 = net.apply({'params': params}, x, capture=True)
+  p2 = jax.tree.map(lambda v: v, params)
+  p2['conv2'] = dict(p2['conv2'],
+                     kernel=p2['conv2']['kernel'].at[1].multiply(2.0))
+  _, f2 = net.apply({'params': p2}, x, capture=True)
+  np.testing.assert_array_equal(f1['conv2'][0], f2['conv2'][0])
+  assert not np.allclose(f1['conv2'][1], f2['conv2'][1])
+  assert not np.allclose(f1['conv3'][0], f2['conv3'][0])
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  net = small(init_scheme='he', dtype=jnp.bfloat16)
+  params = init(net)
+  assert params['conv1']['kernel'].dtype == jnp.float32
+  out = net.apply({'params': params}, jnp.ones((2, 67, 67, 3)))
+  assert out.dtype == jnp.float32
+  ref = small(init_scheme='he').apply({'params': params}, jnp.ones((2, 67, 67, 3)))
+  np.testing.assert_allclose(out, ref, rtol=0.1, atol=0.1)

@@ -1,0 +1,158 @@
+"""Each op against an independent reference, values and gradients."""
+
+import itertools
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alexnet_jax import ops
+
+
+def naive_lrn(a, n, k, alpha, beta):
+  """The paper's formula, one channel at a time, in float64 numpy."""
+  a = np.asarray(a, np.float64)
+  out = np.empty_like(a)
+  channels = a.shape[-1]
+  for i in range(channels):
+    lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
+    s = (a[..., lo:hi + 1] ** 2).sum(-1)
+    out[..., i] = a[..., i] / (k + alpha * s) ** beta
+  return out
+
+
+def naive_lrn_jnp(a, n, k, alpha, beta):
+  """The same loop in jnp, differentiated by autodiff (gradient reference)."""
+  channels = a.shape[-1]
+  outs = []
+  for i in range(channels):
+    lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
+    s = (a[..., lo:hi + 1] ** 2).sum(-1)
+    outs.append(a[..., i] / (k + alpha * s) ** beta)
+  return jnp.stack(outs, -1)
+
+
+@pytest.mark.parametrize('convention', sorted(ops.LRN_CONVENTIONS))
+def test_lrn_matches_naive_loop(convention):
+  c = ops.LRN_CONVENTIONS[convention]
+  # Large activations so the normaliser is far from k (alpha is small).
+  x = np.random.RandomState(0).normal(0, 30, (2, 3, 4, 4, 11)).astype(np.float32)
+  got = ops.local_response_norm(x, **c)
+  alpha = c['alpha'] / c['n'] if c['alpha_over_n'] else c['alpha']
+  want = naive_lrn(x, c['n'], c['k'], alpha, c['beta'])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(want, x / c['k'] ** c['beta'], rtol=1e-3)
+
+
+def test_lrn_conventions_differ_as_documented():
+  x = np.random.RandomState(1).normal(0, 50, (4, 8)).astype(np.float32)
+  paper = ops.local_response_norm(x, **ops.LRN_CONVENTIONS['paper'])
+  caffe = ops.local_response_norm(x, **ops.LRN_CONVENTIONS['caffe'])
+  # Caffe: k=1 and alpha/n = 2e-5.
+  np.testing.assert_allclose(caffe, naive_lrn(x, 5, 1.0, 2e-5, 0.75),
+                             rtol=1e-5)
+  assert not np.allclose(paper, caffe, rtol=1e-2)
+
+
+@pytest.mark.parametrize('n', [1, 3, 5])
+def test_lrn_gradient_matches_autodiff_of_naive(n):
+  x = jnp.asarray(np.random.RandomState(2).normal(0, 40, (2, 3, 3, 7)),
+                  jnp.float32)
+  g = jnp.asarray(np.random.RandomState(3).normal(size=x.shape), jnp.float32)
+  args = (n, 2.0, 1e-3, 0.75)
+  got = jax.grad(lambda v: (ops.local_response_norm(v, *args) * g).sum())(x)
+  want = jax.grad(lambda v: (naive_lrn_jnp(v, *args) * g).sum())(x)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_lrn_window_stays_inside_a_tower():
+  # Two towers of 4 maps: a huge activation in tower 0 must not touch tower 1.
+  x = np.ones((2, 1, 4), np.float32)
+  x[0, 0, 3] = 1e3
+  y = np.asarray(ops.local_response_norm(jnp.asarray(x)))
+  np.testing.assert_allclose(y[1], ops.local_response_norm(jnp.ones((1, 4))))
+
+
+def test_lrn_rejects_even_window():
+  with pytest.raises(ValueError, match='odd'):
+    ops.local_response_norm(jnp.ones((1, 4)), n=4)
+
+
+def grouped_reference(x, kernel, stride, padding):
+  """lax's grouped convolution (feature_group_count) on the merged towers."""
+  towers = kernel.shape[0]
+  if x.ndim == 5:  # Per-tower inputs: channels tower-major.
+    xin = ops.merge_towers(x)
+    groups = towers
+  else:  # Shared input: every tower reads all of it.
+    xin = jnp.concatenate([x] * towers, axis=-1)
+    groups = towers
+  k = jnp.concatenate([kernel[t] for t in range(towers)], axis=-1)
+  y = lax.conv_general_dilated(
+      xin, k, (stride, stride), ((padding, padding),) * 2,
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)
+  return jnp.stack(jnp.split(y, towers, axis=-1))
+
+
+@pytest.mark.parametrize('shared,stride,padding',
+                         list(itertools.product([False, True], [1, 4], [0, 2])))
+def test_per_tower_conv_matches_grouped_conv(shared, stride, padding):
+  rng = np.random.RandomState(4)
+  towers, cin, cout = 2, 3, 5
+  shape = (4, 13, 13, cin) if shared else (towers, 4, 13, 13, cin)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(towers, 5, 5, cin, cout)), jnp.float32)
+  got = ops.per_tower_conv(x, k, stride, padding)
+  want = grouped_reference(x, k, stride, padding)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  g = jnp.asarray(rng.normal(size=got.shape), jnp.float32)
+  got_grads = jax.grad(lambda a, b: (ops.per_tower_conv(a, b, stride, padding)
+                                     * g).sum(), argnums=(0, 1))(x, k)
+  want_grads = jax.grad(lambda a, b: (grouped_reference(a, b, stride, padding)
+                                      * g).sum(), argnums=(0, 1))(x, k)
+  for a, b in zip(got_grads, want_grads):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+def naive_pool(x, window, stride):
+  x = np.asarray(x)
+  h = (x.shape[-3] - window) // stride + 1
+  w = (x.shape[-2] - window) // stride + 1
+  out = np.empty(x.shape[:-3] + (h, w, x.shape[-1]), x.dtype)
+  for i in range(h):
+    for j in range(w):
+      patch = x[..., i * stride:i * stride + window,
+                j * stride:j * stride + window, :]
+      out[..., i, j, :] = patch.max(axis=(-3, -2))
+  return out
+
+
+def slices_pool(x, window, stride):
+  """Max over the window's shifted strided slices (gradient reference)."""
+  h = (x.shape[-3] - window) // stride + 1
+  w = (x.shape[-2] - window) // stride + 1
+  parts = [x[..., i:i + stride * (h - 1) + 1:stride,
+             j:j + stride * (w - 1) + 1:stride, :]
+           for i in range(window) for j in range(window)]
+  return jnp.max(jnp.stack(parts), axis=0)
+
+
+@pytest.mark.parametrize('window,stride', [(3, 2), (2, 2)])
+def test_max_pool_matches_naive(window, stride):
+  rng = np.random.RandomState(5)
+  x = jnp.asarray(rng.normal(size=(2, 3, 13, 13, 4)), jnp.float32)
+  y = ops.max_pool(x, window, stride)
+  np.testing.assert_array_equal(y, naive_pool(x, window, stride))
+  assert y.shape[-3:-1] == (6, 6)
+  g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  got = jax.grad(lambda v: (ops.max_pool(v, window, stride) * g).sum())(x)
+  want = jax.grad(lambda v: (slices_pool(v, window, stride) * g).sum())(x)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_overlapping_pool_sizes_match_paper():
+  # 224 input, conv1 padding 2 -> 55 -> 27 -> 13 -> 6 (DESIGN §2).
+  assert tuple(ops.feature_sizes(224, 2, 3, 2)) == (55, 27, 13, 6)
+  assert tuple(ops.feature_sizes(227, 0, 3, 2)) == (55, 27, 13, 6)
