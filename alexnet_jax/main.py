@@ -8,6 +8,7 @@ Any config field can be overridden: --config.batch_size=64. All logic lives in
 
 import logging as std_logging
 import os
+import re
 import sys
 
 from absl import app
@@ -37,17 +38,50 @@ class _QuietLibraries(std_logging.Filter):
                                'jax'))
 
 
+def _fail(message: str):
+  print(f'alexnet_jax: error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv):
+  """absl flag parsing with one-line errors instead of tracebacks."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    _fail(' '.join(lines[:1] + lines[-1:]) if len(lines) > 1 else lines[0])
+  except (AttributeError, KeyError) as e:
+    # ml_collections' locked config refuses keys it does not have.
+    text = str(e).replace('\\', '')
+    found = re.search(r"'(\w+)'", text)
+    key = found.group(1) if found else text
+    hint = re.search(r'Did you mean "(\w+)"', text)
+    given = [a.split('=')[0] for a in argv if a.startswith('--config.')
+             and key in a.split('=')[0].split('.')]
+    _fail(f'{given[0] if given else key}: unknown config key {key!r}' +
+          (f'; did you mean {hint.group(1)!r}?' if hint else
+           '; the keys and their meaning are in configs/default.py.'))
+  except (TypeError, ValueError) as e:
+    _fail(f'bad --config override: {e}; see configs/default.py.')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    config = FLAGS.config
+    config.keys()  # Config files load lazily: fail here, in one line.
+  except OSError as e:
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    _fail(f'--config: could not load the config file ({lines[-1]}); pass a '
+          'path such as configs/digits.py.')
+  try:
+    train.train_and_evaluate(config, FLAGS.workdir)
   except errors.UserError as e:
     logging.flush()
-    print(f'alexnet_jax: error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _fail(str(e))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -17,6 +17,16 @@ if ROOT not in sys.path:
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+@pytest.fixture(scope='session', autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Tests compile the same tiny steps many times: cache them on disk."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_compilation_cache_dir',
+                    str(tmp_path_factory.mktemp('jax_cache')))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
+  yield
+
+
 def tiny_config(data_dir=None):
   """The digits config shrunk so a train step takes milliseconds."""
   from configs import digits  # pylint: disable=g-import-not-at-top

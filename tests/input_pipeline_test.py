@@ -1,0 +1,111 @@
+"""The digits tfds builder, host preprocessing and the training stream."""
+
+import numpy as np
+import pytest
+
+from alexnet_jax import augment
+from alexnet_jax import input_pipeline
+from alexnet_jax.datasets import digits
+from tests.conftest import tiny_config
+
+
+def test_digits_builder_splits(digits_dir):
+  builder = input_pipeline.get_builder(tiny_config(digits_dir))
+  assert builder.info.splits['train'].num_examples == 1438
+  assert builder.info.splits['validation'].num_examples == 359
+  assert builder.info.features['label'].num_classes == 10
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  labels = datasets.load_digits().target
+  train, val = digits.split_indices(labels)
+  assert not set(train) & set(val) and len(train) + len(val) == 1797
+  # Stratified: every class is about 20% held out.
+  for c in range(10):
+    frac = (labels[val] == c).sum() / (labels == c).sum()
+    assert 0.18 < frac < 0.22
+
+
+def test_preprocessed_batches(digits_dir):
+  config = tiny_config(digits_dir)
+  builder = input_pipeline.get_builder(config)
+  batch = next(input_pipeline.train_batches(builder, config, epoch=0))
+  assert batch['image'].shape == (16, 72, 72, 3)
+  assert batch['image'].dtype == np.uint8
+  # Grey digits become RGB with equal channels, real strokes, black corners.
+  np.testing.assert_array_equal(batch['image'][..., 0], batch['image'][..., 2])
+  assert batch['image'].max() > 200 and batch['image'][:, 0, 0].max() < 30
+  assert set(batch['label']) <= set(range(10))
+
+
+def test_order_is_a_function_of_seed_and_epoch(digits_dir):
+  config = tiny_config(digits_dir)
+  builder = input_pipeline.get_builder(config)
+  labels = lambda epoch, start=0, n=5: np.concatenate(
+      [b['label'] for b, _ in zip(
+          input_pipeline.train_batches(builder, config, epoch, start),
+          range(n))])
+  e0 = labels(0)
+  np.testing.assert_array_equal(e0, labels(0))
+  assert not np.array_equal(e0, labels(1))
+  # Resuming two batches into the epoch gives the batches that follow.
+  np.testing.assert_array_equal(labels(0, start=2, n=3), e0[32:])
+  config.seed = 1
+  assert not np.array_equal(e0, labels(0))
+
+
+def test_eval_batches_cover_the_split_once(digits_dir):
+  config = tiny_config(digits_dir)
+  builder = input_pipeline.get_builder(config)
+  batches = list(input_pipeline.eval_batches(builder, config))
+  assert all(len(b['label']) == 40 for b in batches)
+  mask = np.concatenate([b['mask'] for b in batches])
+  assert mask.sum() == 359 and mask[:359].all() and not mask[359:].any()
+
+
+def test_mean_image_is_cached(digits_dir):
+  config = tiny_config(digits_dir)
+  builder = input_pipeline.get_builder(config)
+  mean = input_pipeline.mean_image(builder, config)
+  assert mean.shape == (72, 72, 3) and 10 < mean.mean() < 150
+  np.testing.assert_array_equal(mean, input_pipeline.mean_image(builder,
+                                                                config))
+  config.augment.mean = 'none'
+  assert not input_pipeline.mean_image(builder, config).any()
+
+
+def test_unknown_dataset_is_a_clear_error(tmp_path):
+  config = tiny_config(str(tmp_path))
+  config.dataset = 'no_such_dataset_xyz'
+  with pytest.raises(input_pipeline.DataError, match='not a tfds dataset'):
+    input_pipeline.get_builder(config)
+
+
+def test_augmentation_ops():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  images = jnp.arange(2 * 8 * 8 * 3, dtype=jnp.float32).reshape(2, 8, 8, 3)
+  keys = augment.example_keys(jax.random.key(0), jnp.arange(2))
+  crops = augment.random_crop_flip(images, keys, 5, flip=False)
+  assert crops.shape == (2, 5, 5, 3)
+  for i in range(2):  # Each crop is a window of its own image.
+    found = any(np.array_equal(crops[i], images[i, y:y + 5, x:x + 5])
+                for y in range(4) for x in range(4))
+    assert found
+  centre = augment.random_crop_flip(images, keys, 4, random_crop=False,
+                                    flip=False)
+  np.testing.assert_array_equal(centre, augment.center_crop(images, 4))
+  np.testing.assert_array_equal(centre[0], images[0, 2:6, 2:6])
+  # Flips: over many examples about half are mirrored, none otherwise changed.
+  many = jnp.broadcast_to(images[:1], (200, 8, 8, 3))
+  keys = augment.example_keys(jax.random.key(1), jnp.arange(200))
+  out = augment.random_crop_flip(many, keys, 8, random_crop=False)
+  flipped = np.array([np.array_equal(o, images[0, :, ::-1]) for o in out])
+  same = np.array([np.array_equal(o, images[0]) for o in out])
+  assert (flipped | same).all() and 60 < flipped.sum() < 140
+  # Same key and example id, same augmentation: independent of batch layout.
+  a = augment.random_crop_flip(many[:4], augment.example_keys(
+      jax.random.key(1), jnp.arange(4)), 5)
+  b = augment.random_crop_flip(many[2:4], augment.example_keys(
+      jax.random.key(1), jnp.arange(2, 4)), 5)
+  np.testing.assert_array_equal(a[2:], b)
+  with pytest.raises(ValueError, match='larger'):
+    augment.center_crop(images, 9)

@@ -1,0 +1,82 @@
+"""The command line: a real run on two simulated devices, and bad input."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+TINY = ['--config.image_size=72', '--config.model.input_size=64',
+        '--config.model.width=0.0625', '--config.model.fc_features=256',
+        '--config.batch_size=16', '--config.eval_batch_size=40',
+        '--config.log_every_steps=1']
+
+
+def run_cli(args, devices=2, timeout=300):
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env['TF_CPP_MIN_LOG_LEVEL'] = '2'
+  return subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.main'] + args, cwd=ROOT, env=env,
+      capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def assert_one_line_error(proc, *needles):
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  errors = [l for l in proc.stderr.splitlines()
+            if l.startswith('alexnet_jax: error:')]
+  assert len(errors) == 1, proc.stderr[-3000:]
+  for needle in needles:
+    assert needle in errors[0], errors[0]
+
+
+def test_two_tower_split_on_two_simulated_devices(digits_dir, tmp_path):
+  workdir = str(tmp_path / 'w')
+  proc = run_cli(['--config', 'configs/digits.py', '--workdir', workdir,
+                  f'--config.data_dir={digits_dir}', '--config.mesh.model=2',
+                  '--config.num_train_steps=3'] + TINY)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Mesh: {'data': 1, 'model': 2}" in proc.stderr
+  assert 'step 3/3' in proc.stderr and 'img/s' in proc.stderr
+  assert 'ETA' in proc.stderr
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', '3'))
+
+  # A failing rerun on the same workdir leaves the checkpoints alone.
+  proc = run_cli(['--config', 'configs/digits.py', '--workdir', workdir,
+                  f'--config.data_dir={digits_dir}', '--config.mesh.data=2',
+                  '--config.batch_size=15'])
+  assert_one_line_error(proc, 'batch_size=15', 'multiple of 2')
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', '3'))
+
+
+@pytest.mark.parametrize('args,needles', [
+    (['--config.bogus=1'], ['--config.bogus', 'unknown config key']),
+    (['--config.model.widht=1'], ["did you mean 'width'"]),
+    (['--config.batch_size=abc'], ['batch_size']),
+    (['--config.mesh.data=8'], ['needs 8 devices', 'xla_force_host']),
+    (['--config.learning_rate=-1'], ['learning_rate']),
+    (['--config.model.input_size=300'], ['input_size', 'image_size']),
+])
+def test_bad_overrides(tmp_path, args, needles):
+  proc = run_cli(['--config', 'configs/digits.py', '--workdir',
+                  str(tmp_path)] + args)
+  assert_one_line_error(proc, *needles)
+
+
+def test_bad_paths(tmp_path):
+  proc = run_cli(['--config', 'configs/missing.py', '--workdir', str(tmp_path)])
+  assert_one_line_error(proc, '--config', 'missing.py')
+  blocker = tmp_path / 'file'
+  blocker.write_text('not a directory')
+  proc = run_cli(['--config', 'configs/digits.py', '--workdir',
+                  str(blocker / 'run')])
+  assert_one_line_error(proc, 'workdir', 'not writable')
+
+
+def test_imagenet_config_says_how_data_will_come(tmp_path):
+  proc = run_cli(['--config', 'configs/ilsvrc2012.py', '--workdir',
+                  str(tmp_path)])
+  assert_one_line_error(proc, 'imagenet2012', 'manual_dir')

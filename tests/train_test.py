@@ -1,0 +1,117 @@
+"""End to end: tfds digits -> sharded steps -> metrics, checkpoints, resume."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import errors
+from alexnet_jax import train
+from alexnet_jax.checkpoint import Checkpointer
+from tests.conftest import tiny_config
+
+REQUIRED = {'step', 'epoch', 'split', 'loss', 'top1_err', 'top5_err', 'lr',
+            'img_per_sec'}
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_train_evaluate_checkpoint_and_resume(digits_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(digits_dir)
+  config.num_train_steps = 6
+  config.eval_every_epochs = 0.05  # Every 4 steps (89 steps an epoch).
+  result = train.train_and_evaluate(config, workdir)
+  assert result['num_examples'] == 359
+  assert 0 <= result['top1_err'] <= 1 and result['top5_err'] <= result['top1_err']
+
+  records = read_metrics(workdir)
+  for r in records:
+    assert REQUIRED <= set(r), r
+  assert [r['step'] for r in records if r['split'] == 'train'] == [2, 4, 6]
+  assert [r['step'] for r in records if r['split'] == 'eval'] == [4, 6]
+  assert records[-1]['lr'] == pytest.approx(0.01)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['model']['layout'] == 'two_towers'
+  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+  assert Checkpointer(workdir).latest_step() == 6
+
+  # The same command with a longer budget resumes at step 6, not from zero.
+  config.num_train_steps = 8
+  train.train_and_evaluate(config, workdir)
+  records = read_metrics(workdir)
+  train_steps = [r['step'] for r in records if r['split'] == 'train']
+  assert train_steps == [2, 4, 6, 8]
+  ckpt = Checkpointer(workdir)
+  assert ckpt.latest_step() == 8
+  ckpt.close()
+
+
+def test_resumed_run_equals_uninterrupted(digits_dir, tmp_path):
+  config = tiny_config(digits_dir)
+  config.eval_every_epochs = 10.0
+  config.num_train_steps = 6
+  straight = str(tmp_path / 'straight')
+  train.train_and_evaluate(config, straight)
+  resumed = str(tmp_path / 'resumed')
+  config.num_train_steps = 3
+  config.checkpoint_every_steps = 3
+  train.train_and_evaluate(config, resumed)
+  config.num_train_steps = 6
+  train.train_and_evaluate(config, resumed)
+
+  def final_params(workdir):
+    ckpt = Checkpointer(workdir)
+    step = ckpt.latest_step()
+    path = os.path.join(ckpt.directory, str(step), 'state')
+    ckpt.close()
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    return ocp.StandardCheckpointer().restore(path)['params']
+
+  a, b = final_params(straight), final_params(resumed)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5,
+                                                       atol=1e-7), a, b)
+  # The log window that spans the restart is shorter; the next one is equal.
+  loss = lambda w: [r['loss'] for r in read_metrics(w) if r['split'] == 'train'
+                    and r['step'] == 6]
+  np.testing.assert_allclose(loss(resumed), loss(straight), rtol=1e-5)
+
+
+def test_plateau_drop_reaches_the_optimizer(digits_dir, tmp_path):
+  config = tiny_config(digits_dir)
+  config.lr_schedule = 'plateau'
+  config.plateau_patience = 1
+  config.learning_rate = 1e-7  # Too small to improve: every eval is "bad".
+  config.eval_every_epochs = 2 / 89
+  config.num_train_steps = 8
+  train.train_and_evaluate(config, str(tmp_path))
+  lrs = [r['lr'] for r in read_metrics(str(tmp_path)) if r['split'] == 'train']
+  assert lrs[0] == pytest.approx(1e-7) and lrs[-1] < 1e-8
+
+
+@pytest.mark.parametrize('key,value,match', [
+    ('batch_size', 0, 'batch_size'),
+    ('learning_rate', -0.1, 'learning_rate'),
+    ('model.input_size', 300, 'input_size'),
+    ('model.layout', 'three', 'layout'),
+    ('model.dropout_rate', 1.0, 'dropout_rate'),
+])
+def test_bad_config_values_raise_config_error(key, value, match):
+  config = tiny_config()
+  section, _, name = key.rpartition('.')
+  (config[section] if section else config)[name] = value
+  with pytest.raises(errors.ConfigError, match=match):
+    train.validate_config(config)
+
+
+def test_batch_not_divisible_by_data_axis(digits_dir, tmp_path):
+  config = tiny_config(digits_dir)
+  config.mesh.data = 3
+  config.batch_size = 16
+  with pytest.raises(errors.ConfigError, match='multiple of 3'):
+    train.train_and_evaluate(config, str(tmp_path))
