@@ -4,6 +4,10 @@ Input batches arrive as uint8 `(B, S, S, 3)` images (S = config.image_size,
 256 in the paper). Each example's randomness comes from the step key folded
 with the example's *global* index, so augmentation is identical whatever the
 mesh shape and however the batch is split over devices.
+
+`stats` is the dataset's statistics (`alexnet_jax.datasets.stats`): `mean`
+(S, S, 3) in pixel values, `eigvals` (3,) and `eigvecs` (3, 3, columns) of the
+RGB covariance of pixels in [0, 1].
 """
 
 import jax
@@ -15,13 +19,17 @@ def example_keys(key: jax.Array, example_ids: jax.Array) -> jax.Array:
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(example_ids)
 
 
+def _check_crop(size: int, crop: int):
+  if crop > size:
+    raise ValueError(f'crop {crop} is larger than the images ({size}); lower '
+                     'model.input_size or raise image_size.')
+
+
 def random_crop_flip(images: jax.Array, keys: jax.Array, crop: int,
                      random_crop: bool = True, flip: bool = True) -> jax.Array:
   """Random `crop` x `crop` patches and random horizontal flips, per example."""
   size = images.shape[1]
-  if crop > size:
-    raise ValueError(f'crop {crop} is larger than the images ({size}); lower '
-                     'model.input_size or raise image_size.')
+  _check_crop(size, crop)
 
   def one(image, key):
     k_y, k_x, k_f = jax.random.split(key, 3)
@@ -30,7 +38,8 @@ def random_crop_flip(images: jax.Array, keys: jax.Array, crop: int,
       x = jax.random.randint(k_x, (), 0, size - crop + 1)
     else:
       y = x = (size - crop) // 2
-    patch = jax.lax.dynamic_slice(image, (y, x, 0), (crop, crop, image.shape[-1]))
+    patch = jax.lax.dynamic_slice(image, (y, x, 0),
+                                  (crop, crop, image.shape[-1]))
     if flip:
       patch = jnp.where(jax.random.bernoulli(k_f), patch[:, ::-1], patch)
     return patch
@@ -38,13 +47,38 @@ def random_crop_flip(images: jax.Array, keys: jax.Array, crop: int,
   return jax.vmap(one)(images, keys)
 
 
+def pca_lighting(images: jax.Array, keys: jax.Array, eigvals: jax.Array,
+                 eigvecs: jax.Array, std: float) -> jax.Array:
+  """The paper's lighting noise: add [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T.
+
+  a_i ~ N(0, std) is drawn once per image (per presentation); p_i, l_i are the
+  eigenvectors and eigenvalues of the RGB covariance of pixels in [0, 1], so the
+  shift is scaled by 255 for images in pixel values.
+  """
+  alphas = jax.vmap(lambda k: jax.random.normal(k, (3,)))(keys) * std
+  shift = 255.0 * (alphas * eigvals) @ eigvecs.T  # (B, 3)
+  return images + shift[:, None, None, :].astype(images.dtype)
+
+
 def center_crop(images: jax.Array, crop: int) -> jax.Array:
   size = images.shape[1]
-  if crop > size:
-    raise ValueError(f'crop {crop} is larger than the images ({size}); lower '
-                     'model.input_size or raise image_size.')
+  _check_crop(size, crop)
   o = (size - crop) // 2
   return images[:, o:o + crop, o:o + crop]
+
+
+def ten_crops(images: jax.Array, crop: int) -> jax.Array:
+  """The paper's test views: 4 corners, centre, and their mirror images.
+
+  `(B, S, S, C)` -> `(10, B, crop, crop, C)`.
+  """
+  size = images.shape[1]
+  _check_crop(size, crop)
+  far, mid = size - crop, (size - crop) // 2
+  corners = [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
+  views = [images[:, y:y + crop, x:x + crop] for y, x in corners]
+  views += [v[:, :, ::-1] for v in views]
+  return jnp.stack(views)
 
 
 def normalize(images: jax.Array, mean_image: jax.Array,
@@ -53,15 +87,25 @@ def normalize(images: jax.Array, mean_image: jax.Array,
   return (images.astype(jnp.float32) - mean_image) / scale
 
 
-def train_views(images, key, example_ids, mean_image, config):
-  """The paper's training input: mean-subtracted random crops and flips."""
-  x = normalize(images, mean_image, config.augment.scale)
+def train_views(images, key, example_ids, stats, config):
+  """The paper's training input: random crops and flips, lighting, mean."""
+  a = config.augment
   keys = example_keys(key, example_ids)
-  return random_crop_flip(x, keys, config.model.input_size,
-                          config.augment.random_crop, config.augment.flip)
+  crop_keys, light_keys = jax.vmap(lambda k: jax.random.split(k))(keys).swapaxes(0, 1)
+  # Subtract the mean image before cropping: the mean is per pixel of the
+  # S x S image, so each crop gets the mean of its own window.
+  x = images.astype(jnp.float32) - stats['mean']
+  x = random_crop_flip(x, crop_keys, config.model.input_size, a.random_crop,
+                       a.flip)
+  if a.pca_lighting > 0:
+    x = pca_lighting(x, light_keys, stats['eigvals'], stats['eigvecs'],
+                     a.pca_lighting)
+  return x / a.scale
 
 
-def eval_views(images, mean_image, config):
-  """Centre crop of the mean-subtracted image."""
-  x = normalize(images, mean_image, config.augment.scale)
-  return center_crop(x, config.model.input_size)
+def eval_views(images, stats, config):
+  """Evaluation views `(crops, B, crop, crop, 3)`: centre crop or 10 crops."""
+  x = normalize(images, stats['mean'], config.augment.scale)
+  if config.eval_crops == 10:
+    return ten_crops(x, config.model.input_size)
+  return center_crop(x, config.model.input_size)[None]

@@ -11,7 +11,6 @@ a function of the config alone. Resuming at step s skips the first
 resumed run sees the batches an uninterrupted run would have seen.
 """
 
-import os
 import queue
 import threading
 from typing import Dict, Iterator, Optional
@@ -136,6 +135,15 @@ def train_batches(builder, config, epoch: int,
   yield from ds.as_numpy_iterator()
 
 
+def unshuffled_batches(builder, config, split: str, batch_size: int = 256):
+  """A whole split in stored order, preprocessed (dataset statistics)."""
+  tf = _tf()
+  ds = _encoded(builder, split).map(
+      lambda e: _preprocess(e, config.image_size),
+      num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.batch(batch_size).prefetch(2).as_numpy_iterator()
+
+
 def eval_batches(builder, config,
                  split: Optional[str] = None) -> Iterator[Dict[str, np.ndarray]]:
   """The whole split in order, in full batches; padding has mask 0."""
@@ -185,41 +193,3 @@ def prefetch_to_device(batches, mesh, size: int = 2):
     if isinstance(item, Exception):
       raise item
     yield item
-
-
-def mean_image(builder, config) -> np.ndarray:
-  """The training split's per-pixel mean image (S, S, 3) float32, cached.
-
-  Computed once by streaming the training split through the host
-  preprocessing (progress bar), then stored beside the prepared dataset.
-  """
-  if config.augment.mean == 'none':
-    return np.zeros((config.image_size,) * 2 + (3,), np.float32)
-  if config.augment.mean != 'per_pixel':
-    raise ValueError(f"augment.mean={config.augment.mean!r}: use 'per_pixel' "
-                     "or 'none'.")
-  path = os.path.join(builder.data_dir,
-                      f'mean_image_{config.train_split}_{config.image_size}.npy')
-  if os.path.exists(path):
-    logging.info('Mean image: loaded from %s', path)
-    return np.load(path)
-  import tqdm  # pylint: disable=g-import-not-at-top
-  tf = _tf()
-  ds = _encoded(builder, config.train_split).map(
-      lambda e: _preprocess(e, config.image_size),
-      num_parallel_calls=tf.data.AUTOTUNE).batch(256)
-  total = np.zeros((config.image_size,) * 2 + (3,), np.float64)
-  count = 0
-  n = num_examples(builder, config.train_split)
-  with tqdm.tqdm(total=n, desc='mean image', unit='img') as bar:
-    for b in ds.as_numpy_iterator():
-      total += b['image'].astype(np.float64).sum(0)
-      count += len(b['image'])
-      bar.update(len(b['image']))
-  mean = (total / max(count, 1)).astype(np.float32)
-  tmp = path + '.tmp.npy'
-  np.save(tmp, mean)
-  os.replace(tmp, path)
-  logging.info('Mean image: computed over %d training images, saved to %s',
-               count, path)
-  return mean

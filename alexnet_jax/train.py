@@ -31,6 +31,7 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import parallel
+from alexnet_jax.datasets import stats as stats_lib
 from alexnet_jax.parallel import DATA, MODEL
 
 
@@ -61,6 +62,12 @@ def validate_config(config: ml_collections.ConfigDict):
        f'model.dropout_rate={config.model.dropout_rate} must be in [0, 1).')
   need(config.model.num_classes > 0, 'model.num_classes must be > 0.')
   need(config.model.width > 0, 'model.width must be > 0.')
+  need(config.augment.mean in ('per_pixel', 'none'),
+       f"augment.mean={config.augment.mean!r}: use 'per_pixel' or 'none'.")
+  need(config.augment.pca_lighting >= 0,
+       'augment.pca_lighting is a standard deviation: use >= 0 (paper 0.1).')
+  need(config.eval_crops in (1, 10),
+       f'eval_crops={config.eval_crops}: use 1 (centre) or 10 (paper).')
   need(config.model.input_size <= config.image_size,
        f'model.input_size={config.model.input_size} (the crop) is larger than '
        f'image_size={config.image_size}; lower model.input_size or raise '
@@ -119,12 +126,12 @@ class Steps:
     config, mesh = self.config, self.mesh
     global_batch = config.batch_size
 
-    def local_loss(params, images, labels, mean, step, key):
+    def local_loss(params, images, labels, stats, step, key):
       b = images.shape[0]
       ids = (step * global_batch + jax.lax.axis_index(DATA) * b +
              jnp.arange(b))
       aug_key, drop_key = jax.random.split(jax.random.fold_in(key, step))
-      x = augment.train_views(images, aug_key, ids, mean, config)
+      x = augment.train_views(images, aug_key, ids, stats, config)
       logits = self.sharded_model.apply(
           {'params': params}, x, train=True, example_ids=ids,
           rngs={'dropout': drop_key})
@@ -135,14 +142,14 @@ class Steps:
       return loss, dict(loss=loss, top1_err=err1 / global_batch,
                         top5_err=err5 / global_batch)
 
-    def step_fn(state: TrainState, batch, mean, key):
+    def step_fn(state: TrainState, batch, stats, key):
       def loss_fn(params):
         return jax.shard_map(
             local_loss, mesh=mesh,
             in_specs=(self._param_specs(params), P(DATA), P(DATA), P(), P(),
                       P()),
             out_specs=(P(), P()),
-        )(params, batch['image'], batch['label'], mean, state.step, key)
+        )(params, batch['image'], batch['label'], stats, state.step, key)
 
       grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
       updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
@@ -159,34 +166,41 @@ class Steps:
   def eval_step(self):
     config, mesh = self.config, self.mesh
 
-    def local_eval(params, images, labels, mask, mean):
-      x = augment.eval_views(images, mean, config)
-      logits = self.sharded_model.apply({'params': params}, x, train=False)
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    def local_eval(params, images, labels, mask, stats):
+      views = augment.eval_views(images, stats, config)  # (V, b, h, w, 3)
+      v, b = views.shape[:2]
+      logits = self.sharded_model.apply(
+          {'params': params}, views.reshape((v * b,) + views.shape[2:]),
+          train=False)
+      # The paper's test: average the softmax over the views.
+      probs = jax.nn.softmax(logits).reshape(v, b, -1).mean(0)
+      ce = -jnp.log(jnp.take_along_axis(probs, labels[:, None], 1)[:, 0] +
+                    1e-30)
       sums = dict(
           loss=(ce * mask).sum(),
-          top1_err=((1 - _topk_correct(logits, labels, 1)) * mask).sum(),
-          top5_err=((1 - _topk_correct(logits, labels, 5)) * mask).sum(),
+          top1_err=((1 - _topk_correct(probs, labels, 1)) * mask).sum(),
+          top5_err=((1 - _topk_correct(probs, labels, 5)) * mask).sum(),
           count=mask.sum())
       return jax.tree.map(lambda v: jax.lax.psum(v, DATA), sums)
 
-    def step_fn(params, batch, mean):
+    def step_fn(params, batch, stats):
       return jax.shard_map(
           local_eval, mesh=mesh,
           in_specs=(self._param_specs(params), P(DATA), P(DATA), P(DATA), P()),
           out_specs=P(),
-      )(params, batch['image'], batch['label'], batch['mask'], mean)
+      )(params, batch['image'], batch['label'], batch['mask'], stats)
 
     return jax.jit(step_fn)
 
 
-def evaluate(steps: Steps, params, builder, config, mean) -> Dict[str, float]:
+def evaluate(steps: Steps, params, builder, config,
+             stats) -> Dict[str, float]:
   """Top-1 / top-5 error and loss over the whole evaluation split."""
   totals = None
   start = time.time()
   for batch in input_pipeline.prefetch_to_device(
       input_pipeline.eval_batches(builder, config), steps.mesh):
-    sums = steps.eval_step(params, batch, mean)
+    sums = steps.eval_step(params, batch, stats)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   n = float(totals.pop('count'))
@@ -222,6 +236,20 @@ class MetricsLog:
                and isinstance(v, (int, float))}
     self.writer.write_scalars(record['step'], scalars)
     self.writer.flush()
+
+
+def load_stats(builder, config) -> Dict[str, np.ndarray]:
+  """The statistics the input needs (computed and cached on first use)."""
+  size = config.image_size
+  stats = {'mean': np.zeros((size, size, 3), np.float32),
+           'eigvals': np.zeros(3, np.float32),
+           'eigvecs': np.eye(3, dtype=np.float32)}
+  if config.augment.mean == 'per_pixel' or config.augment.pca_lighting > 0:
+    computed = stats_lib.load_or_compute(builder, config)
+    stats = {k: computed[k] for k in stats}
+  if config.augment.mean == 'none':
+    stats['mean'] = np.zeros_like(stats['mean'])
+  return stats
 
 
 def _fmt_time(seconds: float) -> str:
@@ -301,9 +329,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     logging.info('Resuming from step %d (epoch %.2f).', start_step,
                  start_step / steps_per_epoch)
 
-  mean = jax.device_put(
-      jnp.asarray(input_pipeline.mean_image(builder, config)),
-      parallel.replicated(mesh))
+  stats = jax.device_put(load_stats(builder, config),
+                         parallel.replicated(mesh))
   log = MetricsLog(workdir)
 
   def save(step):
@@ -331,7 +358,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         logging.info('Learning rate -> %g at step %d.', lr, step)
       current_lr = lr
     batch = next(batches)
-    state, metrics = steps.train_step(state, batch, mean, train_key)
+    state, metrics = steps.train_step(state, batch, stats, train_key)
     window.append(metrics)
     window_steps += 1
     step += 1
@@ -362,7 +389,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
     if step % eval_every == 0 or step == total_steps:
       t0 = time.time()
-      last_eval = evaluate(steps, state.params, builder, config, mean)
+      last_eval = evaluate(steps, state.params, builder, config, stats)
       log.write({'step': step, 'epoch': step / steps_per_epoch,
                  'split': 'eval', 'lr': current_lr, **last_eval})
       logging.info('eval at step %d: loss %.4f  top1_err %.2f%%  top5_err '
@@ -381,7 +408,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   ckpt.wait()
   ckpt.close()
   if last_eval is None:  # Nothing left to train: report the restored state.
-    last_eval = evaluate(steps, state.params, builder, config, mean)
+    last_eval = evaluate(steps, state.params, builder, config, stats)
   logging.info('Done: %d steps, final top1_err %.2f%%, top5_err %.2f%%, '
                'checkpoints in %s', total_steps, 100 * last_eval['top1_err'],
                100 * last_eval['top5_err'], ckpt.directory)

@@ -37,6 +37,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.mean = 'per_pixel'
   # Pixels are divided by this after mean subtraction (paper: 1, raw 0..255).
   config.augment.scale = 1.0
+  # PCA lighting: std of the per-image alphas (paper: 0.1; 0 disables).
+  config.augment.pca_lighting = 0.1
+  # Evaluation views: 10 (4 corners + centre and their flips, softmax
+  # averaged: the paper's test) or 1 (centre crop).
+  config.eval_crops = 10
 
   # ---- Model (see alexnet_jax/model.py) -------------------------------------
   config.model = ml_collections.ConfigDict()

@@ -1,11 +1,15 @@
-"""The digits tfds builder, host preprocessing and the training stream."""
+"""The digits tfds builder, host preprocessing, statistics, augmentation."""
+
+import os
 
 import numpy as np
 import pytest
 
 from alexnet_jax import augment
 from alexnet_jax import input_pipeline
+from alexnet_jax import train
 from alexnet_jax.datasets import digits
+from alexnet_jax.datasets import stats as stats_lib
 from tests.conftest import tiny_config
 
 
@@ -61,15 +65,33 @@ def test_eval_batches_cover_the_split_once(digits_dir):
   assert mask.sum() == 359 and mask[:359].all() and not mask[359:].any()
 
 
-def test_mean_image_is_cached(digits_dir):
+def test_dataset_statistics(digits_dir):
   config = tiny_config(digits_dir)
   builder = input_pipeline.get_builder(config)
-  mean = input_pipeline.mean_image(builder, config)
-  assert mean.shape == (72, 72, 3) and 10 < mean.mean() < 150
-  np.testing.assert_array_equal(mean, input_pipeline.mean_image(builder,
-                                                                config))
+  stats = stats_lib.load_or_compute(builder, config)
+  images = np.concatenate([b['image'] for b in input_pipeline.unshuffled_batches(
+      builder, config, 'train')]).astype(np.float64)
+  assert len(images) == int(stats['num_images']) == 1438
+  np.testing.assert_allclose(stats['mean'], images.mean(0), rtol=1e-5)
+  cov = np.cov(images.reshape(-1, 3).T / 255.0, bias=True)
+  np.testing.assert_allclose(
+      stats['eigvecs'] @ np.diag(stats['eigvals']) @ stats['eigvecs'].T, cov,
+      atol=1e-6)
+  assert stats['eigvals'][0] >= stats['eigvals'][1] >= stats['eigvals'][2]
+  # Grey digits: one component (brightness) holds all the variance.
+  np.testing.assert_allclose(np.abs(stats['eigvecs'][:, 0]), 3 ** -0.5,
+                             rtol=1e-3)
+  assert os.path.exists(stats_lib.stats_path(builder, config))
+  again = stats_lib.load_or_compute(builder, config)
+  np.testing.assert_array_equal(again['mean'], stats['mean'])
+
+
+def test_training_statistics_switches(digits_dir):
+  config = tiny_config(digits_dir)
+  builder = input_pipeline.get_builder(config)
   config.augment.mean = 'none'
-  assert not input_pipeline.mean_image(builder, config).any()
+  stats = train.load_stats(builder, config)
+  assert not stats['mean'].any() and stats['eigvals'][0] > 0
 
 
 def test_unknown_dataset_is_a_clear_error(tmp_path):
@@ -109,3 +131,39 @@ def test_augmentation_ops():
   np.testing.assert_array_equal(a[2:], b)
   with pytest.raises(ValueError, match='larger'):
     augment.center_crop(images, 9)
+
+
+def test_pca_lighting():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  eigvecs, _ = np.linalg.qr(np.random.RandomState(0).normal(size=(3, 3)))
+  eigvals = np.array([0.2, 0.02, 0.002])
+  images = jnp.zeros((2000, 4, 4, 3))
+  keys = augment.example_keys(jax.random.key(0), jnp.arange(2000))
+  out = np.asarray(augment.pca_lighting(images, keys, jnp.asarray(eigvals),
+                                        jnp.asarray(eigvecs, jnp.float32),
+                                        0.1))
+  shift = out[:, 0, 0]
+  # One constant RGB shift per image.
+  np.testing.assert_allclose(out, np.broadcast_to(shift[:, None, None],
+                                                  out.shape), atol=1e-5)
+  # Along the eigenvectors the shifts have std 255 * 0.1 * lambda_i.
+  coords = shift @ eigvecs
+  np.testing.assert_allclose(coords.std(0), 255 * 0.1 * eigvals, rtol=0.1)
+  assert abs(coords.mean(0)[0]) < 0.2
+  none = augment.pca_lighting(images[:3], keys[:3], jnp.asarray(eigvals),
+                              jnp.asarray(eigvecs, jnp.float32), 0.0)
+  assert not np.asarray(none).any()
+
+
+def test_ten_crops():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  images = jnp.arange(2 * 6 * 6, dtype=jnp.float32).reshape(2, 6, 6, 1)
+  views = np.asarray(augment.ten_crops(images, 4))
+  assert views.shape == (10, 2, 4, 4, 1)
+  im = np.asarray(images)
+  want = [im[:, :4, :4], im[:, :4, 2:], im[:, 2:, :4], im[:, 2:, 2:],
+          im[:, 1:5, 1:5]]
+  for i, w in enumerate(want):
+    np.testing.assert_array_equal(views[i], w)
+    np.testing.assert_array_equal(views[i + 5], w[:, :, ::-1])

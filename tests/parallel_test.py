@@ -15,8 +15,17 @@ from tests.conftest import tiny_config
 STEPS = 3
 
 
+def STATS(size):  # pylint: disable=invalid-name
+  eigvecs, _ = np.linalg.qr(np.arange(9.0).reshape(3, 3) + np.eye(3))
+  return {'mean': jnp.full((size, size, 3), 100.0),
+          'eigvals': jnp.array([0.2, 0.02, 0.005]),
+          'eigvecs': jnp.asarray(eigvecs, jnp.float32)}
+
+
 def run_steps(mesh_shape, config=None):
   config = config or tiny_config()
+  config.eval_crops = 10
+  config.augment.flip = True
   config.mesh.data, config.mesh.model = mesh_shape
   mesh = parallel.create_mesh(*mesh_shape)
   model = model_lib.create_model(config.model)
@@ -25,19 +34,18 @@ def run_steps(mesh_shape, config=None):
   state = steps.init_state(jax.random.key(0))
   rng = np.random.RandomState(0)
   size = config.image_size
-  mean = jax.device_put(jnp.full((size, size, 3), 100.0),
-                        parallel.replicated(mesh))
+  stats = jax.device_put(STATS(size), parallel.replicated(mesh))
   losses = []
   for _ in range(STEPS):
     batch = {'image': rng.randint(0, 256, (config.batch_size, size, size, 3),
                                   dtype=np.uint8),
              'label': rng.randint(0, 10, (config.batch_size,)).astype(np.int32)}
     state, metrics = steps.train_step(
-        state, input_pipeline.to_global(batch, mesh), mean, jax.random.key(1))
+        state, input_pipeline.to_global(batch, mesh), stats, jax.random.key(1))
     losses.append(float(metrics['loss']))
   eval_batch = dict(batch, mask=np.ones((config.batch_size,), np.float32))
   sums = steps.eval_step(state.params, input_pipeline.to_global(eval_batch,
-                                                                mesh), mean)
+                                                                mesh), stats)
   return losses, jax.device_get(state.params), jax.device_get(sums)
 
 
@@ -84,8 +92,8 @@ def test_model_axis_exchanges_only_at_paper_points():
       {'image': np.zeros((16, s, s, 3), np.uint8),
        'label': np.zeros((16,), np.int32),
        'mask': np.ones((16,), np.float32)}, mesh)
-  mean = jax.device_put(jnp.zeros((s, s, 3)), parallel.replicated(mesh))
-  hlo = steps.eval_step.lower(state.params, batch, mean).compile().as_text()
+  stats = jax.device_put(STATS(s), parallel.replicated(mesh))
+  hlo = steps.eval_step.lower(state.params, batch, stats).compile().as_text()
   gathers = [l for l in hlo.splitlines() if ' all-gather(' in l]
   assert len(gathers) == 5, '\n'.join(gathers)
 

@@ -26,6 +26,7 @@ def test_train_evaluate_checkpoint_and_resume(digits_dir, tmp_path):
   config = tiny_config(digits_dir)
   config.num_train_steps = 6
   config.eval_every_epochs = 0.05  # Every 4 steps (89 steps an epoch).
+  config.eval_crops = 10  # The paper's test views.
   result = train.train_and_evaluate(config, workdir)
   assert result['num_examples'] == 359
   assert 0 <= result['top1_err'] <= 1 and result['top5_err'] <= result['top1_err']
