@@ -11,6 +11,7 @@ a function of the config alone. Resuming at step s skips the first
 resumed run sees the batches an uninterrupted run would have seen.
 """
 
+import os
 import queue
 import threading
 from typing import Dict, Iterator, Optional
@@ -22,13 +23,8 @@ import numpy as np
 from alexnet_jax import errors
 from alexnet_jax import parallel
 
-# Datasets whose input path is not built yet, with what to do instead.
-_NOT_YET = {
-    'imagenet2012': (
-        'the ImageNet input path (ILSVRC-2012 tars in --config.manual_dir, '
-        'prepared by tfds) is not implemented yet; until it lands, run '
-        '--config configs/digits.py'),
-}
+# ImageNet's one-time manual download (tfds reads the tars as they are).
+IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 
 
 class DataError(errors.UserError):
@@ -46,8 +42,6 @@ def get_builder(config):
   """The prepared tfds builder for `config.dataset` (prepares it if needed)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   name = config.dataset
-  if name in _NOT_YET:
-    raise DataError(f'dataset {name!r}: {_NOT_YET[name]}.')
   if name == 'digits':
     from alexnet_jax.datasets import digits  # pylint: disable=unused-import,g-import-not-at-top
   try:
@@ -56,6 +50,8 @@ def get_builder(config):
     raise DataError(f'dataset {name!r} is not a tfds dataset ({e}); use '
                     "'digits' or a tfds name.") from e
   if not builder.is_prepared():
+    if name == 'imagenet2012':
+      _check_imagenet_tars(config.manual_dir, builder.data_dir)
     logging.info('Preparing tfds dataset %s in %s (once).', name,
                  builder.data_dir)
     kwargs = {}
@@ -64,6 +60,21 @@ def get_builder(config):
           manual_dir=config.manual_dir)
     builder.download_and_prepare(**kwargs)
   return builder
+
+
+def _check_imagenet_tars(manual_dir, data_dir):
+  """One clear error instead of tfds's when the ILSVRC tars are not there."""
+  expected = ' and '.join(IMAGENET_TARS)
+  if not manual_dir:
+    raise DataError(
+        f'imagenet2012 is not prepared in {data_dir}; download {expected} from '
+        'image-net.org into a directory and pass --config.manual_dir=DIR '
+        '(README "ImageNet").')
+  missing = [t for t in IMAGENET_TARS
+             if not os.path.exists(os.path.join(manual_dir, t))]
+  if missing:
+    raise DataError(f'manual_dir {manual_dir!r} lacks {", ".join(missing)}; it '
+                    f'must hold {expected} as downloaded from image-net.org.')
 
 
 def num_examples(builder, split: str) -> int:

@@ -13,16 +13,13 @@ eigenpairs are of pixel values scaled to [0, 1], the convention in which the
 paper's formula (alpha_i ~ N(0, 0.1) times eigenvalue lambda_i) gives shifts of
 a few grey levels, as in fb.resnet.torch's ImageNet lighting values.
 
-Command (computes and caches; training does the same on first use):
-
-  python -m alexnet_jax.datasets.stats --config configs/digits.py
+`python -m alexnet_jax.datasets.prepare --config CONFIG` computes and caches
+them; training does the same on first use.
 """
 
 import os
 from typing import Dict
 
-from absl import app
-from absl import flags
 from absl import logging
 import numpy as np
 
@@ -85,21 +82,3 @@ def load_or_compute(builder, config) -> Dict[str, np.ndarray]:
   logging.info('Dataset statistics: computed over %d training images, saved '
                'to %s.', int(stats['num_images']), path)
   return stats
-
-
-def main(argv):
-  del argv
-  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  config = flags.FLAGS.config
-  builder = input_pipeline.get_builder(config)
-  stats = load_or_compute(builder, config)
-  print(f'{stats_path(builder, config)}: mean image {stats["mean"].shape}, '
-        f'mean RGB {stats["mean"].mean((0, 1)).round(2).tolist()}, '
-        f'eigenvalues {stats["eigvals"].round(6).tolist()}')
-
-
-if __name__ == '__main__':
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file('config', None, 'Path to a config file.')
-  flags.mark_flags_as_required(['config'])
-  app.run(main)
