@@ -44,11 +44,21 @@ def get_builder(config):
   name = config.dataset
   if name == 'digits':
     from alexnet_jax.datasets import digits  # pylint: disable=unused-import,g-import-not-at-top
-  try:
-    builder = tfds.builder(name, data_dir=config.data_dir)
-  except Exception as e:  # tfds raises several types for unknown names.
-    raise DataError(f'dataset {name!r} is not a tfds dataset ({e}); use '
-                    "'digits' or a tfds name.") from e
+  if name == 'image_folder':
+    from alexnet_jax.datasets import image_folder  # pylint: disable=g-import-not-at-top
+    if not config.data_dir:
+      raise DataError('dataset image_folder needs --config.data_dir=DATA_DIR '
+                      f'holding {image_folder.LAYOUT}.')
+    try:
+      builder = image_folder.ImageFolder(root_dir=config.data_dir)
+    except image_folder.LayoutError as e:
+      raise DataError(str(e)) from e
+  else:
+    try:
+      builder = tfds.builder(name, data_dir=config.data_dir)
+    except Exception as e:  # tfds raises several types for unknown names.
+      raise DataError(f'dataset {name!r} is not a tfds dataset ({e}); use '
+                      "'digits', 'image_folder' or a tfds name.") from e
   if not builder.is_prepared():
     if name == 'imagenet2012':
       _check_imagenet_tars(config.manual_dir, builder.data_dir)
@@ -59,6 +69,12 @@ def get_builder(config):
       kwargs['download_config'] = tfds.download.DownloadConfig(
           manual_dir=config.manual_dir)
     builder.download_and_prepare(**kwargs)
+  if name == 'image_folder':
+    for split, report in image_folder.skipped_report(builder).items():
+      if report['count']:
+        logging.warning('image_folder %s: %d unreadable file(s) were skipped '
+                        'when the dataset was prepared, e.g. %s', split,
+                        report['count'], '; '.join(report['files'][:3]))
   return builder
 
 
@@ -141,6 +157,10 @@ def train_batches(builder, config, epoch: int,
   ds = _local_slice(ds, config.batch_size)
   ds = ds.map(lambda e: _preprocess(e, config.image_size),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  # A record that still fails to decode is dropped with a warning rather than
+  # ending a days-long run (image_folder and tfds' ImageNet are checked when
+  # prepared, so this should never fire).
+  ds = ds.ignore_errors(log_warning=True)
   ds = ds.batch(config.batch_size // jax.process_count(), drop_remainder=True)
   ds = ds.prefetch(2)
   yield from ds.as_numpy_iterator()

@@ -295,6 +295,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                mesh.devices.size, jax.devices()[0].platform)
 
   builder = input_pipeline.get_builder(config)
+  classes = builder.info.features['label'].num_classes
+  if classes != config.model.num_classes:
+    raise errors.ConfigError(
+        f'dataset {config.dataset!r} has {classes} classes but '
+        f'model.num_classes={config.model.num_classes}; pass '
+        f'--config.model.num_classes={classes}.')
   n_train = input_pipeline.num_examples(builder, config.train_split)
   input_pipeline.num_examples(builder, config.eval_split)
   steps_per_epoch = n_train // config.batch_size
