@@ -9,6 +9,8 @@ and evaluates (10 crops) through configs/ilsvrc2012.py with size overrides.
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -18,6 +20,7 @@ import tensorflow_datasets as tfds
 from alexnet_jax import input_pipeline
 from alexnet_jax import train
 from configs import ilsvrc2012
+from tests.conftest import ROOT
 
 IMAGES_PER_SYNSET = 6
 NUM_VAL = 8
@@ -111,3 +114,25 @@ def test_imagenet_prepares_and_trains(imagenet_dirs, tmp_path):
     records = [json.loads(l) for l in f]
   assert [r['step'] for r in records if r['split'] == 'train'] == [1, 2, 3]
   assert records[-1]['split'] == 'eval'
+
+
+def test_readme_prepare_command(imagenet_dirs):
+  """README's one-time preparation command, as a user runs it."""
+  manual, data_dir, _ = imagenet_dirs
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', XLA_FLAGS='')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.datasets.prepare', '--config',
+       'configs/ilsvrc2012.py', f'--config.manual_dir={manual}',
+       f'--config.data_dir={data_dir}', '--config.image_size=72'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f'imagenet2012 train: {3 * IMAGES_PER_SYNSET} examples' in proc.stdout
+  assert 'stats_train_72.npz' in proc.stdout
+  proc = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.datasets.prepare', '--config',
+       'configs/ilsvrc2012.py', f'--config.data_dir={data_dir}x'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert 'manual_dir' in proc.stderr.splitlines()[-1]
