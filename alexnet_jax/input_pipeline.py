@@ -166,6 +166,19 @@ def train_batches(builder, config, epoch: int,
   yield from ds.as_numpy_iterator()
 
 
+def train_stream(builder, config, epoch: int = 0,
+                 batch: int = 0) -> Iterator[Dict[str, np.ndarray]]:
+  """Endless training batches from position (epoch, batch in that epoch).
+
+  The stream is a function of (seed, position) only: a run resumed at the
+  position stored in its checkpoint sees exactly the batches an uninterrupted
+  run would have seen, across epoch boundaries too.
+  """
+  while True:
+    yield from train_batches(builder, config, epoch, batch)
+    epoch, batch = epoch + 1, 0
+
+
 def unshuffled_batches(builder, config, split: str, batch_size: int = 256):
   """A whole split in stored order, preprocessed (dataset statistics)."""
   tf = _tf()

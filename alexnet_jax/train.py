@@ -327,10 +327,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
   restored = ckpt.restore(state)
+  meta = {}
   if restored is not None:
     state, meta = restored
     schedule.load_state_dict(meta.get('schedule', {}))
   start_step = int(jax.device_get(state.step))
+  # The input stream's position: stored in the checkpoint (it is a function of
+  # the step as long as the batch size and dataset do not change).
+  position = meta.get('data_position') or {
+      'epoch': start_step // steps_per_epoch,
+      'batch': start_step % steps_per_epoch}
   if start_step:
     logging.info('Resuming from step %d (epoch %.2f).', start_step,
                  start_step / steps_per_epoch)
@@ -340,22 +346,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   log = MetricsLog(workdir)
 
   def save(step):
-    ckpt.save(step, state, {'schedule': schedule.state_dict(),
-                            'epoch': step / steps_per_epoch,
-                            'config': config.to_dict()})
+    ckpt.save(step, state, {
+        'schedule': schedule.state_dict(),
+        'epoch': step / steps_per_epoch,
+        'data_position': {'epoch': step // steps_per_epoch,
+                          'batch': step % steps_per_epoch},
+        'config': config.to_dict()})
 
   current_lr = None
-  batches = None
+  batches = input_pipeline.prefetch_to_device(
+      input_pipeline.train_stream(builder, config, position['epoch'],
+                                  position['batch']), mesh)
   window, window_start, window_steps = [], time.time(), 0
   run_start, run_start_step = time.time(), start_step
   last_eval = None
   step = start_step
   while step < total_steps:
-    epoch = step // steps_per_epoch
-    if batches is None or step % steps_per_epoch == 0:
-      batches = input_pipeline.prefetch_to_device(
-          input_pipeline.train_batches(builder, config, epoch,
-                                       step % steps_per_epoch), mesh)
     lr = schedule.lr_at(step)
     if lr != current_lr:
       state = state.replace(opt_state=optim.set_learning_rate(

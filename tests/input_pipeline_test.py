@@ -56,6 +56,24 @@ def test_order_is_a_function_of_seed_and_epoch(digits_dir):
   assert not np.array_equal(e0, labels(0))
 
 
+def test_resumed_stream_equals_uninterrupted_batch_for_batch(digits_dir):
+  config = tiny_config(digits_dir)
+  config.batch_size = 200  # 7 batches an epoch: N=10 crosses an epoch.
+  builder = input_pipeline.get_builder(config)
+  per_epoch = 1438 // 200
+  take = lambda it, n: [next(it) for _ in range(n)]
+  straight = take(input_pipeline.train_stream(builder, config), 10)
+  k = 5
+  first = take(input_pipeline.train_stream(builder, config), k)
+  resumed = take(input_pipeline.train_stream(
+      builder, config, k // per_epoch, k % per_epoch), 10 - k)
+  for a, b in zip(straight, first + resumed):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+  # Epoch 1 is a new order, not a repeat of epoch 0.
+  assert not np.array_equal(straight[0]['label'], straight[per_epoch]['label'])
+
+
 def test_eval_batches_cover_the_split_once(digits_dir):
   config = tiny_config(digits_dir)
   builder = input_pipeline.get_builder(config)
