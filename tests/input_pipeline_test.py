@@ -185,3 +185,29 @@ def test_ten_crops():
   for i, w in enumerate(want):
     np.testing.assert_array_equal(views[i], w)
     np.testing.assert_array_equal(views[i + 5], w[:, :, ::-1])
+
+
+def test_augmentation_is_the_same_eagerly_and_jitted():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  config.augment.flip = True
+  rng = np.random.RandomState(0)
+  images = jnp.asarray(rng.randint(0, 256, (4, 72, 72, 3)), jnp.uint8)
+  eigvecs, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+  stats = {'mean': jnp.asarray(rng.uniform(0, 255, (72, 72, 3)), jnp.float32),
+           'eigvals': jnp.array([0.2, 0.02, 0.002]),
+           'eigvecs': jnp.asarray(eigvecs, jnp.float32)}
+  key, ids = jax.random.key(3), jnp.arange(10, 14)
+  with jax.disable_jit():
+    eager = augment.train_views(images, key, ids, stats, config)
+  jitted = jax.jit(lambda *a: augment.train_views(*a, config))(
+      images, key, ids, stats)
+  np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-3)
+  assert eager.shape == (4, 64, 64, 3)
+  config.eval_crops = 10
+  with jax.disable_jit():
+    eager = augment.eval_views(images, stats, config)
+  jitted = jax.jit(lambda *a: augment.eval_views(*a, config))(images, stats)
+  np.testing.assert_allclose(eager, jitted, rtol=1e-6)
+  assert eager.shape == (10, 4, 64, 64, 3)

@@ -1,0 +1,43 @@
+"""Every config in configs/ is valid and builds its model."""
+
+import glob
+import importlib
+import os
+
+import jax
+import pytest
+import tensorflow_datasets as tfds
+
+from alexnet_jax import model as model_lib
+from alexnet_jax import train
+from tests.conftest import ROOT
+
+NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(
+    os.path.join(ROOT, 'configs', '*.py')) if not p.endswith('__init__.py'))
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_config_is_valid(name):
+  config = importlib.import_module(f'configs.{name}').get_config()
+  train.validate_config(config)
+  net = model_lib.create_model(config.model)
+  params = model_lib.param_shapes(net)
+  assert jax.tree.leaves(params)
+  if name not in ('default', 'digits', 'image_folder'):
+    tfds.builder_cls(config.dataset.split('/')[0])  # A real tfds dataset.
+  module = importlib.import_module(f'configs.{name}')
+  if name != 'default':
+    assert 'python -m alexnet_jax.main --config configs/' in module.__doc__
+
+
+def test_paper_defaults():
+  from configs import default  # pylint: disable=g-import-not-at-top
+  c = default.get_config()
+  assert (c.batch_size, c.momentum, c.weight_decay, c.learning_rate) == (
+      128, 0.9, 5e-4, 0.01)
+  assert (c.model.lrn.k, c.model.lrn.n, c.model.lrn.alpha, c.model.lrn.beta,
+          c.model.lrn.alpha_over_n) == (2.0, 5, 1e-4, 0.75, False)
+  assert (c.image_size, c.model.input_size, c.model.init) == (256, 224,
+                                                              'paper')
+  assert (c.augment.pca_lighting, c.eval_crops, c.max_lr_drops) == (0.1, 10, 3)
+  assert c.model.dropout_rate == 0.5 and c.num_epochs == 90
