@@ -75,6 +75,19 @@ def get_builder(config):
         logging.warning('image_folder %s: %d unreadable file(s) were skipped '
                         'when the dataset was prepared, e.g. %s', split,
                         report['count'], '; '.join(report['files'][:3]))
+  if config.get('cache_resized'):
+    builder = _resized(builder, config.image_size)
+  return builder
+
+
+def _resized(source, size: int):
+  """The one-time cache of `source` at size x size (see datasets/resized.py)."""
+  from alexnet_jax.datasets import resized  # pylint: disable=g-import-not-at-top
+  builder = resized.Resized(source=source, size=size)
+  if not builder.is_prepared():
+    logging.info('Caching %s at %dx%d in %s (once).', source.name, size, size,
+                 builder.data_dir)
+    builder.download_and_prepare()
   return builder
 
 
@@ -101,7 +114,7 @@ def num_examples(builder, split: str) -> int:
                     f'{sorted(builder.info.splits)}.') from e
 
 
-def _preprocess(example, image_size: int):
+def preprocess(example, image_size: int):
   """The paper's host preprocessing: RGB, shorter side -> S, centre S x S."""
   tf = _tf()
   image = tf.io.decode_image(example['image'], channels=3,
@@ -120,7 +133,7 @@ def _preprocess(example, image_size: int):
   return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
 
 
-def _encoded(builder, split):
+def encoded(builder, split):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   return builder.as_dataset(
       split=split, shuffle_files=False,
@@ -148,14 +161,14 @@ def train_batches(builder, config, epoch: int,
   Every global batch is full (the epoch's last partial batch is dropped).
   """
   tf = _tf()
-  ds = _encoded(builder, config.train_split)
+  ds = encoded(builder, config.train_split)
   n = num_examples(builder, config.train_split)
   seed = int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0])
   ds = ds.shuffle(min(n, config.shuffle_buffer), seed=seed,
                   reshuffle_each_iteration=False)
   ds = ds.skip(start_batch * config.batch_size)
   ds = _local_slice(ds, config.batch_size)
-  ds = ds.map(lambda e: _preprocess(e, config.image_size),
+  ds = ds.map(lambda e: preprocess(e, config.image_size),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   # A record that still fails to decode is dropped with a warning rather than
   # ending a days-long run (image_folder and tfds' ImageNet are checked when
@@ -182,8 +195,8 @@ def train_stream(builder, config, epoch: int = 0,
 def unshuffled_batches(builder, config, split: str, batch_size: int = 256):
   """A whole split in stored order, preprocessed (dataset statistics)."""
   tf = _tf()
-  ds = _encoded(builder, split).map(
-      lambda e: _preprocess(e, config.image_size),
+  ds = encoded(builder, split).map(
+      lambda e: preprocess(e, config.image_size),
       num_parallel_calls=tf.data.AUTOTUNE)
   return ds.batch(batch_size).prefetch(2).as_numpy_iterator()
 
@@ -195,8 +208,8 @@ def eval_batches(builder, config,
   split = split or config.eval_split
   n = num_examples(builder, split)
   gb = config.eval_batch_size
-  ds = _encoded(builder, split)
-  ds = ds.map(lambda e: _preprocess(e, config.image_size),
+  ds = encoded(builder, split)
+  ds = ds.map(lambda e: preprocess(e, config.image_size),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.map(lambda e: dict(e, mask=tf.constant(1.0)))
   pad = -n % gb

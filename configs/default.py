@@ -27,6 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
   # image_size x image_size, kept as uint8 (paper: 256).
   config.image_size = 256
   config.shuffle_buffer = 16_384
+  # Cache the preprocessed image_size x image_size images once (JPEG, as the
+  # paper stored its 256 x 256 images) and train from them.
+  config.cache_resized = False
 
   # ---- Augmentation and normalisation (on device, jitted) -------------------
   config.augment = ml_collections.ConfigDict()

@@ -211,3 +211,24 @@ def test_augmentation_is_the_same_eagerly_and_jitted():
   jitted = jax.jit(lambda *a: augment.eval_views(*a, config))(images, stats)
   np.testing.assert_allclose(eager, jitted, rtol=1e-6)
   assert eager.shape == (10, 4, 64, 64, 3)
+
+
+def test_resized_cache(digits_dir):
+  config = tiny_config(digits_dir)
+  source = input_pipeline.get_builder(config)
+  config.cache_resized = True
+  cached = input_pipeline.get_builder(config)
+  assert cached.name == 'digits_resized' and cached is not source
+  for split in ('train', 'validation'):
+    assert (cached.info.splits[split].num_examples ==
+            source.info.splits[split].num_examples)
+  a = next(input_pipeline.unshuffled_batches(source, config, 'train'))
+  b = next(input_pipeline.unshuffled_batches(cached, config, 'train'))
+  np.testing.assert_array_equal(a['label'], b['label'])
+  # The same pixels, up to JPEG's loss.
+  diff = np.abs(a['image'].astype(float) - b['image'].astype(float))
+  assert diff.mean() < 3, diff.mean()
+  # Training batches come from the cache with the same order.
+  ta = next(input_pipeline.train_batches(source, config, 0))
+  tb = next(input_pipeline.train_batches(cached, config, 0))
+  np.testing.assert_array_equal(ta['label'], tb['label'])
