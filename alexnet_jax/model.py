@@ -377,3 +377,24 @@ def param_shapes(model: AlexNet):
 
 def count_params(tree) -> int:
   return int(sum(np.prod(l.shape) for l in jax.tree.leaves(tree)))
+
+
+def forward_macs(model: AlexNet) -> int:
+  """Multiply-adds of one forward pass of one image (convs and fc layers).
+
+  The paper's two-tower net at 224 does about 724M (DESIGN §2); LRN, pooling
+  and the activations are not counted.
+  """
+  specs = model.specs()
+  c1, p1, p2, _ = ops.feature_sizes(model.input_size, model.padding1,
+                                    model.pool_window, model.pool_stride)
+  t = model.towers
+  s1, s2, s3, s4, s5, s6, s7, s8 = specs
+  conv = lambda size, s, cin: size * size * s.kernel * s.kernel * cin * s.features
+  p5 = ops.output_size(p2, model.pool_window, model.pool_stride)
+  per_tower = (conv(c1, s1, 3) + conv(p1, s2, s1.features) +
+               conv(p2, s3, t * s2.features) + conv(p2, s4, s3.features) +
+               conv(p2, s5, s4.features) +
+               p5 * p5 * t * s5.features * s6.features +
+               t * s6.features * s7.features + t * s7.features * s8.features)
+  return int(t * per_tower)

@@ -1,0 +1,75 @@
+"""The benchmark at toy size: its JSON fields, and the PyTorch twin model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from alexnet_jax import bench
+from alexnet_jax import model as model_lib
+from configs import default
+from tests.conftest import ROOT
+from tests.conftest import tiny_config
+
+FIELDS = {'train_img_per_sec', 'eval_img_per_sec', 'eval10_img_per_sec',
+          'host_pipeline_img_per_sec', 'host_pipeline_cached_img_per_sec',
+          'host_pipeline_img_per_sec_per_core', 'compile_seconds',
+          'peak_rss_mb', 'num_params', 'gflops_per_sec', 'matmul_peak_gflops',
+          'batch', 'mesh', 'devices'}
+
+
+def test_bench_fields():
+  pytest.importorskip('torch')
+  result = bench.run(tiny_config(), steps=1, warmup=0, vs_torch=True,
+                     host_images=8)
+  assert FIELDS <= set(result), FIELDS - set(result)
+  for k in FIELDS - {'mesh', 'devices'}:
+    assert result[k] > 0, k
+  assert result['train_speedup_vs_torch'] == pytest.approx(
+      result['train_img_per_sec'] / result['torch_train_img_per_sec'])
+  assert result['mesh'] == {'data': 1, 'model': 1}
+
+
+def test_counted_flops_match_the_paper():
+  assert model_lib.forward_macs(model_lib.AlexNet()) == pytest.approx(
+      724e6, rel=1e-3)  # "about 724M multiply-adds" (DESIGN §2).
+
+
+def test_torch_twin_has_the_same_parameter_count():
+  torch = pytest.importorskip('torch')
+  model = model_lib.create_model(default.get_config().model)
+  net = bench.torch_alexnet(model)
+  assert sum(p.numel() for p in net.parameters()) == 60_965_224
+  out = net(torch.zeros(2, 3, 224, 224))
+  assert tuple(out.shape) == (2, 1000)
+
+
+def test_torch_lrn_matches_ours():
+  torch = pytest.importorskip('torch')
+  from alexnet_jax import ops  # pylint: disable=g-import-not-at-top
+  model = model_lib.AlexNet()
+  lrn = bench.torch_alexnet(model)[2]  # conv1's TowerLRN.
+  x = np.random.RandomState(0).normal(0, 30, (2, 96, 5, 5)).astype(np.float32)
+  got = lrn(torch.from_numpy(x)).numpy()
+  towers = x.transpose(0, 2, 3, 1).reshape(2, 5, 5, 2, 48).transpose(3, 0, 1, 2, 4)
+  want = ops.local_response_norm(towers)  # Paper constants, per tower.
+  want = np.asarray(want).transpose(1, 2, 3, 0, 4).reshape(2, 5, 5, 96)
+  np.testing.assert_allclose(got, want.transpose(0, 3, 1, 2), rtol=1e-4,
+                             atol=1e-4)
+
+
+def test_bench_command_prints_json():
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', XLA_FLAGS='')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.bench', '--config',
+       'configs/digits.py', '--config.model.width=0.0625',
+       '--config.image_size=72', '--config.model.input_size=64',
+       '--config.batch_size=8', '--steps=1', '--host_images=8'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout)
+  assert result['batch'] == 8 and result['train_img_per_sec'] > 0
