@@ -1,13 +1,20 @@
 """Checkpoints through orbax's CheckpointManager.
 
 Each checkpoint holds the train state (parameters, optimiser state with its
-learning rate, step) and a small JSON record (schedule state, epoch, the
-config), in `workdir/checkpoints/<step>/`. Writes are atomic (orbax writes a
-temporary directory and renames it), so a crash mid-save leaves the earlier
+learning rate, step) and a small JSON record (schedule state, input position,
+the config), in `workdir/checkpoints/<step>/`. Writes are atomic (orbax writes
+a temporary directory and renames it), so a crash mid-save leaves the earlier
 checkpoints as they were; the newest `keep` are kept.
+
+Restoring takes the newest checkpoint that reads back. One that does not
+(truncated, partly deleted) is moved aside to `workdir/checkpoints_damaged/`
+with a warning, never deleted, and the next older one is tried; if none can be
+read, the run stops rather than silently starting from scratch.
 """
 
+import datetime
 import os
+import shutil
 from typing import Any, Dict, Optional, Tuple
 
 from absl import logging
@@ -15,12 +22,19 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
+from alexnet_jax import errors
+
+
+class CheckpointError(errors.UserError):
+  """Checkpoints that cannot be read or written."""
+
 
 class Checkpointer:
   """Saves and restores (train state, metadata) pairs under a workdir."""
 
   def __init__(self, workdir: str, keep: int = 3):
-    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, 'checkpoints')
     options = ocp.CheckpointManagerOptions(
         preservation_policy=preservation_policy.LatestN(n=max(1, keep)),
         create=True)
@@ -29,28 +43,78 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
+  def all_steps(self):
+    return sorted(self.manager.all_steps(), reverse=True)
+
   def save(self, step: int, state: Any, meta: Dict[str, Any]):
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-                      force=True)
-
-  def restore(self, target: Any,
-              step: Optional[int] = None) -> Optional[Tuple[Any, Dict]]:
-    """Restores onto `target`'s structure, shapes and shardings.
-
-    Returns None when there is no checkpoint.
-    """
-    step = self.latest_step() if step is None else step
-    if step is None:
-      return None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    logging.info('Restored checkpoint %s/%d', self.directory, step)
-    return out['state'], out['meta']
+    """Starts an asynchronous save; errors name the fix."""
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                        force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_error(step, e) from e
 
   def wait(self):
-    self.manager.wait_until_finished()
+    """Waits for pending saves; a failed one raises CheckpointError."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_error(None, e) from e
+
+  def _write_error(self, step, e):
+    what = 'a checkpoint' if step is None else f'checkpoint {step}'
+    return CheckpointError(
+        f'could not write {what} to {self.directory} ({type(e).__name__}: '
+        f'{str(e).splitlines()[0] if str(e) else ""}); free disk space or '
+        'make the --workdir writable, then rerun: earlier checkpoints are '
+        'intact.')
+
+  def read_meta(self, step: int) -> Dict[str, Any]:
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))
+    return out['meta']
+
+  def restore(self, target: Any) -> Optional[Tuple[Any, Dict]]:
+    """The newest readable checkpoint, onto `target`'s shapes and shardings.
+
+    Returns None when there is no checkpoint at all.
+    """
+    steps = self.all_steps()
+    if not steps:
+      return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    failures = []
+    for step in steps:
+      try:
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract),
+            meta=ocp.args.JsonRestore()))
+      except Exception as e:  # pylint: disable=broad-except
+        reason = f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'
+        logging.warning('Checkpoint %s/%d cannot be read (%s); trying an '
+                        'older one.', self.directory, step, reason)
+        failures.append((step, reason))
+        continue
+      for bad, _ in failures:
+        self._move_aside(bad)
+      logging.info('Restored checkpoint %s/%d', self.directory, step)
+      return out['state'], out['meta']
+    raise CheckpointError(
+        f'none of the checkpoints in {self.directory} can be read (steps '
+        f'{[s for s, _ in failures]}; newest: {failures[0][1]}); nothing was '
+        'changed. Move the directory aside to start from scratch, or repair it.')
+
+  def _move_aside(self, step: int):
+    """Keeps an unreadable checkpoint out of the way, without deleting it."""
+    src = os.path.join(self.directory, str(step))
+    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+    dst = os.path.join(self.workdir, 'checkpoints_damaged', f'{step}-{stamp}')
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    shutil.move(src, dst)
+    logging.warning('Moved unreadable checkpoint %d to %s (not deleted).',
+                    step, dst)
+    self.manager.reload()
 
   def close(self):
     self.manager.close()

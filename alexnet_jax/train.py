@@ -7,12 +7,15 @@ talk) itself. The optimiser update then runs under the same `jit` on the
 sharded parameters, with the state's buffers donated.
 """
 
+import contextlib
 import functools
 import json
 import math
 import os
+import signal
+import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Tuple
 
 from absl import logging
 import flax
@@ -226,6 +229,27 @@ class MetricsLog:
         os.path.join(workdir, 'tensorboard'), just_logging=not self.active,
         asynchronous=False)
 
+  def roll_back(self, step: int):
+    """Drops records past `step`: work a crash undid, redone on resume.
+
+    They are kept in metrics.jsonl.rolled_back, not lost.
+    """
+    if not self.active or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = f.readlines()
+    keep = [l for l in lines if json.loads(l)['step'] <= step]
+    if len(keep) == len(lines):
+      return
+    with open(self.path + '.rolled_back', 'a') as f:
+      f.writelines(l for l in lines if json.loads(l)['step'] > step)
+    tmp = self.path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.writelines(keep)
+    os.replace(tmp, self.path)
+    logging.info('metrics.jsonl: %d record(s) after step %d rolled back to '
+                 '%s.rolled_back', len(lines) - len(keep), step, self.path)
+
   def write(self, record: Dict[str, Any]):
     if not self.active:
       return
@@ -326,6 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                f'{model_lib.count_params(state.params):,}')
 
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
+  check_config_drift(ckpt, config)
   restored = ckpt.restore(state)
   meta = {}
   if restored is not None:
@@ -344,6 +369,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   stats = jax.device_put(load_stats(builder, config),
                          parallel.replicated(mesh))
   log = MetricsLog(workdir)
+  log.roll_back(start_step)
 
   def save(step):
     ckpt.save(step, state, {
@@ -357,71 +383,169 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   batches = input_pipeline.prefetch_to_device(
       input_pipeline.train_stream(builder, config, position['epoch'],
                                   position['batch']), mesh)
-  window, window_start, window_steps = [], time.time(), 0
+  window, window_start = [], time.time()
   run_start, run_start_step = time.time(), start_step
   last_eval = None
   step = start_step
-  while step < total_steps:
-    lr = schedule.lr_at(step)
-    if lr != current_lr:
-      state = state.replace(opt_state=optim.set_learning_rate(
-          state.opt_state, lr))
-      if current_lr is not None:
-        logging.info('Learning rate -> %g at step %d.', lr, step)
-      current_lr = lr
-    batch = next(batches)
-    state, metrics = steps.train_step(state, batch, stats, train_key)
-    window.append(metrics)
-    window_steps += 1
-    step += 1
+  with StopSignals() as stop, contextlib.closing(ckpt):
+    try:
+      while step < total_steps:
+        lr = schedule.lr_at(step)
+        if lr != current_lr:
+          state = state.replace(opt_state=optim.set_learning_rate(
+              state.opt_state, lr))
+          if current_lr is not None:
+            logging.info('Learning rate -> %g at step %d.', lr, step)
+          current_lr = lr
+        batch = next(batches)
+        state, metrics = steps.train_step(state, batch, stats, train_key)
+        window.append(metrics)
+        step += 1
+        checkpoint_now = (step % config.checkpoint_every_steps == 0 or
+                          step == total_steps or stop.signal is not None)
 
-    if step % config.log_every_steps == 0 or step == total_steps:
-      fetched = jax.device_get(window)  # The only host sync between logs.
-      now = time.time()
-      rate = window_steps * config.batch_size / max(now - window_start, 1e-9)
-      record = {'step': step, 'epoch': step / steps_per_epoch,
-                'split': 'train', 'lr': float(fetched[-1]['lr']),
-                'img_per_sec': rate}
-      for k in ('loss', 'top1_err', 'top5_err'):
-        record[k] = float(np.mean([m[k] for m in fetched]))
-      if not math.isfinite(record['loss']):
-        raise errors.UserError(
-            f'loss is {record["loss"]} at step {step}; the run diverged. '
-            f'Last checkpoint: step {ckpt.latest_step()}. Lower learning_rate '
-            'or use model.init=he.')
-      log.write(record)
-      elapsed = now - run_start
-      eta = elapsed / max(step - run_start_step, 1) * (total_steps - step)
-      logging.info(
-          'epoch %.2f/%g  step %d/%d  loss %.4f  top1_err %.2f%%  lr %g  '
-          '%.1f img/s  ETA %s', step / steps_per_epoch, num_epochs, step,
-          total_steps, record['loss'], 100 * record['top1_err'],
-          record['lr'], rate, _fmt_time(eta))
-      window, window_start, window_steps = [], time.time(), 0
+        # A checkpoint step always closes the log window, so the records of a
+        # resumed run line up with those of an uninterrupted one, and a
+        # non-finite loss is caught before its state could be saved.
+        if step % config.log_every_steps == 0 or checkpoint_now:
+          now = time.time()
+          record = _train_record(jax.device_get(window), step,
+                                 steps_per_epoch, config.batch_size,
+                                 now - window_start)
+          if not all(math.isfinite(record[k]) for k in ('loss', 'top1_err')):
+            raise errors.UserError(
+                f'the training loss became {record["loss"]} by step {step}; '
+                'the run diverged and this state was not saved. Last good '
+                f'checkpoint: step {ckpt.latest_step()} in {ckpt.directory}. '
+                'Lower learning_rate (or resume with --config.lr_override).')
+          log.write(record)
+          eta = ((now - run_start) / max(step - run_start_step, 1) *
+                 (total_steps - step))
+          logging.info(
+              'epoch %.2f/%g  step %d/%d  loss %.4f  top1_err %.2f%%  lr %g  '
+              '%.1f img/s  ETA %s', step / steps_per_epoch, num_epochs, step,
+              total_steps, record['loss'], 100 * record['top1_err'],
+              record['lr'], record['img_per_sec'], _fmt_time(eta))
+          window, window_start = [], time.time()
 
-    if step % eval_every == 0 or step == total_steps:
-      t0 = time.time()
-      last_eval = evaluate(steps, state.params, builder, config, stats)
-      log.write({'step': step, 'epoch': step / steps_per_epoch,
-                 'split': 'eval', 'lr': current_lr, **last_eval})
-      logging.info('eval at step %d: loss %.4f  top1_err %.2f%%  top5_err '
-                   '%.2f%%  (%d images, %.1fs)', step, last_eval['loss'],
-                   100 * last_eval['top1_err'], 100 * last_eval['top5_err'],
-                   last_eval['num_examples'], time.time() - t0)
-      if schedule.observe(last_eval['top1_err']):
-        logging.info('Validation error stopped improving: learning rate / 10 '
-                     '(drop %d of at most %d).', schedule.drops,
-                     schedule.max_drops)
-      window_start = time.time()  # Keep eval time out of the train img/s.
+        if (step % eval_every == 0 or step == total_steps) and not stop.signal:
+          t0 = time.time()
+          last_eval = evaluate(steps, state.params, builder, config, stats)
+          log.write({'step': step, 'epoch': step / steps_per_epoch,
+                     'split': 'eval', 'lr': current_lr, **last_eval})
+          logging.info('eval at step %d: loss %.4f  top1_err %.2f%%  '
+                       'top5_err %.2f%%  (%d images, %.1fs)', step,
+                       last_eval['loss'], 100 * last_eval['top1_err'],
+                       100 * last_eval['top5_err'], last_eval['num_examples'],
+                       time.time() - t0)
+          if schedule.observe(last_eval['top1_err']):
+            logging.info('Validation error stopped improving: learning rate '
+                         '/ 10 (drop %d of at most %d).', schedule.drops,
+                         schedule.max_drops)
+          window_start = time.time()  # Keep eval time out of train img/s.
 
-    if step % config.checkpoint_every_steps == 0 or step == total_steps:
-      save(step)
+        if checkpoint_now:
+          save(step)
+        if stop.signal:
+          ckpt.wait()
+          logging.warning('%s received: saved checkpoint %d in %s and stopped;'
+                          ' rerun the same command to resume.', stop.signal,
+                          step, ckpt.directory)
+          return {'stopped_by': stop.signal, 'step': step}
+    finally:
+      ckpt.wait()  # Never leave a half-written checkpoint behind on exit.
 
-  ckpt.wait()
-  ckpt.close()
   if last_eval is None:  # Nothing left to train: report the restored state.
     last_eval = evaluate(steps, state.params, builder, config, stats)
   logging.info('Done: %d steps, final top1_err %.2f%%, top5_err %.2f%%, '
                'checkpoints in %s', total_steps, 100 * last_eval['top1_err'],
                100 * last_eval['top5_err'], ckpt.directory)
   return last_eval
+
+
+def _train_record(window, step, steps_per_epoch, batch_size, seconds):
+  record = {'step': step, 'epoch': step / steps_per_epoch, 'split': 'train',
+            'lr': float(window[-1]['lr']),
+            'img_per_sec': len(window) * batch_size / max(seconds, 1e-9)}
+  for k in ('loss', 'top1_err', 'top5_err'):
+    record[k] = float(np.mean([m[k] for m in window]))
+  return record
+
+
+# Config keys a resumed run may change; anything else would change the model,
+# the data or the optimisation the checkpoint belongs to.
+SAFE_TO_CHANGE = (
+    'lr_override', 'num_epochs', 'num_train_steps', 'eval_every_epochs',
+    'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
+    'eval_batch_size', 'eval_crops', 'mesh.data', 'mesh.model', 'data_dir',
+    'manual_dir', 'cache_resized')
+
+
+def _flatten(d, prefix=''):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def config_changes(saved: Dict[str, Any], config) -> Dict[str, Tuple]:
+  """{key: (saved, now)} for every key whose value differs."""
+  now = _flatten(json.loads(json.dumps(config.to_dict())))
+  before = _flatten(saved)
+  return {k: (before.get(k), now.get(k)) for k in sorted(set(now) | set(before))
+          if before.get(k) != now.get(k)}
+
+
+def check_config_drift(ckpt: checkpoint.Checkpointer, config):
+  """Refuses to resume a checkpoint under a config that changes what it is."""
+  for step in ckpt.all_steps():
+    try:
+      saved = ckpt.read_meta(step).get('config')
+    except Exception:  # pylint: disable=broad-except
+      continue  # Unreadable: restore() deals with damaged checkpoints.
+    if saved is None:
+      return
+    changes = config_changes(saved, config)
+    unsafe = {k: v for k, v in changes.items() if k not in SAFE_TO_CHANGE}
+    for k, (a, b) in changes.items():
+      if k not in unsafe:
+        logging.info('Resuming with %s changed: %r -> %r', k, a, b)
+    if unsafe:
+      listed = ', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in unsafe.items())
+      raise errors.ConfigError(
+          f'the checkpoints in {ckpt.directory} were made with a different '
+          f'config ({listed}); use a new --workdir for a new run. A resumed '
+          f'run may change only {", ".join(SAFE_TO_CHANGE)}.')
+    return
+
+
+class StopSignals:
+  """SIGTERM / SIGINT ask the loop to checkpoint and stop (preemption).
+
+  A second SIGINT interrupts at once. Only installed in the main thread.
+  """
+
+  def __init__(self):
+    self.signal = None
+    self._old = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signal is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signal = signal.Signals(signum).name
+    logging.warning('%s received: checkpointing at the end of this step.',
+                    self.signal)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for s in (signal.SIGTERM, signal.SIGINT):
+        self._old[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self._old.items():
+      signal.signal(s, handler)

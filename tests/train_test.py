@@ -53,34 +53,43 @@ def test_train_evaluate_checkpoint_and_resume(digits_dir, tmp_path):
   ckpt.close()
 
 
+def final_params(workdir):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  ckpt = Checkpointer(workdir)
+  path = os.path.join(ckpt.directory, str(ckpt.latest_step()), 'state')
+  ckpt.close()
+  return ocp.StandardCheckpointer().restore(path)['params']
+
+
+def train_records(workdir):
+  return [{k: r[k] for k in ('step', 'loss', 'top1_err', 'top5_err', 'lr')}
+          for r in read_metrics(workdir) if r['split'] == 'train']
+
+
+def assert_same_run(a, b):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5,
+                                                       atol=1e-7),
+               final_params(a), final_params(b))
+  ra, rb = train_records(a), train_records(b)
+  assert [r['step'] for r in ra] == [r['step'] for r in rb]
+  for x, y in zip(ra, rb):
+    for k in x:
+      assert x[k] == pytest.approx(y[k], rel=1e-5), (k, x, y)
+
+
 def test_resumed_run_equals_uninterrupted(digits_dir, tmp_path):
   config = tiny_config(digits_dir)
   config.eval_every_epochs = 10.0
+  config.checkpoint_every_steps = 3
   config.num_train_steps = 6
   straight = str(tmp_path / 'straight')
   train.train_and_evaluate(config, straight)
   resumed = str(tmp_path / 'resumed')
   config.num_train_steps = 3
-  config.checkpoint_every_steps = 3
   train.train_and_evaluate(config, resumed)
-  config.num_train_steps = 6
+  config.num_train_steps = 6  # A safe change: the run's length.
   train.train_and_evaluate(config, resumed)
-
-  def final_params(workdir):
-    ckpt = Checkpointer(workdir)
-    step = ckpt.latest_step()
-    path = os.path.join(ckpt.directory, str(step), 'state')
-    ckpt.close()
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-    return ocp.StandardCheckpointer().restore(path)['params']
-
-  a, b = final_params(straight), final_params(resumed)
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5,
-                                                       atol=1e-7), a, b)
-  # The log window that spans the restart is shorter; the next one is equal.
-  loss = lambda w: [r['loss'] for r in read_metrics(w) if r['split'] == 'train'
-                    and r['step'] == 6]
-  np.testing.assert_allclose(loss(resumed), loss(straight), rtol=1e-5)
+  assert_same_run(straight, resumed)
 
 
 def test_plateau_drop_reaches_the_optimizer(digits_dir, tmp_path):

@@ -1,0 +1,181 @@
+"""Never lose a run: crashes, preemption, damaged checkpoints, divergence,
+config drift and disk trouble."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from alexnet_jax import checkpoint
+from alexnet_jax import errors
+from alexnet_jax import train
+from tests.conftest import ROOT
+from tests.conftest import tiny_config
+from tests.train_test import assert_same_run
+from tests.train_test import read_metrics
+
+TINY = ['--config.image_size=72', '--config.model.input_size=64',
+        '--config.model.width=0.0625', '--config.model.fc_features=256',
+        '--config.batch_size=16', '--config.eval_batch_size=40',
+        '--config.mesh.data=1', '--config.log_every_steps=1',
+        '--config.checkpoint_every_steps=2', '--config.eval_every_epochs=100']
+
+
+def short_config(digits_dir, steps=6):
+  config = tiny_config(digits_dir)
+  config.num_train_steps = steps
+  config.checkpoint_every_steps = 2
+  config.eval_every_epochs = 100.0
+  return config
+
+
+def test_damaged_latest_checkpoint_falls_back(digits_dir, tmp_path):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(short_config(digits_dir), workdir)
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  assert sorted(os.listdir(ckpt_dir)) == ['2', '4', '6']
+  # Truncate every data file of the newest checkpoint.
+  for root, _, files in os.walk(os.path.join(ckpt_dir, '6', 'state')):
+    for f in files:
+      with open(os.path.join(root, f), 'r+b') as fh:
+        fh.truncate(3)
+  train.train_and_evaluate(short_config(digits_dir, steps=8), workdir)
+  damaged = os.listdir(os.path.join(workdir, 'checkpoints_damaged'))
+  assert len(damaged) == 1 and damaged[0].startswith('6-')  # Kept, not deleted.
+  ckpt = checkpoint.Checkpointer(workdir)
+  assert ckpt.latest_step() == 8
+  ckpt.close()
+  steps = [r['step'] for r in read_metrics(workdir) if r['split'] == 'train']
+  assert steps == [2, 4, 6, 8]  # Resumed from 4: step 6's record redone once.
+  with open(os.path.join(workdir, 'metrics.jsonl.rolled_back')) as f:
+    assert {json.loads(l)['step'] for l in f} == {6}  # Train and eval.
+
+
+def test_no_readable_checkpoint_stops_and_changes_nothing(digits_dir,
+                                                          tmp_path):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(short_config(digits_dir, steps=4), workdir)
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  for step in ('2', '4'):
+    shutil.rmtree(os.path.join(ckpt_dir, step, 'state'))
+  before = sorted(os.listdir(ckpt_dir))
+  with pytest.raises(checkpoint.CheckpointError, match='none of the'):
+    train.train_and_evaluate(short_config(digits_dir, steps=6), workdir)
+  assert sorted(os.listdir(ckpt_dir)) == before
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints_damaged'))
+
+
+def test_divergence_stops_without_saving(digits_dir, tmp_path):
+  config = short_config(digits_dir, steps=8)
+  config.learning_rate = 1e12
+  with pytest.raises(errors.UserError, match='diverged') as e:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert 'not saved' in str(e.value)
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  for step in ckpt.all_steps():  # Whatever was saved is finite.
+    assert np.isfinite(
+        [r['loss'] for r in read_metrics(str(tmp_path))
+         if r['step'] == step and r['split'] == 'train']).all()
+  ckpt.close()
+
+
+def test_config_drift(digits_dir, tmp_path):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(short_config(digits_dir, steps=2), workdir)
+  config = short_config(digits_dir, steps=4)
+  config.model.width = 0.125
+  config.batch_size = 32
+  with pytest.raises(errors.ConfigError) as e:
+    train.train_and_evaluate(config, workdir)
+  message = str(e.value)
+  assert 'model.width: 0.0625 -> 0.125' in message
+  assert 'batch_size: 16 -> 32' in message and '\n' not in message
+  config = short_config(digits_dir, steps=4)
+  config.lr_override = 0.003
+  config.log_every_steps = 1
+  train.train_and_evaluate(config, workdir)
+  assert read_metrics(workdir)[-1]['lr'] == pytest.approx(0.003)
+
+
+def test_disk_trouble_is_a_clear_error(digits_dir, tmp_path, monkeypatch):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(short_config(digits_dir, steps=2), workdir)
+
+  def full_disk(*args, **kwargs):
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(checkpoint.ocp.CheckpointManager, 'save', full_disk)
+  with pytest.raises(checkpoint.CheckpointError,
+                     match='free disk space.*earlier checkpoints are intact'):
+    train.train_and_evaluate(short_config(digits_dir, steps=4), workdir)
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['2']
+
+
+def cli(workdir, digits_dir, steps, cache_dir):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', XLA_FLAGS='',
+             JAX_COMPILATION_CACHE_DIR=cache_dir,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.2')
+  return subprocess.Popen(
+      [sys.executable, '-m', 'alexnet_jax.main', '--config',
+       'configs/digits.py', '--workdir', workdir,
+       f'--config.data_dir={digits_dir}',
+       f'--config.num_train_steps={steps}'] + TINY,
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
+
+
+def wait_for_records(workdir, n, proc, timeout=120):
+  path = os.path.join(workdir, 'metrics.jsonl')
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.exists(path):
+      with open(path) as f:
+        if sum(1 for _ in f) >= n:
+          return True
+    time.sleep(0.01)
+  return False
+
+
+def test_sigterm_saves_and_resumes(digits_dir, tmp_path):
+  workdir, cache = str(tmp_path / 'w'), str(tmp_path / 'cache')
+  proc = cli(workdir, digits_dir, 400, cache)
+  assert wait_for_records(workdir, 3, proc), proc.communicate()[1][-3000:]
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 0, err[-3000:]
+  assert 'SIGTERM received: saved checkpoint' in err
+  saved = checkpoint.Checkpointer(workdir)
+  step = saved.latest_step()
+  saved.close()
+  assert 3 <= step < 400
+  proc = cli(workdir, digits_dir, step + 2, cache)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  assert f'Resuming from step {step}' in err
+
+
+def test_kill_9_at_random_moments_then_resume(digits_dir, tmp_path):
+  steps, cache = 16, str(tmp_path / 'cache')
+  straight = str(tmp_path / 'straight')
+  proc = cli(straight, digits_dir, steps, cache)
+  assert proc.wait(timeout=300) == 0, proc.communicate()[1][-3000:]
+  rng = random.Random(0)
+  for trial in range(2):
+    workdir = str(tmp_path / f'killed{trial}')
+    # Kill at a random record count, then a random delay (often mid-save).
+    proc = cli(workdir, digits_dir, steps, cache)
+    wait_for_records(workdir, rng.randint(2, steps - 4), proc)
+    time.sleep(rng.uniform(0, 0.3))
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL  # Killed before it finished.
+    proc = cli(workdir, digits_dir, steps, cache)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert_same_run(straight, workdir)
