@@ -18,6 +18,10 @@ What differs from the paper and why:
   * No horizontal flips, and centre-crop evaluation instead of 10 crops (which
     include mirror images): a mirrored digit is another symbol.
   * Pixels scaled to 0..1 (augment.scale=255) to suit the He init.
+  * No PCA lighting: on grey digits it is only a brightness jitter, and it made
+    the final error worse here (seeds 0, 1, 2 with
+    --config.augment.pca_lighting=0.1: 1.39%, 0.56%, 1.67%; without: 0.56%,
+    0.56%, 1.11%).
   * Learning rate dropped by 10 at epochs 10 and 14 (milestones) instead of on
     plateaus: the run is too short for plateau detection to be reliable.
 """
@@ -30,6 +34,7 @@ def get_config():
   config.dataset = 'digits'
   config.image_size = 128
   config.augment.flip = False
+  config.augment.pca_lighting = 0.0
   config.eval_crops = 1
   config.augment.scale = 255.0
   config.model.num_classes = 10
