@@ -156,3 +156,47 @@ def test_overlapping_pool_sizes_match_paper():
   # 224 input, conv1 padding 2 -> 55 -> 27 -> 13 -> 6 (DESIGN §2).
   assert tuple(ops.feature_sizes(224, 2, 3, 2)) == (55, 27, 13, 6)
   assert tuple(ops.feature_sizes(227, 0, 3, 2)) == (55, 27, 13, 6)
+
+
+@pytest.mark.parametrize('window,stride', [(3, 2), (2, 2)])
+def test_max_pool_gradient_matches_xla_with_ties(window, stride):
+  # Few distinct values: most windows have tied maxima. The hand-written
+  # backward must route to the same (first, row-major) element as autodiff of
+  # lax.reduce_window (XLA's select-and-scatter).
+  rng = np.random.RandomState(6)
+  x = jnp.asarray(rng.randint(0, 3, size=(2, 2, 11, 11, 3)), jnp.float32)
+  g = jnp.asarray(rng.normal(size=ops.max_pool(x, window, stride).shape),
+                  jnp.float32)
+
+  def xla_pool(v):
+    return lax.reduce_window(v, -jnp.inf, lax.max, (1, 1, window, window, 1),
+                             (1, 1, stride, stride, 1), 'VALID')
+
+  got = jax.grad(lambda v: (ops.max_pool(v, window, stride) * g).sum())(x)
+  want = jax.grad(lambda v: (xla_pool(v) * g).sum())(x)
+  np.testing.assert_array_equal(got != 0, want != 0)  # Same routing...
+  np.testing.assert_allclose(got, want, rtol=1e-6)  # ...and sums.
+
+
+def test_conv_kernel_gradient_inside_shard_map():
+  # The custom VJP's kernel gradient must be summed over the data shards.
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
+  mesh = parallel.create_mesh(4, 1)
+  rng = np.random.RandomState(7)
+  x = jnp.asarray(rng.normal(size=(8, 9, 9, 3)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(5, 5, 3, 4)), jnp.float32)
+
+  def loss(k, x):
+    return jax.shard_map(
+        lambda k, x: jax.lax.psum(jnp.sin(ops.conv2d(x, k, 1, 2)).sum(),
+                                  'data'),
+        mesh=mesh, in_specs=(P(), P('data')), out_specs=P())(k, x)
+
+  got = jax.jit(jax.grad(loss))(
+      jax.device_put(k, NamedSharding(mesh, P())),
+      jax.device_put(x, NamedSharding(mesh, P('data'))))
+  want = jax.grad(lambda k: jnp.sin(lax.conv_general_dilated(
+      x, k, (1, 1), ((2, 2), (2, 2)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))).sum())(k)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
