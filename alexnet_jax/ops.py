@@ -121,11 +121,12 @@ def _conv_bwd(stride, padding, res, g):
 
   dK[i, j] = sum_{b,h,w} x_pad[b, i + s h, j + s w] g[b, h, w]: the input
   windows of every kernel offset, stacked, contracted with g in one matmul.
-  XLA:CPU's own kernel-gradient convolution is slow for 5x5 kernels (the
-  paper's conv2: 627 ms against 306 ms for this, batch 64, one tower, on a
-  2-core x86 CPU); for the other layers it is as fast or faster, and on
-  accelerators the vendor library is best, so `_use_matmul_kernel_grad`
-  decides. The input gradient is always XLA's transposed convolution.
+  XLA:CPU's own kernel-gradient convolution is slow for the paper's stride-1
+  layers (conv2, one tower, batch 64, on a 2-core x86 CPU: 627 ms against
+  306 ms for this) and slows down further with the batch; for conv1's stride
+  4 it is the faster one, and on accelerators the vendor library is best, so
+  `_use_matmul_kernel_grad` decides. The input gradient is always XLA's
+  transposed convolution.
   """
   x, kernel = res
   _, vjp = jax.vjp(lambda v, k: _lax_conv(v, k, stride, padding), x, kernel)
@@ -146,9 +147,9 @@ def _conv_bwd(stride, padding, res, g):
 
 
 def _use_matmul_kernel_grad(kernel_shape, stride) -> bool:
-  """Matmul kernel gradients where measured faster: CPU, stride 1, >= 5x5."""
-  return (jax.default_backend() == 'cpu' and stride == 1 and
-          min(kernel_shape[:2]) >= 5)
+  """Matmul kernel gradients where measured faster: CPU, stride 1."""
+  del kernel_shape
+  return jax.default_backend() == 'cpu' and stride == 1
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
