@@ -48,12 +48,18 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, meta: Dict[str, Any]):
     """Starts an asynchronous save; errors name the fix."""
+    # orbax skips a save while the previous one is still being written; wait
+    # for it instead, so every requested checkpoint is written.
+    self.wait()
     try:
-      self.manager.save(step, args=ocp.args.Composite(
+      saved = self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-                        force=True)
+                                force=True)
     except Exception as e:  # pylint: disable=broad-except
       raise self._write_error(step, e) from e
+    if not saved:
+      raise CheckpointError(f'orbax declined to save checkpoint {step} in '
+                            f'{self.directory}; please report this.')
 
   def wait(self):
     """Waits for pending saves; a failed one raises CheckpointError."""

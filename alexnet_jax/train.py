@@ -401,8 +401,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         state, metrics = steps.train_step(state, batch, stats, train_key)
         window.append(metrics)
         step += 1
+        # One reading of the flag per step: a signal arriving later in this
+        # iteration is handled, consistently, after the next step.
+        stopping = stop.signal
         checkpoint_now = (step % config.checkpoint_every_steps == 0 or
-                          step == total_steps or stop.signal is not None)
+                          step == total_steps or stopping is not None)
 
         # A checkpoint step always closes the log window, so the records of a
         # resumed run line up with those of an uninterrupted one, and a
@@ -428,7 +431,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
               record['lr'], record['img_per_sec'], _fmt_time(eta))
           window, window_start = [], time.time()
 
-        if (step % eval_every == 0 or step == total_steps) and not stop.signal:
+        if (step % eval_every == 0 or step == total_steps) and not stopping:
           t0 = time.time()
           last_eval = evaluate(steps, state.params, builder, config, stats)
           log.write({'step': step, 'epoch': step / steps_per_epoch,
@@ -446,12 +449,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
         if checkpoint_now:
           save(step)
-        if stop.signal:
+        if stopping:
           ckpt.wait()
           logging.warning('%s received: saved checkpoint %d in %s and stopped;'
-                          ' rerun the same command to resume.', stop.signal,
+                          ' rerun the same command to resume.', stopping,
                           step, ckpt.directory)
-          return {'stopped_by': stop.signal, 'step': step}
+          return {'stopped_by': stopping, 'step': step}
     finally:
       ckpt.wait()  # Never leave a half-written checkpoint behind on exit.
 

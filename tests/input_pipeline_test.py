@@ -108,6 +108,7 @@ def test_training_statistics_switches(digits_dir):
   config = tiny_config(digits_dir)
   builder = input_pipeline.get_builder(config)
   config.augment.mean = 'none'
+  config.augment.pca_lighting = 0.1
   stats = train.load_stats(builder, config)
   assert not stats['mean'].any() and stats['eigvals'][0] > 0
 
