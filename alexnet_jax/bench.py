@@ -1,14 +1,14 @@
 """Throughput and memory benchmark; prints one JSON object.
 
   python -m alexnet_jax.bench --config configs/ilsvrc2012.py [--config.k=v ...] \
-      [--vs_torch] [--steps 5]
+      [--vs-torch] [--steps 5]
 
 Measures, on synthetic data of the config's shapes (so no dataset is needed):
 the jitted, sharded train step (`train_img_per_sec`), evaluation with the
 centre crop and with 10 crops, the host input pipeline on synthetic JPEGs at
 ImageNet's typical 500x375 and at the cached 256x256 size, compile time, peak
 memory, and achieved GFLOP/s from the model's counted multiply-adds against a
-numpy float32 matmul measured in the same run. `--vs_torch` trains the same
+numpy float32 matmul measured in the same run. `--vs-torch` trains the same
 two-tower network (groups=2 convolutions, the paper's LRN per tower) in
 PyTorch eager in the same process and reports the ratio. Warm-up excluded;
 medians of `--steps` timed steps.
@@ -18,6 +18,7 @@ import json
 import os
 import resource
 import statistics
+import sys
 import time
 
 from absl import app
@@ -261,4 +262,7 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
+  # Accept the dashed spelling too (absl flag names use underscores).
+  sys.argv = [a.replace('--vs-torch', '--vs_torch', 1) if a.startswith(
+      '--vs-torch') else a for a in sys.argv]
   app.run(main)

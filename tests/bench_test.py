@@ -14,6 +14,12 @@ from configs import default
 from tests.conftest import ROOT
 from tests.conftest import tiny_config
 
+try:
+  import torch  # pylint: disable=unused-import,g-import-not-at-top
+  HAVE_TORCH = True
+except ImportError:
+  HAVE_TORCH = False
+
 FIELDS = {'train_img_per_sec', 'eval_img_per_sec', 'eval10_img_per_sec',
           'host_pipeline_img_per_sec', 'host_pipeline_cached_img_per_sec',
           'host_pipeline_img_per_sec_per_core', 'compile_seconds',
@@ -67,9 +73,11 @@ def test_bench_command_prints_json():
       [sys.executable, '-m', 'alexnet_jax.bench', '--config',
        'configs/digits.py', '--config.model.width=0.0625',
        '--config.image_size=72', '--config.model.input_size=64',
-       '--config.batch_size=8', '--steps=1', '--host_images=8'],
+       '--config.batch_size=8', '--steps=1', '--host_images=8'] + (
+           ['--vs-torch'] if HAVE_TORCH else []),
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
       check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(proc.stdout)
   assert result['batch'] == 8 and result['train_img_per_sec'] > 0
+  assert ('train_speedup_vs_torch' in result) == HAVE_TORCH
