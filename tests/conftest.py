@@ -27,19 +27,24 @@ def compilation_cache(tmp_path_factory):
   yield
 
 
-def tiny_config(data_dir=None):
-  """The digits config shrunk so a train step takes milliseconds."""
-  from configs import digits  # pylint: disable=g-import-not-at-top
-  config = digits.get_config()
-  config.data_dir = data_dir
+def shrink(config, batch_size=16, eval_batch_size=40):
+  """Any config with tiny images and widths, on a 1x1 mesh."""
   config.image_size = 72
   config.model.input_size = 64
   config.model.width = 1 / 16
   config.model.fc_features = 256
-  config.batch_size = 16
-  config.eval_batch_size = 40
+  config.batch_size = batch_size
+  config.eval_batch_size = eval_batch_size
   config.mesh.data = 1
   config.mesh.model = 1
+  return config
+
+
+def tiny_config(data_dir=None):
+  """The digits config shrunk so a train step takes milliseconds."""
+  from configs import digits  # pylint: disable=g-import-not-at-top
+  config = shrink(digits.get_config())
+  config.data_dir = data_dir
   config.log_every_steps = 2
   config.checkpoint_every_steps = 4
   return config

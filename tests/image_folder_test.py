@@ -12,6 +12,7 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import train
 from alexnet_jax.datasets import image_folder
 from configs import image_folder as image_folder_config
+from tests.conftest import shrink
 
 CLASSES = ('cat', 'dog', 'eel')
 
@@ -56,16 +57,10 @@ def folder(tmp_path_factory):
 
 
 def small_config(root):
-  config = image_folder_config.get_config()
+  config = shrink(image_folder_config.get_config(), batch_size=6,
+                  eval_batch_size=6)
   config.data_dir = root
   config.model.num_classes = 3
-  config.image_size = 72
-  config.model.input_size = 64
-  config.model.width = 1 / 16
-  config.model.fc_features = 256
-  config.batch_size = 6
-  config.eval_batch_size = 6
-  config.mesh.data = 1
   config.num_train_steps = 2
   config.log_every_steps = 1
   return config

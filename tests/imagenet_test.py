@@ -21,6 +21,7 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import train
 from configs import ilsvrc2012
 from tests.conftest import ROOT
+from tests.conftest import shrink
 
 IMAGES_PER_SYNSET = 6
 NUM_VAL = 8
@@ -70,16 +71,9 @@ def imagenet_dirs(tmp_path_factory):
 
 
 def tiny_imagenet_config(manual, data_dir):
-  config = ilsvrc2012.get_config()
+  config = shrink(ilsvrc2012.get_config(), batch_size=6, eval_batch_size=4)
   config.manual_dir = manual
   config.data_dir = data_dir
-  config.image_size = 72
-  config.model.input_size = 64
-  config.model.width = 1 / 16
-  config.model.fc_features = 256
-  config.batch_size = 6
-  config.eval_batch_size = 4
-  config.mesh.data = 1
   config.num_train_steps = 3
   config.log_every_steps = 1
   return config

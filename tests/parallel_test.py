@@ -79,20 +79,26 @@ def test_towers_live_on_separate_devices():
   assert {s.data.shape[0] for s in kernel.addressable_shards} == {1}
 
 
-def test_model_axis_exchanges_only_at_paper_points():
-  # Forward all-gathers: conv3 input, fc6, fc7, fc8 inputs and the logits.
+def zero_batch_setup(mesh_shape):
+  """Steps, initial state, an all-zero batch and statistics on a mesh."""
   config = tiny_config()
-  mesh = parallel.create_mesh(1, 2)
+  mesh = parallel.create_mesh(*mesh_shape)
   model = model_lib.create_model(config.model)
   tx, _ = optim.create(config, 10)
   steps = train.Steps(config, model, tx, mesh)
   state = steps.init_state(jax.random.key(0))
-  s = config.image_size
+  s, b = config.image_size, config.batch_size
   batch = input_pipeline.to_global(
-      {'image': np.zeros((16, s, s, 3), np.uint8),
-       'label': np.zeros((16,), np.int32),
-       'mask': np.ones((16,), np.float32)}, mesh)
+      {'image': np.zeros((b, s, s, 3), np.uint8),
+       'label': np.zeros((b,), np.int32),
+       'mask': np.ones((b,), np.float32)}, mesh)
   stats = jax.device_put(STATS(s), parallel.replicated(mesh))
+  return steps, state, batch, stats
+
+
+def test_model_axis_exchanges_only_at_paper_points():
+  # Forward all-gathers: conv3 input, fc6, fc7, fc8 inputs and the logits.
+  steps, state, batch, stats = zero_batch_setup((1, 2))
   hlo = steps.eval_step.lower(state.params, batch, stats).compile().as_text()
   gathers = [l for l in hlo.splitlines() if ' all-gather(' in l]
   assert len(gathers) == 5, '\n'.join(gathers)
@@ -117,17 +123,9 @@ def test_single_tower_layout_refuses_model_axis():
 def test_train_step_makes_no_hidden_transfers():
   # Parameters never go to the host per step, and nothing is copied implicitly:
   # inputs arrive as device arrays, metrics stay on the device until logged.
-  config = tiny_config()
-  mesh = parallel.create_mesh(2, 2)
-  model = model_lib.create_model(config.model)
-  tx, _ = optim.create(config, 10)
-  steps = train.Steps(config, model, tx, mesh)
-  state = steps.init_state(jax.random.key(0))
-  s = config.image_size
-  batch = input_pipeline.to_global(
-      {'image': np.zeros((16, s, s, 3), np.uint8),
-       'label': np.zeros((16,), np.int32)}, mesh)
-  stats = jax.device_put(STATS(s), parallel.replicated(mesh))
+  steps, state, batch, stats = zero_batch_setup((2, 2))
+  batch.pop('mask')
+  mesh = steps.mesh
   key = jax.device_put(jax.random.key(1), parallel.replicated(mesh))
   state, _ = steps.train_step(state, batch, stats, key)  # Compile first.
   with jax.transfer_guard('disallow'):
