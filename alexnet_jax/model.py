@@ -16,6 +16,15 @@ Layouts (`layout`):
                   of torchvision's and most later AlexNets; set `conv_features`
                   to (64, 192, 384, 256, 256) for torchvision's widths).
 
+Parallel schemes (how a mesh's `model` axis is used; parallel.py chooses):
+  towers           the paper's: each device of the axis holds whole towers
+                   (`tower_axis`), and they talk at the five points above.
+  one_weird_trick  Krizhevsky (2014): the convolutional layers are data
+                   parallel (every device runs all towers on its share of the
+                   batch) and the fully connected layers model parallel (each
+                   device of `fc_axis` holds a slice of every fc layer's units
+                   and computes it for the whole data shard's batch).
+
 Initialisation (`init`):
   paper  weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0.
   caffe  bvlc_alexnet's train_val.prototxt: weights N(0, 0.01) except fc6/fc7
@@ -147,20 +156,25 @@ class TowerConv(nn.Module):
 
 
 class TowerDense(nn.Module):
-  """A fully connected layer split over towers: kernel (towers, in, out)."""
+  """A fully connected layer split over towers: kernel (towers, in, out).
+
+  `out_features` is the number of units held here: the spec's, or a slice of
+  them when the units are split over devices (the one-weird-trick scheme).
+  """
   spec: LayerSpec
   towers: int
   in_features: int
   init_scheme: str
   dtype: Any
+  out_features: int
 
   @nn.compact
   def __call__(self, x):
     s = self.spec
     k_init, b_init = _initializers(self.init_scheme, s.name, self.in_features)
     kernel = self.param('kernel', k_init,
-                        (self.towers, self.in_features, s.features))
-    bias = self.param('bias', b_init, (self.towers, s.features))
+                        (self.towers, self.in_features, self.out_features))
+    bias = self.param('bias', b_init, (self.towers, self.out_features))
     # x is the full (gathered) input (B, in) read by every tower.
     y = jnp.einsum('bi,tio->tbo', x, kernel.astype(self.dtype))
     return y + bias.astype(self.dtype)[:, None, :]
@@ -173,6 +187,10 @@ class AlexNet(nn.Module):
     tower_axis: the mesh axis the towers are spread over inside `shard_map`
       (None outside it). `tower_axis_size` devices then hold
       `towers // tower_axis_size` towers each.
+    fc_axis: the mesh axis the fully connected layers' units are split over
+      inside `shard_map` (the one-weird-trick scheme; None otherwise). The
+      images are then this device's share of the batch, and the fc layers
+      see the whole batch of the `fc_axis` group.
   """
   num_classes: int = 1000
   layout: str = 'two_towers'
@@ -195,6 +213,8 @@ class AlexNet(nn.Module):
   dtype: Any = jnp.float32
   tower_axis: Optional[str] = None
   tower_axis_size: int = 1
+  fc_axis: Optional[str] = None
+  fc_axis_size: int = 1
 
   @property
   def towers(self) -> int:
@@ -234,27 +254,46 @@ class AlexNet(nn.Module):
                          to='invarying' if replicated else 'varying')
     return ops.merge_towers(x)
 
+  def fc_split(self, spec: LayerSpec) -> bool:
+    """Whether a fully connected layer's units are split over `fc_axis`.
+
+    Only when they divide evenly (e.g. fc8 of a 10-class net on 4 devices
+    stays whole and is computed, replicated, on each of them).
+    """
+    return (self.fc_axis is not None and self.fc_axis_size > 1 and
+            spec.features % self.fc_axis_size == 0)
+
+  def _fc_gather(self, x, axis):
+    """All of the `fc_axis` group's rows (axis 0) or units (axis -1)."""
+    return lax.all_gather(x, self.fc_axis, axis=axis % x.ndim, tiled=True)
+
   def _tower_index(self, t: int):
     """Global index of local tower t (for mesh-independent dropout masks)."""
     if self.tower_axis is not None and self.tower_axis_size > 1:
       return lax.axis_index(self.tower_axis) * self.local_towers + t
     return t
 
-  def _dropout(self, x, example_ids):
+  def _dropout(self, x, example_ids, units: int):
     """Dropout whose mask depends only on (rng, example id, tower, unit).
 
     Masks drawn per example from the example's global index make training
     identical on every mesh shape (a data shard draws exactly the masks the
-    same examples get in a one-device run).
+    same examples get in a one-device run). `units` is the layer's width per
+    tower; when this device holds a slice of them, it keeps that slice of
+    the full mask.
     """
     rate = self.dropout_rate
     key = self.make_rng('dropout')
+    local = x.shape[-1]
     keep = []
     for t in range(x.shape[0]):
       tkey = jax.random.fold_in(key, self._tower_index(t))
       keep.append(jax.vmap(lambda i, k=tkey: jax.random.bernoulli(
-          jax.random.fold_in(k, i), 1.0 - rate, x.shape[2:]))(example_ids))
+          jax.random.fold_in(k, i), 1.0 - rate, (units,)))(example_ids))
     keep = jnp.stack(keep)
+    if local != units:
+      keep = lax.dynamic_slice_in_dim(
+          keep, lax.axis_index(self.fc_axis) * local, local, axis=-1)
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
   @nn.compact
@@ -297,8 +336,17 @@ class AlexNet(nn.Module):
                        name=spec.name)(y)
 
     def dense(spec, y, in_features):
+      out = spec.features
+      if self.fc_split(spec):
+        out //= self.fc_axis_size
       return TowerDense(spec, towers, in_features, self.init_scheme, self.dtype,
-                        name=spec.name)(y)
+                        out, name=spec.name)(y)
+
+    def fc_input(spec, y):
+      """The previous fc layer's output as the next one reads it."""
+      if self.fc_split(spec):  # Units were split: collect them all.
+        y = self._fc_gather(y, -1)
+      return self._connect(y)
 
     s1, s2, s3, s4, s5, s6, s7, s8 = specs
     all_t = self.towers
@@ -319,17 +367,28 @@ class AlexNet(nn.Module):
     feats['pool5'] = x
     x = self._connect(x)                           # GPUs talk
     x = x.reshape(x.shape[0], -1)                  # HWC flatten
+    local_batch = x.shape[0]
+    if self.fc_axis is not None and self.fc_axis_size > 1:
+      # One weird trick: the fc layers run on the whole group's batch.
+      x = self._fc_gather(x, 0)
+      example_ids = self._fc_gather(example_ids, 0)
     x = act(dense(s6, x, x.shape[-1]))
     if use_dropout:
-      x = self._dropout(x, example_ids)
+      x = self._dropout(x, example_ids, s6.features)
     feats['fc6'] = x
-    x = act(dense(s7, self._connect(x), all_t * s6.features))  # GPUs talk
+    x = act(dense(s7, fc_input(s6, x), all_t * s6.features))  # GPUs talk
     if use_dropout:
-      x = self._dropout(x, example_ids)
+      x = self._dropout(x, example_ids, s7.features)
     feats['fc7'] = x
-    x = dense(s8, self._connect(x), all_t * s7.features)       # GPUs talk
-    logits = self._connect(x, replicated=True)[:, :self.num_classes]  # talk
-    logits = logits.astype(jnp.float32)
+    x = dense(s8, fc_input(s7, x), all_t * s7.features)        # GPUs talk
+    if self.fc_axis is not None and self.fc_axis_size > 1:
+      # Back to data parallelism: this device's rows of the logits.
+      x = fc_input(s8, x)
+      logits = lax.dynamic_slice_in_dim(
+          x, lax.axis_index(self.fc_axis) * local_batch, local_batch)
+    else:
+      logits = self._connect(x, replicated=True)                 # GPUs talk
+    logits = logits[:, :self.num_classes].astype(jnp.float32)
     if capture:
       feats['logits'] = logits
       return logits, feats

@@ -6,6 +6,10 @@ over two GPUs: every parameter has a leading tower axis, sharded over `model`.
 With model=2 each device holds one tower and the towers talk through the
 `all_gather`s in `AlexNet._connect`; with model=1 one device holds both towers
 and the same code concatenates locally. Nothing else changes between meshes.
+
+`mesh.scheme='one_weird_trick'` uses the `model` axis the way Krizhevsky (2014)
+did instead: the convolutional layers data parallel over every device, the
+fully connected layers' units split over `model` (see model.py).
 """
 
 from typing import Tuple
@@ -51,21 +55,59 @@ def create_mesh(data: int = -1, model: int = 1, devices=None) -> Mesh:
                        devices=devices[:data * model])
 
 
-def param_spec(mesh: Mesh, x) -> P:
-  """A parameter's leading tower axis on `model`, replicated over `data`.
+SCHEMES = ('towers', 'one_weird_trick')
+FC_LAYERS = ('fc6', 'fc7', 'fc8')
 
-  With model=1 the parameters are simply replicated (the same layout), so the
-  single-device-per-tower-group code needs no collective over `model` at all.
+
+def check_scheme(scheme: str):
+  if scheme not in SCHEMES:
+    raise MeshError(f'mesh.scheme={scheme!r} is unknown; use one of {SCHEMES}.')
+
+
+def _names(path):
+  return [getattr(k, 'key', getattr(k, 'name', None)) for k in path]
+
+
+def param_spec(mesh: Mesh, x, path=(), scheme: str = 'towers') -> P:
+  """Where one parameter (or optimiser-state leaf) lives on the mesh.
+
+  towers: the leading tower axis on `model`, replicated over `data`. With
+    model=1 the parameters are simply replicated (the same layout), so the
+    code needs no collective over `model` at all.
+  one_weird_trick: convolutions replicated on every device (data parallel);
+    a fully connected layer's units (its last axis) split over `model` when
+    they divide evenly (AlexNet.fc_split makes the same choice).
   Scalars (the optimiser's step count and learning rate) are replicated.
   """
-  if mesh.shape[MODEL] > 1 and getattr(x, 'ndim', 0):
+  model = mesh.shape[MODEL]
+  if model == 1 or not getattr(x, 'ndim', 0):
+    return P()
+  if scheme == 'towers':
     return P(MODEL)
+  names = _names(path)
+  if any(n in FC_LAYERS for n in names) and x.shape[-1] % model == 0:
+    return P(*([None] * (x.ndim - 1) + [MODEL]))
   return P()
 
 
-def param_sharding(mesh: Mesh, tree):
+def param_specs(mesh: Mesh, tree, scheme: str = 'towers'):
+  """PartitionSpecs for a tree of parameters (or a whole train state)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: param_spec(mesh, x, path, scheme), tree)
+
+
+def param_sharding(mesh: Mesh, tree, scheme: str = 'towers'):
   """NamedShardings for a tree of parameters (or a whole train state)."""
-  return jax.tree.map(lambda x: NamedSharding(mesh, param_spec(mesh, x)), tree)
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec),
+                      param_specs(mesh, tree, scheme),
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def step_batch_spec(scheme: str = 'towers') -> P:
+  """How the steps split a batch: over `data` (towers: every device of a
+  model group sees the group's images), or over every device (one weird
+  trick: the convolutions are data parallel over the whole mesh)."""
+  return P(DATA) if scheme == 'towers' else P((DATA, MODEL))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

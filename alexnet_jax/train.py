@@ -69,6 +69,9 @@ def validate_config(config: ml_collections.ConfigDict):
        f"augment.mean={config.augment.mean!r}: use 'per_pixel' or 'none'.")
   need(config.augment.pca_lighting >= 0,
        'augment.pca_lighting is a standard deviation: use >= 0 (paper 0.1).')
+  need(config.mesh.get('scheme', 'towers') in parallel.SCHEMES,
+       f'mesh.scheme={config.mesh.get("scheme")!r}: use one of '
+       f'{parallel.SCHEMES}.')
   need(config.eval_crops in (1, 10),
        f'eval_crops={config.eval_crops}: use 1 (centre) or 10 (paper).')
   need(config.model.input_size <= config.image_size,
@@ -96,16 +99,40 @@ class Steps:
     self.mesh = mesh
     self.tx = tx
     self.model = model
-    # Inside shard_map each device holds towers // mesh.model towers.
-    if mesh.shape[MODEL] > 1:
+    self.scheme = config.mesh.get('scheme', 'towers')
+    parallel.check_scheme(self.scheme)
+    model_size = mesh.shape[MODEL]
+    # The axes a batch is split over inside shard_map, and this device's
+    # position along them (for mesh-independent example ids).
+    self.batch_spec = parallel.step_batch_spec(self.scheme)
+    self.batch_axes = self.batch_spec[0] if isinstance(
+        self.batch_spec[0], tuple) else (self.batch_spec[0],)
+    if model_size > 1 and self.scheme == 'towers':
+      # Each device holds towers // mesh.model towers.
       self.sharded_model = model.clone(tower_axis=MODEL,
-                                       tower_axis_size=mesh.shape[MODEL])
+                                       tower_axis_size=model_size)
       try:
         self.sharded_model.local_towers  # pylint: disable=pointless-statement
       except ValueError as e:
         raise errors.ConfigError(str(e)) from e
+    elif model_size > 1:
+      self.sharded_model = model.clone(fc_axis=MODEL, fc_axis_size=model_size)
     else:
       self.sharded_model = model
+
+  def _split(self, *arrays):
+    """The batch arrays laid out as the steps split them (a local slice)."""
+    if self.batch_spec == P(DATA):
+      return arrays
+    sharding = jax.sharding.NamedSharding(self.mesh, self.batch_spec)
+    return tuple(jax.reshard(a, sharding) for a in arrays)
+
+  def _shard_index(self):
+    """This device's index among the batch shards (row-major over axes)."""
+    index = 0
+    for axis in self.batch_axes:
+      index = index * self.mesh.shape[axis] + jax.lax.axis_index(axis)
+    return index
 
   def init_state(self, key) -> TrainState:
     """Initialises the state directly in its sharded layout."""
@@ -118,11 +145,12 @@ class Steps:
                         opt_state=self.tx.init(params))
 
     abstract = jax.eval_shape(init, key)
-    self.state_sharding = parallel.param_sharding(self.mesh, abstract)
+    self.state_sharding = parallel.param_sharding(self.mesh, abstract,
+                                                  self.scheme)
     return jax.jit(init, out_shardings=self.state_sharding)(key)
 
   def _param_specs(self, params):
-    return jax.tree.map(lambda x: parallel.param_spec(self.mesh, x), params)
+    return parallel.param_specs(self.mesh, params, self.scheme)
 
   @functools.cached_property
   def train_step(self):
@@ -131,17 +159,17 @@ class Steps:
 
     def local_loss(params, images, labels, stats, step, key):
       b = images.shape[0]
-      ids = (step * global_batch + jax.lax.axis_index(DATA) * b +
-             jnp.arange(b))
+      ids = step * global_batch + self._shard_index() * b + jnp.arange(b)
       aug_key, drop_key = jax.random.split(jax.random.fold_in(key, step))
       x = augment.train_views(images, aug_key, ids, stats, config)
       logits = self.sharded_model.apply(
           {'params': params}, x, train=True, example_ids=ids,
           rngs={'dropout': drop_key})
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-      loss = jax.lax.psum(ce.sum(), DATA) / global_batch
-      err1 = jax.lax.psum(b - _topk_correct(logits, labels, 1).sum(), DATA)
-      err5 = jax.lax.psum(b - _topk_correct(logits, labels, 5).sum(), DATA)
+      axes = self.batch_axes
+      loss = jax.lax.psum(ce.sum(), axes) / global_batch
+      err1 = jax.lax.psum(b - _topk_correct(logits, labels, 1).sum(), axes)
+      err5 = jax.lax.psum(b - _topk_correct(logits, labels, 5).sum(), axes)
       return loss, dict(loss=loss, top1_err=err1 / global_batch,
                         top5_err=err5 / global_batch)
 
@@ -149,10 +177,11 @@ class Steps:
       def loss_fn(params):
         return jax.shard_map(
             local_loss, mesh=mesh,
-            in_specs=(self._param_specs(params), P(DATA), P(DATA), P(), P(),
-                      P()),
+            in_specs=(self._param_specs(params), self.batch_spec,
+                      self.batch_spec, P(), P(), P()),
             out_specs=(P(), P()),
-        )(params, batch['image'], batch['label'], stats, state.step, key)
+        )(params, *self._split(batch['image'], batch['label']), stats,
+          state.step, key)
 
       grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
       updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
@@ -184,14 +213,16 @@ class Steps:
           top1_err=((1 - _topk_correct(probs, labels, 1)) * mask).sum(),
           top5_err=((1 - _topk_correct(probs, labels, 5)) * mask).sum(),
           count=mask.sum())
-      return jax.tree.map(lambda v: jax.lax.psum(v, DATA), sums)
+      return jax.tree.map(lambda v: jax.lax.psum(v, self.batch_axes), sums)
 
     def step_fn(params, batch, stats):
       return jax.shard_map(
           local_eval, mesh=mesh,
-          in_specs=(self._param_specs(params), P(DATA), P(DATA), P(DATA), P()),
+          in_specs=(self._param_specs(params), self.batch_spec,
+                    self.batch_spec, self.batch_spec, P()),
           out_specs=P(),
-      )(params, batch['image'], batch['label'], batch['mask'], stats)
+      )(params, *self._split(batch['image'], batch['label'], batch['mask']),
+        stats)
 
     return jax.jit(step_fn)
 
@@ -309,12 +340,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   validate_config(config)
   _prepare_workdir(workdir, config)
   mesh = parallel.create_mesh(config.mesh.data, config.mesh.model)
-  data_size = mesh.shape[DATA]
+  shards = mesh.shape[DATA]
+  if config.mesh.scheme == 'one_weird_trick':
+    shards *= mesh.shape[MODEL]  # The convolutions split the batch over all.
+  shards = math.lcm(shards, jax.process_count())
   for name in ('batch_size', 'eval_batch_size'):
-    if config[name] % (data_size * jax.process_count()):
+    if config[name] % shards:
       raise errors.ConfigError(
-          f'{name}={config[name]} is not divisible by the mesh\'s data axis '
-          f'({data_size}); use a multiple of {data_size}.')
+          f'{name}={config[name]} cannot be split evenly over the mesh\'s '
+          f'batch shards ({shards}); use a multiple of {shards}.')
   logging.info('Mesh: %s on %d %s device(s)', dict(mesh.shape),
                mesh.devices.size, jax.devices()[0].platform)
 
@@ -480,7 +514,8 @@ def _train_record(window, step, steps_per_epoch, batch_size, seconds):
 SAFE_TO_CHANGE = (
     'lr_override', 'num_epochs', 'num_train_steps', 'eval_every_epochs',
     'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-    'eval_batch_size', 'eval_crops', 'mesh.data', 'mesh.model', 'data_dir',
+    'eval_batch_size', 'eval_crops', 'mesh.data', 'mesh.model', 'mesh.scheme',
+    'data_dir',
     'manual_dir', 'cache_resized')
 
 

@@ -78,6 +78,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1
   config.mesh.model = 1
+  # How the `model` axis is used: 'towers' (the paper's split: each device
+  # holds whole towers) or 'one_weird_trick' (Krizhevsky 2014: convolutions
+  # data parallel over every device, fc layers' units split over `model`).
+  # Either gives the same training; only the communication differs.
+  config.mesh.scheme = 'towers'
 
   # ---- Optimisation (Section 5) ---------------------------------------------
   config.batch_size = 128  # Global batch.

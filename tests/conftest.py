@@ -1,6 +1,6 @@
 """Shared test setup.
 
-Four simulated CPU devices, so mesh tests run in-process; this must be set
+Eight simulated CPU devices, so mesh tests run in-process; this must be set
 before jax is first imported, which is why it lives here.
 """
 
@@ -8,7 +8,7 @@ import os
 import sys
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=4').strip()
+                           ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:

@@ -1,4 +1,11 @@
-"""The same training on every mesh shape (4 simulated CPU devices)."""
+"""The same training on every mesh shape and scheme (8 simulated CPU devices).
+
+Also checks the communication itself: the compiled steps exchange data between
+towers at exactly the paper's points.
+"""
+
+import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +29,10 @@ def STATS(size):  # pylint: disable=invalid-name
           'eigvecs': jnp.asarray(eigvecs, jnp.float32)}
 
 
-def run_steps(mesh_shape, config=None):
+def run_steps(mesh_shape, config=None, scheme='towers', num_classes=10):
   config = config or tiny_config()
+  config.mesh.scheme = scheme
+  config.model.num_classes = num_classes
   config.eval_crops = 10
   config.augment.flip = True
   config.mesh.data, config.mesh.model = mesh_shape
@@ -49,15 +58,23 @@ def run_steps(mesh_shape, config=None):
   return losses, jax.device_get(state.params), jax.device_get(sums)
 
 
-@pytest.fixture(scope='module')
-def reference():
-  return run_steps((1, 1))
+@functools.lru_cache(maxsize=None)
+def reference(num_classes):
+  return run_steps((1, 1), num_classes=num_classes)
 
 
-@pytest.mark.parametrize('mesh_shape', [(1, 2), (2, 1), (2, 2)])
-def test_mesh_shapes_train_identically(reference, mesh_shape):
-  ref_losses, ref_params, ref_eval = reference
-  losses, params, sums = run_steps(mesh_shape)
+@pytest.mark.parametrize('scheme,mesh_shape,num_classes', [
+    ('towers', (1, 2), 10),
+    ('towers', (2, 1), 10),
+    ('towers', (2, 2), 10),
+    ('towers', (4, 2), 10),  # 8 devices: 4-way data x the paper's 2 towers.
+    ('one_weird_trick', (1, 2), 10),  # fc8's 2 x 5 units stay whole.
+    ('one_weird_trick', (4, 2), 12),  # Every fc layer split.
+])
+def test_mesh_shapes_train_identically(scheme, mesh_shape, num_classes):
+  ref_losses, ref_params, ref_eval = reference(num_classes)
+  losses, params, sums = run_steps(mesh_shape, scheme=scheme,
+                                   num_classes=num_classes)
   np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
   assert ref_losses[0] != ref_losses[-1]  # Training actually moved.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
@@ -79,9 +96,10 @@ def test_towers_live_on_separate_devices():
   assert {s.data.shape[0] for s in kernel.addressable_shards} == {1}
 
 
-def zero_batch_setup(mesh_shape):
+def zero_batch_setup(mesh_shape, scheme='towers'):
   """Steps, initial state, an all-zero batch and statistics on a mesh."""
   config = tiny_config()
+  config.mesh.scheme = scheme
   mesh = parallel.create_mesh(*mesh_shape)
   model = model_lib.create_model(config.model)
   tx, _ = optim.create(config, 10)
@@ -96,17 +114,91 @@ def zero_batch_setup(mesh_shape):
   return steps, state, batch, stats
 
 
-def test_model_axis_exchanges_only_at_paper_points():
-  # Forward all-gathers: conv3 input, fc6, fc7, fc8 inputs and the logits.
-  steps, state, batch, stats = zero_batch_setup((1, 2))
-  hlo = steps.eval_step.lower(state.params, batch, stats).compile().as_text()
-  gathers = [l for l in hlo.splitlines() if ' all-gather(' in l]
-  assert len(gathers) == 5, '\n'.join(gathers)
+COLLECTIVE = re.compile(r' (all-gather|all-reduce|reduce-scatter|all-to-all|'
+                        r'collective-permute|collective-broadcast)(-start)?\(')
+
+
+def replica_groups(line):
+  """The device groups of one HLO collective, as a set of frozensets."""
+  text = re.search(r'replica_groups=(\S+?)(,\s|$)', line)
+  if text is None:
+    return None
+  text = text.group(1)
+  iota = re.fullmatch(r'\[(\d+),(\d+)\]<=\[([\d,]+)\](T\(([\d,]+)\))?', text)
+  if iota:  # Compact form: [groups,size]<=[dims]T(perm).
+    dims = [int(d) for d in iota.group(3).split(',')]
+    ids = np.arange(np.prod(dims)).reshape(dims)
+    if iota.group(5):
+      ids = ids.transpose([int(p) for p in iota.group(5).split(',')])
+    rows = ids.reshape(int(iota.group(1)), int(iota.group(2)))
+  else:
+    rows = [[int(i) for i in g.split(',') if i]
+            for g in re.findall(r'\{([\d,]*)\}', text)]
+  return {frozenset(int(i) for i in r) for r in rows}
+
+
+def collectives(hlo, mesh):
+  """{(axis name, op): count} for every collective in compiled HLO text."""
+  ids = np.arange(mesh.devices.size).reshape(mesh.devices.shape)
+  axes = {'model': {frozenset(r) for r in ids}, 'data': {frozenset(c) for c
+                                                         in ids.T},
+          'all': {frozenset(ids.ravel())}}
+  counts = {}
+  for line in hlo.splitlines():
+    op = COLLECTIVE.search(line)
+    if not op or '-done(' in line:
+      continue
+    groups = replica_groups(line)
+    axis = next((a for a, g in axes.items() if groups == g), str(groups))
+    if all(len(g) == 1 for g in groups or ()):
+      continue  # A group of one device moves nothing.
+    key = (axis, op.group(1))
+    counts[key] = counts.get(key, 0) + 1
+  return counts
+
+
+def test_towers_exchange_only_at_paper_points():
+  # The compiled train step on 2 x 2 devices. Across towers (`model`), the
+  # forward all-gathers at the paper's five points (conv3's input, fc6, fc7
+  # and fc8's inputs, the logits) and the backward reduce-scatters at the
+  # four whose gradient flows back to the other tower (the logits are
+  # replicated, so their backward is a slice). Over `data`: the gradient sum.
+  steps, state, batch, stats = zero_batch_setup((2, 2))
+  batch.pop('mask')
+  key = jax.random.key(1)
+  hlo = steps.train_step.lower(state, batch, stats, key).compile().as_text()
+  counts = collectives(hlo, steps.mesh)
+  model = {k: v for k, v in counts.items() if k[0] != 'data'}
+  assert model == {('model', 'all-gather'): 5,
+                   ('model', 'reduce-scatter'): 4}, counts
+  assert set(counts) - set(model) == {('data', 'all-reduce')}, counts
+  # Evaluation: the forward's five, nothing else across towers.
+  eval_batch = dict(batch, mask=batch['label'].astype(np.float32) + 1)
+  hlo = steps.eval_step.lower(state.params, eval_batch,
+                              stats).compile().as_text()
+  counts = collectives(hlo, steps.mesh)
+  assert counts.get(('model', 'all-gather')) == 5, counts
+  assert not [k for k in counts if k[0] == 'model' and k[1] != 'all-gather']
+
+
+def test_one_weird_trick_communication():
+  # Convolutions data parallel: their gradients are summed over every
+  # device. fc layers model parallel: the batch is gathered once before fc6
+  # (with its example ids, for dropout), the units before fc7 and fc8; each
+  # has a reduce-scatter in the backward pass.
+  steps, state, batch, stats = zero_batch_setup((2, 2), 'one_weird_trick')
+  batch.pop('mask')
+  key = jax.random.key(1)
+  hlo = steps.train_step.lower(state, batch, stats, key).compile().as_text()
+  counts = collectives(hlo, steps.mesh)
+  assert counts.get(('model', 'all-gather')) == 4, counts
+  assert counts.get(('model', 'reduce-scatter')) == 3, counts
+  assert ('all', 'all-reduce') in counts, counts
 
 
 def test_mesh_errors_name_the_fix():
   with pytest.raises(parallel.MeshError, match='xla_force_host_platform'):
-    parallel.create_mesh(4, 2)
+    parallel.create_mesh(4, 4)
   with pytest.raises(parallel.MeshError, match='only one'):
     parallel.create_mesh(-1, -1)
   assert parallel.mesh_shape(-1, 2, 4) == (2, 2)
