@@ -131,20 +131,45 @@ class Schedule:
     self.drops = int(d.get('drops', 0))
 
 
+LR_SCALINGS = ('none', 'linear', 'sqrt')
+
+
+def scaled_learning_rate(config) -> float:
+  """`learning_rate` for a global batch other than `lr_reference_batch`.
+
+  learning_rate is the rate at the reference batch (paper: 0.01 at 128). For
+  a batch k times larger: 'none' keeps it, 'linear' multiplies it by k (Goyal
+  et al. 2017), 'sqrt' by sqrt(k), the rule Krizhevsky (2014, "One weird
+  trick", Section 5) derives from keeping the variance of the gradient
+  estimate constant.
+  """
+  scaling = config.get('lr_scaling', 'none')
+  if scaling not in LR_SCALINGS:
+    raise ValueError(f'lr_scaling={scaling!r} is unknown; use one of '
+                     f'{LR_SCALINGS}.')
+  reference = config.get('lr_reference_batch', 128)
+  if reference <= 0:
+    raise ValueError(f'lr_reference_batch={reference} must be > 0 (paper: '
+                     '128).')
+  k = config.batch_size / reference
+  factor = {'none': 1.0, 'linear': k, 'sqrt': k ** 0.5}[scaling]
+  return config.learning_rate * factor
+
+
 def create(config, steps_per_epoch: int):
   """(optax transformation, Schedule) from the config."""
   if config.learning_rate <= 0:
     raise ValueError(f'learning_rate={config.learning_rate} must be positive; '
                      'the paper uses 0.01.')
+  lr = scaled_learning_rate(config)
   if config.weight_decay < 0 or not 0 <= config.momentum < 1:
     raise ValueError('weight_decay must be >= 0 and momentum in [0, 1) '
                      '(paper: 5e-4 and 0.9).')
   schedule = Schedule(
-      kind=config.lr_schedule, base_lr=config.learning_rate,
+      kind=config.lr_schedule, base_lr=lr,
       steps_per_epoch=steps_per_epoch, patience=config.plateau_patience,
       max_drops=config.max_lr_drops, milestones=tuple(config.lr_milestones),
       override=config.lr_override)
   mask = None if config.decay_biases else no_bias_decay_mask
-  tx = paper_sgd(config.learning_rate, config.momentum, config.weight_decay,
-                 mask)
+  tx = paper_sgd(lr, config.momentum, config.weight_decay, mask)
   return tx, schedule

@@ -382,6 +382,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   state = steps.init_state(init_key)
   logging.info('Model: %s, %s parameters', config.model.layout,
                f'{model_lib.count_params(state.params):,}')
+  if config.batch_size != config.lr_reference_batch:
+    logging.info('Learning rate %g: learning_rate %g at batch %d, scaled '
+                 "'%s' to batch %d (lr_scaling).",
+                 optim.scaled_learning_rate(config), config.learning_rate,
+                 config.lr_reference_batch, config.lr_scaling,
+                 config.batch_size)
 
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
   check_config_drift(ckpt, config)

@@ -90,7 +90,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.momentum = 0.9
   config.weight_decay = 5e-4
   config.decay_biases = True  # Paper: decay on every weight; Caffe: not biases.
-  config.learning_rate = 0.01
+  config.learning_rate = 0.01  # At lr_reference_batch; see lr_scaling.
+  # When batch_size differs from lr_reference_batch by a factor k, the rate
+  # used is learning_rate times: 1 ('none', the default: the paper trained
+  # at 128 only), k ('linear') or sqrt(k) ('sqrt', Krizhevsky 2014).
+  config.lr_scaling = 'none'
+  config.lr_reference_batch = 128
   # 'plateau': divide by 10 when validation top-1 error has not improved for
   # `plateau_patience` evaluations, at most `max_lr_drops` times (the paper's
   # manual rule, automated). 'milestones': divide by 10 at each epoch in

@@ -114,3 +114,23 @@ def test_create_from_paper_config():
   config.learning_rate = -1.0
   with pytest.raises(ValueError, match='learning_rate'):
     optim.create(config, 10)
+
+
+@pytest.mark.parametrize('scaling,batch,expected', [
+    ('none', 1024, 0.01),
+    ('linear', 1024, 0.08),
+    ('sqrt', 1024, 0.01 * 8 ** 0.5),
+    ('sqrt', 128, 0.01),  # The paper's batch is the reference: unchanged.
+    ('linear', 64, 0.005),
+])
+def test_learning_rate_scales_with_batch(scaling, batch, expected):
+  config = default.get_config()
+  config.lr_scaling = scaling
+  config.batch_size = batch
+  assert optim.scaled_learning_rate(config) == pytest.approx(expected)
+  tx, schedule = optim.create(config, steps_per_epoch=10)
+  assert schedule.lr_at(0) == pytest.approx(expected)
+  assert float(optim.get_learning_rate(tx.init(W0))) == pytest.approx(expected)
+  config.lr_scaling = 'cubic'
+  with pytest.raises(ValueError, match="'none', 'linear', 'sqrt'"):
+    optim.create(config, 10)
