@@ -92,6 +92,28 @@ def test_resumed_run_equals_uninterrupted(digits_dir, tmp_path):
   assert_same_run(straight, resumed)
 
 
+def test_checkpoint_restores_onto_any_mesh(digits_dir, tmp_path):
+  # A run that changes mesh (and scheme) at each resume trains exactly as one
+  # that never stopped: the checkpoint is laid out anew on each mesh.
+  # 2x2 -> 1x1 (cluster to laptop), 1x1 -> 2x2 (and back), towers -> one
+  # weird trick.
+  config = tiny_config(digits_dir)
+  config.eval_every_epochs = 10.0
+  config.checkpoint_every_steps = 3
+  config.num_train_steps = 12
+  straight = str(tmp_path / 'straight')
+  train.train_and_evaluate(config, straight)
+  moved = str(tmp_path / 'moved')
+  legs = [(2, 2, 'towers'), (1, 1, 'towers'), (2, 2, 'towers'),
+          (2, 2, 'one_weird_trick')]
+  for i, (data, model, scheme) in enumerate(legs):
+    config.mesh.data, config.mesh.model, config.mesh.scheme = (data, model,
+                                                               scheme)
+    config.num_train_steps = 3 * (i + 1)
+    train.train_and_evaluate(config, moved)
+  assert_same_run(straight, moved)
+
+
 def test_plateau_drop_reaches_the_optimizer(digits_dir, tmp_path):
   config = tiny_config(digits_dir)
   config.lr_schedule = 'plateau'
