@@ -141,25 +141,39 @@ def encoded(builder, split):
       read_config=tfds.ReadConfig(interleave_cycle_length=1))
 
 
-def _local_slice(ds, global_batch: int):
-  """Keeps this process's contiguous share of every global batch."""
-  tf = _tf()
+def default_rows(global_batch: int, mesh=None):
+  """This process's rows of each global batch (parallel.process_rows)."""
+  if mesh is not None:
+    return parallel.process_rows(mesh, global_batch)
   count, index = jax.process_count(), jax.process_index()
-  if count == 1:
-    return ds
   local = global_batch // count
+  return index * local, (index + 1) * local
+
+
+def _local_slice(ds, global_batch: int, rows):
+  """Keeps rows [start, stop) of every global batch, before decoding.
+
+  Every process walks the same (seeded) order of encoded records, so a global
+  batch is the same whatever the process count; each decodes and preprocesses
+  only its own rows.
+  """
+  tf = _tf()
+  start, stop = rows
+  if (start, stop) == (0, global_batch):
+    return ds
   ds = ds.batch(global_batch, drop_remainder=True)
-  ds = ds.map(lambda b: tf.nest.map_structure(
-      lambda x: x[index * local:(index + 1) * local], b))
+  ds = ds.map(lambda b: tf.nest.map_structure(lambda x: x[start:stop], b))
   return ds.unbatch()
 
 
-def train_batches(builder, config, epoch: int,
-                  start_batch: int = 0) -> Iterator[Dict[str, np.ndarray]]:
+def train_batches(builder, config, epoch: int, start_batch: int = 0,
+                  rows=None) -> Iterator[Dict[str, np.ndarray]]:
   """This process's share of epoch `epoch`'s training batches, from a batch on.
 
   Every global batch is full (the epoch's last partial batch is dropped).
+  `rows`: this process's rows of each global batch (default_rows).
   """
+  rows = rows or default_rows(config.batch_size)
   tf = _tf()
   ds = encoded(builder, config.train_split)
   n = num_examples(builder, config.train_split)
@@ -167,20 +181,20 @@ def train_batches(builder, config, epoch: int,
   ds = ds.shuffle(min(n, config.shuffle_buffer), seed=seed,
                   reshuffle_each_iteration=False)
   ds = ds.skip(start_batch * config.batch_size)
-  ds = _local_slice(ds, config.batch_size)
+  ds = _local_slice(ds, config.batch_size, rows)
   ds = ds.map(lambda e: preprocess(e, config.image_size),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   # A record that still fails to decode is dropped with a warning rather than
   # ending a days-long run (image_folder and tfds' ImageNet are checked when
   # prepared, so this should never fire).
   ds = ds.ignore_errors(log_warning=True)
-  ds = ds.batch(config.batch_size // jax.process_count(), drop_remainder=True)
+  ds = ds.batch(rows[1] - rows[0], drop_remainder=True)
   ds = ds.prefetch(2)
   yield from ds.as_numpy_iterator()
 
 
-def train_stream(builder, config, epoch: int = 0,
-                 batch: int = 0) -> Iterator[Dict[str, np.ndarray]]:
+def train_stream(builder, config, epoch: int = 0, batch: int = 0,
+                 rows=None) -> Iterator[Dict[str, np.ndarray]]:
   """Endless training batches from position (epoch, batch in that epoch).
 
   The stream is a function of (seed, position) only: a run resumed at the
@@ -188,7 +202,7 @@ def train_stream(builder, config, epoch: int = 0,
   run would have seen, across epoch boundaries too.
   """
   while True:
-    yield from train_batches(builder, config, epoch, batch)
+    yield from train_batches(builder, config, epoch, batch, rows)
     epoch, batch = epoch + 1, 0
 
 
@@ -201,9 +215,12 @@ def unshuffled_batches(builder, config, split: str, batch_size: int = 256):
   return ds.batch(batch_size).prefetch(2).as_numpy_iterator()
 
 
-def eval_batches(builder, config,
-                 split: Optional[str] = None) -> Iterator[Dict[str, np.ndarray]]:
-  """The whole split in order, in full batches; padding has mask 0."""
+def eval_batches(builder, config, split: Optional[str] = None,
+                 rows=None) -> Iterator[Dict[str, np.ndarray]]:
+  """The whole split in order, in full batches; padding has mask 0.
+
+  `rows`: this process's rows of each global batch (default_rows).
+  """
   tf = _tf()
   split = split or config.eval_split
   n = num_examples(builder, split)
@@ -217,19 +234,25 @@ def eval_batches(builder, config,
     blank = {'image': tf.zeros((config.image_size,) * 2 + (3,), tf.uint8),
              'label': tf.constant(0, tf.int32), 'mask': tf.constant(0.0)}
     ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(pad))
-  ds = _local_slice(ds, gb)
-  ds = ds.batch(gb // jax.process_count(), drop_remainder=True).prefetch(2)
+  rows = rows or default_rows(gb)
+  ds = _local_slice(ds, gb, rows)
+  ds = ds.batch(rows[1] - rows[0], drop_remainder=True).prefetch(2)
   yield from ds.as_numpy_iterator()
 
 
-def to_global(batch: Dict[str, np.ndarray], mesh) -> Dict[str, jax.Array]:
+def to_global(batch: Dict[str, np.ndarray], mesh,
+              global_batch: Optional[int] = None) -> Dict[str, jax.Array]:
   """Per-host numpy batch -> global arrays sharded over `data`."""
   sharding = parallel.batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, v)
-          for k, v in batch.items()}
+  out = {}
+  for k, v in batch.items():
+    shape = None if global_batch is None else (global_batch,) + v.shape[1:]
+    out[k] = jax.make_array_from_process_local_data(sharding, v, shape)
+  return out
 
 
-def prefetch_to_device(batches, mesh, size: int = 2):
+def prefetch_to_device(batches, mesh, size: int = 2,
+                       global_batch: Optional[int] = None):
   """Moves batches to the devices in a background thread, `size` ahead."""
   q = queue.Queue(maxsize=size)
   sentinel = object()
@@ -237,7 +260,7 @@ def prefetch_to_device(batches, mesh, size: int = 2):
   def producer():
     try:
       for b in batches:
-        q.put(to_global(b, mesh))
+        q.put(to_global(b, mesh, global_batch))
     except Exception as e:  # Surface errors in the consumer.
       q.put(e)
     q.put(sentinel)

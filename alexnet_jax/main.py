@@ -14,9 +14,11 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from alexnet_jax import errors
+from alexnet_jax import parallel
 from alexnet_jax import train
 
 FLAGS = flags.FLAGS
@@ -77,6 +79,8 @@ def main(argv):
     _fail(f'--config: could not load the config file ({lines[-1]}); pass a '
           'path such as configs/digits.py.')
   try:
+    if parallel.initialize_distributed(config) and jax.process_index():
+      logging.set_verbosity(logging.WARNING)  # Process 0 reports progress.
     train.train_and_evaluate(config, FLAGS.workdir)
   except errors.UserError as e:
     logging.flush()

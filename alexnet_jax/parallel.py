@@ -12,10 +12,15 @@ did instead: the convolutional layers data parallel over every device, the
 fully connected layers' units split over `model` (see model.py).
 """
 
+import contextlib
+import os
 from typing import Tuple
 
+from absl import logging
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+import numpy as np
 
 from alexnet_jax import errors
 
@@ -44,6 +49,96 @@ def mesh_shape(data: int, model: int, num_devices: int) -> Tuple[int, int]:
         'CPU simulate devices with XLA_FLAGS=--xla_force_host_platform_'
         'device_count=N (set before jax is imported).')
   return data, model
+
+
+def initialize_distributed(config) -> bool:
+  """Joins a multi-process run when one is configured (before any jax use).
+
+  The coordinator address, process count and process id come from
+  `config.distributed`, else from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
+  and JAX_PROCESS_ID, else from SLURM (`srun` sets SLURM_NTASKS,
+  SLURM_PROCID, ...: jax.distributed finds them itself). Returns True when
+  this is one process of several; False for an ordinary one-process run.
+  """
+  cfg = config.get('distributed') or {}
+  address = (cfg.get('coordinator_address') or
+             os.environ.get('JAX_COORDINATOR_ADDRESS'))
+  count = cfg.get('num_processes', -1)
+  if count is None or count < 0:
+    count = int(os.environ.get('JAX_NUM_PROCESSES', -1))
+  index = cfg.get('process_id', -1)
+  if index is None or index < 0:
+    index = int(os.environ.get('JAX_PROCESS_ID', -1))
+  slurm = int(os.environ.get('SLURM_NTASKS', '1')) > 1
+  if not address and not slurm and count <= 1:
+    return False
+  if count == 1:
+    return False
+  if not slurm and (not address or count < 1 or index < 0):
+    raise MeshError(
+        'a multi-process run needs distributed.coordinator_address '
+        '(host:port of process 0), distributed.num_processes and '
+        'distributed.process_id (or JAX_COORDINATOR_ADDRESS, '
+        'JAX_NUM_PROCESSES and JAX_PROCESS_ID, or a SLURM srun); got '
+        f'address={address!r}, num_processes={count}, process_id={index}.')
+  if index >= count > 0:
+    raise MeshError(f'distributed.process_id={index} must be below '
+                    f'distributed.num_processes={count}.')
+  try:
+    jax.distributed.initialize(
+        coordinator_address=address or None,
+        num_processes=count if count > 0 else None,
+        process_id=index if index >= 0 else None,
+        initialization_timeout=int(cfg.get('timeout_seconds', 300)))
+  except (RuntimeError, ValueError) as e:
+    raise MeshError(
+        f'could not join the multi-process run at {address!r} as process '
+        f'{index} of {count} ({str(e).splitlines()[0][:200]}); start every '
+        'process with the same address and count, and process 0 first.'
+    ) from e
+  logging.info('Process %d of %d: %d local device(s), %d in all.',
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
+  return True
+
+
+@contextlib.contextmanager
+def process_zero_first(name: str):
+  """Process 0 runs the block first (e.g. preparing a dataset), then the rest.
+
+  Keeps several processes from writing the same files at once.
+  """
+  if jax.process_count() == 1:
+    yield
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:
+    multihost_utils.sync_global_devices(name)
+  yield
+  if jax.process_index() == 0:
+    multihost_utils.sync_global_devices(name)
+
+
+def process_rows(mesh: Mesh, global_batch: int) -> Tuple[int, int]:
+  """The rows [start, stop) of every global batch this process feeds.
+
+  Under batch_sharding: a contiguous block when the model axis lies within a
+  process; all rows of its data shard when the towers span processes.
+  """
+  indices = batch_sharding(mesh).addressable_devices_indices_map(
+      (global_batch,))
+  starts = [i[0].start or 0 for i in indices.values()]
+  stops = [global_batch if i[0].stop is None else i[0].stop
+           for i in indices.values()]
+  start, stop = min(starts), max(stops)
+  covered = np.zeros(global_batch, bool)
+  for a, b in zip(starts, stops):
+    covered[a:b] = True
+  if not covered[start:stop].all():
+    raise MeshError('this process\'s devices do not hold one contiguous block '
+                    'of the batch; order the devices by process (the '
+                    'default jax.devices() order does).')
+  return start, stop
 
 
 def create_mesh(data: int = -1, model: int = 1, devices=None) -> Mesh:

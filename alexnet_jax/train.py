@@ -36,6 +36,7 @@ from alexnet_jax import optim
 from alexnet_jax import parallel
 from alexnet_jax.datasets import stats as stats_lib
 from alexnet_jax.parallel import DATA, MODEL
+from configs import default as default_config
 
 
 @struct.dataclass
@@ -232,8 +233,11 @@ def evaluate(steps: Steps, params, builder, config,
   """Top-1 / top-5 error and loss over the whole evaluation split."""
   totals = None
   start = time.time()
+  gb = config.eval_batch_size
+  rows = input_pipeline.default_rows(gb, steps.mesh)
   for batch in input_pipeline.prefetch_to_device(
-      input_pipeline.eval_batches(builder, config), steps.mesh):
+      input_pipeline.eval_batches(builder, config, rows=rows), steps.mesh,
+      global_batch=gb):
     sums = steps.eval_step(params, batch, stats)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
@@ -317,7 +321,7 @@ def _fmt_time(seconds: float) -> str:
 def _prepare_workdir(workdir: str, config):
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, '.write_test')
+    probe = os.path.join(workdir, f'.write_test.{jax.process_index()}')
     with open(probe, 'w') as f:
       f.write('ok')
     os.remove(probe)
@@ -352,7 +356,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   logging.info('Mesh: %s on %d %s device(s)', dict(mesh.shape),
                mesh.devices.size, jax.devices()[0].platform)
 
-  builder = input_pipeline.get_builder(config)
+  with parallel.process_zero_first('dataset'):  # Prepared once, by process 0.
+    builder = input_pipeline.get_builder(config)
   classes = builder.info.features['label'].num_classes
   if classes != config.model.num_classes:
     raise errors.ConfigError(
@@ -382,7 +387,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   state = steps.init_state(init_key)
   logging.info('Model: %s, %s parameters', config.model.layout,
                f'{model_lib.count_params(state.params):,}')
-  if config.batch_size != config.lr_reference_batch:
+  if (config.lr_scaling != 'none' and
+      config.batch_size != config.lr_reference_batch):
     logging.info('Learning rate %g: learning_rate %g at batch %d, scaled '
                  "'%s' to batch %d (lr_scaling).",
                  optim.scaled_learning_rate(config), config.learning_rate,
@@ -406,8 +412,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     logging.info('Resuming from step %d (epoch %.2f).', start_step,
                  start_step / steps_per_epoch)
 
-  stats = jax.device_put(load_stats(builder, config),
-                         parallel.replicated(mesh))
+  with parallel.process_zero_first('stats'):  # Computed once, by process 0.
+    stats = load_stats(builder, config)
+  stats = jax.device_put(stats, parallel.replicated(mesh))
   log = MetricsLog(workdir)
   log.roll_back(start_step)
 
@@ -420,9 +427,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         'config': config.to_dict()})
 
   current_lr = None
+  rows = input_pipeline.default_rows(config.batch_size, mesh)
   batches = input_pipeline.prefetch_to_device(
       input_pipeline.train_stream(builder, config, position['epoch'],
-                                  position['batch']), mesh)
+                                  position['batch'], rows), mesh,
+      global_batch=config.batch_size)
   window, window_start = [], time.time()
   run_start, run_start_step = time.time(), start_step
   last_eval = None
@@ -521,7 +530,8 @@ SAFE_TO_CHANGE = (
     'lr_override', 'num_epochs', 'num_train_steps', 'eval_every_epochs',
     'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
     'eval_batch_size', 'eval_crops', 'mesh.data', 'mesh.model', 'mesh.scheme',
-    'data_dir',
+    'distributed.coordinator_address', 'distributed.num_processes',
+    'distributed.process_id', 'distributed.timeout_seconds', 'data_dir',
     'manual_dir', 'cache_resized')
 
 
@@ -553,7 +563,12 @@ def check_config_drift(ckpt: checkpoint.Checkpointer, config):
     if saved is None:
       return
     changes = config_changes(saved, config)
-    unsafe = {k: v for k, v in changes.items() if k not in SAFE_TO_CHANGE}
+    # Keys added to the code after the checkpoint was written are fine at
+    # their default (which keeps the old behaviour).
+    defaults = _flatten(default_config.get_config().to_dict())
+    known = _flatten(saved)
+    unsafe = {k: v for k, v in changes.items() if k not in SAFE_TO_CHANGE and
+              not (k not in known and k in defaults and v[1] == defaults[k])}
     for k, (a, b) in changes.items():
       if k not in unsafe:
         logging.info('Resuming with %s changed: %r -> %r', k, a, b)

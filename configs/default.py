@@ -83,6 +83,15 @@ def get_config() -> ml_collections.ConfigDict:
   # data parallel over every device, fc layers' units split over `model`).
   # Either gives the same training; only the communication differs.
   config.mesh.scheme = 'towers'
+  # Several processes (hosts): the coordinator's host:port (process 0), the
+  # process count and this process's id. Unset (None / -1) they come from
+  # JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, or from
+  # SLURM under srun; with none of these, the run is one process.
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.coordinator_address = config_dict.placeholder(str)
+  config.distributed.num_processes = -1
+  config.distributed.process_id = -1
+  config.distributed.timeout_seconds = 300
 
   # ---- Optimisation (Section 5) ---------------------------------------------
   config.batch_size = 128  # Global batch.

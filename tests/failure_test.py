@@ -179,3 +179,27 @@ def test_kill_9_at_random_moments_then_resume(digits_dir, tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     assert_same_run(straight, workdir)
+
+
+class _FakeCheckpoints:
+  directory = '/runs/x/checkpoints'
+
+  def __init__(self, saved):
+    self.saved = saved
+
+  def all_steps(self):
+    return [10]
+
+  def read_meta(self, step):
+    del step
+    return {'config': self.saved}
+
+
+def test_keys_newer_than_a_checkpoint_are_fine_at_their_default():
+  config = tiny_config()
+  saved = json.loads(json.dumps(config.to_dict()))
+  del saved['lr_scaling']  # Written before the key existed.
+  train.check_config_drift(_FakeCheckpoints(saved), config)
+  config.lr_scaling = 'linear'  # Not the old behaviour: refused.
+  with pytest.raises(errors.ConfigError, match='lr_scaling: None'):
+    train.check_config_drift(_FakeCheckpoints(saved), config)

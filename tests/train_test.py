@@ -58,7 +58,13 @@ def final_params(workdir):
   ckpt = Checkpointer(workdir)
   path = os.path.join(ckpt.directory, str(ckpt.latest_step()), 'state')
   ckpt.close()
-  return ocp.StandardCheckpointer().restore(path)['params']
+  # Onto this process's first device, whatever mesh or processes wrote it.
+  checkpointer = ocp.StandardCheckpointer()
+  meta = checkpointer.metadata(path).item_metadata
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
+  return checkpointer.restore(path, target)['params']
 
 
 def train_records(workdir):
