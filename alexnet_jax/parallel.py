@@ -69,7 +69,9 @@ def initialize_distributed(config) -> bool:
   index = cfg.get('process_id', -1)
   if index is None or index < 0:
     index = int(os.environ.get('JAX_PROCESS_ID', -1))
-  slurm = int(os.environ.get('SLURM_NTASKS', '1')) > 1
+  # Under `srun` (a job step), not in the batch script that calls it.
+  slurm = ('SLURM_STEP_NODELIST' in os.environ and int(os.environ.get(
+      'SLURM_STEP_NUM_TASKS', os.environ.get('SLURM_NTASKS', '1'))) > 1)
   if not address and not slurm and count <= 1:
     return False
   if count == 1:

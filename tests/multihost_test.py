@@ -1,72 +1,89 @@
 """Several processes (hosts) through jax.distributed: two local CPU processes
-with a localhost coordinator train exactly as one process does."""
+with a localhost coordinator train exactly as one process does.
+
+Both commands are README's ("From a laptop to a cluster"): the two-process one
+as written, and the SLURM one with the variables `srun` would set.
+"""
 
 import os
+import random
 import socket
 import subprocess
 import sys
 
-import pytest
-
 from alexnet_jax import train
 from tests.conftest import ROOT
-from tests.conftest import tiny_config
+from tests.readme_test import command, config_from, with_digits
 from tests.train_test import assert_same_run
 
 STEPS = 6
 
 
-def free_port():
+def port_free(port):
   with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
-def launch(args, process_id, devices):
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-  env['TF_CPP_MIN_LOG_LEVEL'] = '2'
-  return subprocess.Popen(
-      [sys.executable, '-m', 'alexnet_jax.main'] + args +
-      [f'--config.distributed.process_id={process_id}'], cwd=ROOT, env=env,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-# (devices per process, mesh data, mesh model): the towers within a process
-# (data parallel across hosts), or each tower on its own host.
-@pytest.mark.parametrize('devices,data,model', [(2, 2, 2), (1, 1, 2)])
-def test_two_processes_train_like_one(digits_dir, tmp_path, devices, data,
-                                      model):
-  workdir = str(tmp_path / 'two')
-  args = ['--config', 'configs/digits.py', '--workdir', workdir,
-          f'--config.data_dir={digits_dir}', '--config.image_size=72',
-          '--config.model.input_size=64', '--config.model.width=0.0625',
-          '--config.model.fc_features=256', '--config.batch_size=16',
-          '--config.eval_batch_size=40', '--config.log_every_steps=2',
-          '--config.checkpoint_every_steps=4',
-          f'--config.num_train_steps={STEPS}', f'--config.mesh.data={data}',
-          f'--config.mesh.model={model}',
-          f'--config.distributed.coordinator_address=localhost:{free_port()}',
-          '--config.distributed.num_processes=2']
-  procs = [launch(args, i, devices) for i in range(2)]
-  outs = []
-  for p in procs:
     try:
-      outs.append(p.communicate(timeout=400))
-    except subprocess.TimeoutExpired:
-      for q in procs:
-        q.kill()
-      raise
-  for p, (_, err) in zip(procs, outs):
+      s.bind(('localhost', port))
+    except OSError:
+      return False
+  return True
+
+
+def run_processes(args, envs):
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'alexnet_jax.main'] + args[i], cwd=ROOT,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **envs[i]),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  errs = []
+  try:
+    for p in procs:
+      errs.append(p.communicate(timeout=400)[1])
+  finally:
+    for p in procs:
+      p.kill()
+  for p, err in zip(procs, errs):
     assert p.returncode == 0, err[-4000:]
   # Process 0 reports; process 1 stays quiet (warnings only).
-  assert 'Done: 6 steps' in outs[0][1], outs[0][1][-3000:]
-  assert 'Process 0 of 2' in outs[0][1]
-  assert 'step 6/6' not in outs[1][1], outs[1][1][-3000:]
+  assert f'Done: {STEPS} steps' in errs[0], errs[0][-3000:]
+  assert 'Process 0 of 2' in errs[0]
+  assert f'step {STEPS}/{STEPS}' not in errs[1], errs[1][-3000:]
 
-  config = tiny_config(digits_dir)
-  config.num_train_steps = STEPS
-  config.mesh.data, config.mesh.model = data, model
+
+def check_like_one_process(args, tmp_path, data):
+  config = config_from(args)
+  config.mesh.data = data
   one = str(tmp_path / 'one')
   train.train_and_evaluate(config, one)
-  assert_same_run(one, workdir)
+  assert_same_run(one, str(tmp_path / 'two'))
+
+
+def test_two_processes_with_a_coordinator(digits_dir, tmp_path):
+  # 2 processes x 2 devices, mesh 2 x 2: the towers within each process,
+  # each process reading (decoding) its own half of every batch.
+  env, args, _ = command('distributed.num_processes=2')
+  port = next(p for p in iter(lambda: random.randint(20000, 60000), None)
+              if port_free(p))
+  args = [a.replace('localhost:12355', f'localhost:{port}') for a in args]
+  args = with_digits(args, digits_dir, str(tmp_path / 'two'), STEPS)
+  run_processes([args + [f'--config.distributed.process_id={i}']
+                 for i in range(2)], [env, env])
+  check_like_one_process(args, tmp_path, 2)
+
+
+def test_slurm_srun_command(digits_dir, tmp_path):
+  # 2 tasks x 1 device, mesh 1 x 2: one tower per host, so both hosts feed
+  # the same rows. jax.distributed finds everything in SLURM's variables.
+  _, args, launcher = command('srun')
+  assert launcher == ['srun']
+  args = with_digits(args, digits_dir, str(tmp_path / 'two'), STEPS)
+  # jax picks the coordinator port from the job id.
+  job = next(j for j in iter(lambda: random.randint(1, 10**6), None)
+             if port_free(j % 4096 + 61440))
+  envs = [{'SLURM_JOB_ID': str(job), 'SLURM_STEP_NODELIST': 'localhost',
+           'SLURM_NTASKS': '2', 'SLURM_STEP_NUM_TASKS': '2',
+           'SLURM_PROCID': str(i), 'SLURM_LOCALID': str(i),
+           'SLURM_STEP_NUM_NODES': '1',
+           'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}
+          for i in range(2)]
+  run_processes([args, args], envs)
+  check_like_one_process(args, tmp_path, 1)

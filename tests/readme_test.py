@@ -1,0 +1,138 @@
+"""README's "From a laptop to a cluster" commands are the ones that run.
+
+The laptop command runs as written (plus overrides that make it tiny); the GPU
+commands are checked against simulated device counts (training on their mesh
+shapes is tested in parallel_test); the two-process and SLURM commands run in
+multihost_test.
+"""
+
+import ast
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from alexnet_jax import parallel
+from alexnet_jax import train
+from tests.conftest import ROOT
+from tests.main_test import assert_one_line_error, run_cli
+
+TINY = ['--config.image_size=72', '--config.model.input_size=64',
+        '--config.model.width=0.0625', '--config.model.fc_features=256',
+        '--config.batch_size=16', '--config.eval_batch_size=40',
+        '--config.eval_crops=1', '--config.log_every_steps=2',
+        '--config.checkpoint_every_steps=4']
+
+
+def cluster_commands():
+  """The shell commands of README's "From a laptop to a cluster" section."""
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    text = f.read()
+  section = text.split('## From a laptop to a cluster')[1].split('\n## ')[0]
+  blocks = re.findall(r'```bash\n(.*?)```', section, re.S)
+  return [b.strip() for b in blocks]
+
+
+def split_command(command):
+  """(environment, python -m alexnet_jax.main arguments, launcher) of one."""
+  words = shlex.split(command)
+  env = {}
+  while '=' in words[0] and not words[0].startswith('-'):
+    key, value = words.pop(0).split('=', 1)
+    env[key] = value
+  launcher = []
+  while words[0] != 'python':
+    launcher.append(words.pop(0))
+  assert words[:3] == ['python', '-m', 'alexnet_jax.main'], command
+  return env, words[3:], launcher
+
+
+def command(*needles):
+  """The one README command containing every needle."""
+  found = [c for c in cluster_commands() if all(n in c for n in needles)]
+  assert len(found) == 1, (needles, found)
+  return split_command(found[0])
+
+
+def with_digits(args, digits_dir, workdir, steps):
+  """A README command's arguments, made tiny and pointed at the digits."""
+  args = list(args)
+  args[args.index('--workdir') + 1] = workdir
+  return args + ['--config.dataset=digits', f'--config.data_dir={digits_dir}',
+                 '--config.model.num_classes=10',
+                 f'--config.num_train_steps={steps}'] + TINY
+
+
+def config_from(args):
+  """The config a README command builds (its --config file and overrides)."""
+  path = args[args.index('--config') + 1]
+  namespace = {}
+  with open(os.path.join(ROOT, path)) as f:
+    exec(compile(f.read(), path, 'exec'), namespace)  # pylint: disable=exec-used
+  config = namespace['get_config']()
+  for arg in args:
+    if not arg.startswith('--config.'):
+      continue
+    key, value = arg[len('--config.'):].split('=', 1)
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass  # A string.
+    *parents, name = key.split('.')
+    node = config
+    for p in parents:
+      node = node[p]
+    node[name] = value
+  return config
+
+
+def test_laptop_command_runs(digits_dir, tmp_path):
+  env, args, launcher = command('runs/digits_split')
+  assert not launcher
+  workdir = str(tmp_path / 'w')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.main'] +
+      with_digits(args, digits_dir, workdir, 3),
+      cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **env),
+      capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Mesh: {'data': 1, 'model': 2} on 2 cpu device(s)" in proc.stderr
+  assert 'step 3/3' in proc.stderr and 'ETA' in proc.stderr
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', '3'))
+
+  # A failing rerun on the same workdir leaves the checkpoints alone.
+  proc = run_cli(['--config', 'configs/digits.py', '--workdir', workdir,
+                  f'--config.data_dir={digits_dir}', '--config.mesh.data=2',
+                  '--config.batch_size=15'])
+  assert_one_line_error(proc, 'batch_size=15', 'multiple of 2')
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', '3'))
+
+
+@pytest.mark.parametrize('gpus,ending,mesh', [
+    (1, 'ilsvrc2012 --config.manual_dir=$HOME/ilsvrc', (1, 1)),
+    (2, '$HOME/ilsvrc --config.mesh.model=2', (1, 2)),
+    (8, '--config.mesh.data=4 --config.mesh.model=2', (4, 2)),
+])
+def test_gpu_commands_configure_their_mesh(gpus, ending, mesh):
+  found = [c for c in cluster_commands() if c.endswith(ending)]
+  assert len(found) == 1, found
+  _, args, _ = split_command(found[0])
+  config = config_from(args)
+  train.validate_config(config)
+  assert config.dataset == 'imagenet2012' and config.batch_size == 128
+  shape = parallel.mesh_shape(config.mesh.data, config.mesh.model, gpus)
+  assert shape == mesh
+  assert config.batch_size % shape[0] == 0
+
+
+def test_slurm_command_scales_the_learning_rate():
+  _, args, launcher = command('srun')
+  assert launcher == ['srun']
+  config = config_from(args)
+  train.validate_config(config)
+  assert config.batch_size == 1024 and config.lr_scaling == 'sqrt'
+  from alexnet_jax import optim  # pylint: disable=g-import-not-at-top
+  assert optim.scaled_learning_rate(config) == pytest.approx(0.01 * 8 ** 0.5)
