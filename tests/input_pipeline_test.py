@@ -1,5 +1,6 @@
 """The digits tfds builder, host preprocessing, statistics, augmentation."""
 
+import itertools
 import os
 
 import numpy as np
@@ -233,3 +234,27 @@ def test_resized_cache(digits_dir):
   ta = next(input_pipeline.train_batches(source, config, 0))
   tb = next(input_pipeline.train_batches(cached, config, 0))
   np.testing.assert_array_equal(ta['label'], tb['label'])
+
+
+def test_each_process_reads_its_rows_of_the_same_batches(digits_dir):
+  # What two hosts of a 2 x 2 mesh (two devices each) read: their halves of
+  # the one-process batches, in the same order, for training and evaluation.
+  from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
+  config = tiny_config(digits_dir)
+  builder = input_pipeline.get_builder(config)
+  mesh = parallel.create_mesh(2, 2)
+  assert parallel.process_rows(mesh, 16) == (0, 16)  # One process: all.
+  whole = list(itertools.islice(
+      input_pipeline.train_batches(builder, config, 0), 3))
+  halves = [list(itertools.islice(input_pipeline.train_batches(
+      builder, config, 0, rows=rows), 3)) for rows in ((0, 8), (8, 16))]
+  for w, a, b in zip(whole, *halves):
+    for k in w:
+      np.testing.assert_array_equal(w[k], np.concatenate([a[k], b[k]]))
+  whole = list(input_pipeline.eval_batches(builder, config))
+  halves = [list(input_pipeline.eval_batches(builder, config, rows=rows))
+            for rows in ((0, 20), (20, 40))]
+  assert len(whole) == len(halves[0]) == len(halves[1]) == 9
+  for w, a, b in zip(whole, *halves):
+    np.testing.assert_array_equal(w['label'], np.concatenate(
+        [a['label'], b['label']]))
