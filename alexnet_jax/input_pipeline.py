@@ -119,6 +119,14 @@ def preprocess(example, image_size: int):
   tf = _tf()
   image = tf.io.decode_image(example['image'], channels=3,
                              expand_animations=False)
+  return {'image': resize_and_crop(image, image_size),
+          'label': tf.cast(example['label'], tf.int32)}
+
+
+def resize_and_crop(image, image_size: int):
+  """A decoded RGB image -> shorter side S, centre S x S crop, uint8."""
+  tf = _tf()
+  image = tf.convert_to_tensor(image)
   h = tf.cast(tf.shape(image)[0], tf.float32)
   w = tf.cast(tf.shape(image)[1], tf.float32)
   scale = image_size / tf.minimum(h, w)
@@ -129,8 +137,7 @@ def preprocess(example, image_size: int):
   left = (new_w - image_size) // 2
   image = image[top:top + image_size, left:left + image_size]
   image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-  image = tf.ensure_shape(image, (image_size, image_size, 3))
-  return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
+  return tf.ensure_shape(image, (image_size, image_size, 3))
 
 
 def encoded(builder, split):

@@ -311,6 +311,16 @@ def load_stats(builder, config) -> Dict[str, np.ndarray]:
   return stats
 
 
+def _save_stats(workdir: str, stats):
+  """The input statistics beside the checkpoints, so the workdir alone is
+  enough to use the network (alexnet_jax.features)."""
+  path = os.path.join(workdir, 'stats.npz')
+  if jax.process_index() == 0 and not os.path.exists(path):
+    tmp = path + '.tmp.npz'
+    np.savez(tmp, **stats)
+    os.replace(tmp, path)
+
+
 def _fmt_time(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   h, rem = divmod(seconds, 3600)
@@ -414,6 +424,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   with parallel.process_zero_first('stats'):  # Computed once, by process 0.
     stats = load_stats(builder, config)
+  _save_stats(workdir, stats)
   stats = jax.device_put(stats, parallel.replicated(mesh))
   log = MetricsLog(workdir)
   log.roll_back(start_step)

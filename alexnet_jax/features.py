@@ -1,0 +1,342 @@
+"""Features from a trained network: any layer, and nearest neighbours.
+
+  import alexnet_jax.features as features
+  net = features.load('runs/digits')            # a workdir or one checkpoint
+  fc7 = net.extract(['a.jpg', 'b.png'])          # (2, 4096 * width)
+  probs = net.extract(images, layer='probs')     # uint8 arrays of any size
+
+Preprocessing is the paper's evaluation path: shorter side resized to the
+training `image_size`, centre square, mean image subtracted, then the centre
+crop or the 10 crops (`crops=10`; features averaged over the views, and for
+`probs` the softmax averaged, as in the paper's test). The parameters are
+restored onto one device, whatever mesh trained them.
+
+Command line (writes the features, and with --neighbours the K nearest gallery
+images of each query by Euclidean distance of the layer, the paper's Figure 4
+right):
+
+  python -m alexnet_jax.features --workdir runs/digits --images DIR \
+      --layer fc7 --out feats.npz [--neighbours 5 --gallery DIR2]
+"""
+
+import json
+import os
+import sys
+from typing import Dict, List, Optional, Sequence, Union
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from alexnet_jax import augment
+from alexnet_jax import errors
+from alexnet_jax import model as model_lib
+from alexnet_jax import ops
+
+LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'pool5', 'fc6', 'fc7',
+          'logits', 'probs')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.ppm',
+                    '.tif', '.tiff')
+STATS_FILE = 'stats.npz'  # Written into every workdir by training.
+
+
+class FeaturesError(errors.UserError):
+  """A checkpoint, image or argument the feature extractor cannot use."""
+
+
+def locate(path: str):
+  """(workdir, step) for a workdir (newest checkpoint) or one checkpoint."""
+  path = os.path.abspath(path)
+  ckpts = os.path.join(path, 'checkpoints')
+  if os.path.isdir(ckpts):
+    steps = [int(d) for d in os.listdir(ckpts) if d.isdigit() and
+             os.path.isdir(os.path.join(ckpts, d, 'state'))]
+    if not steps:
+      raise FeaturesError(f'{ckpts} holds no checkpoint yet; train first or '
+                          'pass another workdir.')
+    return path, max(steps)
+  parent = os.path.dirname(path)
+  if (os.path.isdir(os.path.join(path, 'state')) and
+      os.path.basename(parent) == 'checkpoints' and
+      os.path.basename(path).isdigit()):
+    return os.path.dirname(parent), int(os.path.basename(path))
+  raise FeaturesError(
+      f'{path} is neither a workdir (with checkpoints/) nor a checkpoint '
+      '(WORKDIR/checkpoints/STEP); pass the --workdir of a training run or of '
+      'a pretrained import.')
+
+
+def read_checkpoint(workdir: str, step: int, device=None):
+  """(params, meta) of one checkpoint, the params on `device`."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  step_dir = os.path.join(workdir, 'checkpoints', str(step))
+  device = device or jax.devices()[0]
+  try:
+    meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+        os.path.join(step_dir, 'meta'))
+    checkpointer = ocp.StandardCheckpointer()
+    tree = checkpointer.metadata(os.path.join(step_dir, 'state')).item_metadata
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    # Onto one device whatever mesh wrote it: shapes from the checkpoint's
+    # own metadata, placement from here.
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(
+        m.shape, m.dtype, sharding=sharding), tree)
+    state = checkpointer.restore(os.path.join(step_dir, 'state'), target)
+  except Exception as e:  # pylint: disable=broad-except
+    raise FeaturesError(f'cannot read checkpoint {step_dir} ('
+                        f'{type(e).__name__}: {str(e).splitlines()[0][:200]})'
+                        '; pass another checkpoint.') from e
+  return state['params'], meta
+
+
+def load_stats(workdir: str, config) -> Dict[str, np.ndarray]:
+  path = os.path.join(workdir, STATS_FILE)
+  if os.path.exists(path):
+    with np.load(path) as f:
+      return {k: f[k] for k in f.files}
+  if config.augment.mean == 'none':
+    size = config.image_size
+    return {'mean': np.zeros((size, size, 3), np.float32)}
+  raise FeaturesError(
+      f'{path} is missing: the mean image the network was trained with. '
+      'Rerun the training command on this workdir once (it writes the file '
+      'and changes nothing else) or copy it from the training machine.')
+
+
+def image_files(directory: str) -> List[str]:
+  """Every image file under `directory`, sorted."""
+  if not os.path.isdir(directory):
+    raise FeaturesError(f'{directory} is not a directory of images.')
+  out = []
+  for root, _, files in os.walk(directory):
+    out += [os.path.join(root, f) for f in files
+            if f.lower().endswith(IMAGE_EXTENSIONS)]
+  if not out:
+    raise FeaturesError(f'{directory} holds no images '
+                        f'({", ".join(IMAGE_EXTENSIONS)}).')
+  return sorted(out)
+
+
+def _resize_and_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """The training input's host preprocessing, on one decoded image."""
+  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  return input_pipeline.resize_and_crop(image, size).numpy()
+
+
+def _decode(item, size: int) -> np.ndarray:
+  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  tf = input_pipeline._tf()  # pylint: disable=protected-access
+  if isinstance(item, (str, os.PathLike)):
+    try:
+      with open(item, 'rb') as f:
+        data = f.read()
+      image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    except Exception as e:  # pylint: disable=broad-except
+      raise FeaturesError(f'cannot read image {item} ({type(e).__name__}); '
+                          'pass JPEG, PNG, BMP or GIF files.') from e
+    return _resize_and_crop(image, size)
+  image = np.asarray(item)
+  if image.ndim == 2:
+    image = np.repeat(image[..., None], 3, -1)
+  if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+    raise FeaturesError(f'an image of shape {image.shape}: pass (H, W, 3) '
+                        'uint8 arrays, or file paths.')
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, -1)
+  image = image[..., :3]
+  if image.dtype != np.uint8:
+    raise FeaturesError(f'images with preprocess=True must be uint8 0..255, '
+                        f'got {image.dtype}; use preprocess=False for '
+                        'network-ready float arrays.')
+  return _resize_and_crop(image, size)
+
+
+class Features:
+  """A restored network that maps images to any named layer."""
+
+  def __init__(self, config: ml_collections.ConfigDict, params,
+               stats: Dict[str, np.ndarray], step: int = 0, path: str = ''):
+    self.config = config
+    self.params = params
+    self.step = step
+    self.path = path
+    self.model = model_lib.create_model(config.model)
+    self.mean = jnp.asarray(stats['mean'], jnp.float32)
+    self._fns = {}
+
+  @property
+  def input_size(self) -> int:
+    return self.model.input_size
+
+  def _fn(self, layer: str, crops: int, preprocess: bool):
+    key = (layer, crops, preprocess)
+    if key in self._fns:
+      return self._fns[key]
+    config, model = self.config, self.model
+
+    def run(params, images):
+      if preprocess:
+        x = augment.normalize(images, self.mean, config.augment.scale)
+        if crops == 10:
+          views = augment.ten_crops(x, model.input_size)
+        else:
+          views = augment.center_crop(x, model.input_size)[None]
+      else:
+        views = images[None]
+      v, b = views.shape[:2]
+      logits, feats = model.apply({'params': params},
+                                  views.reshape((v * b,) + views.shape[2:]),
+                                  train=False, capture=True)
+      if layer == 'probs':
+        out = jax.nn.softmax(logits)
+      elif layer == 'logits':
+        out = logits
+      else:
+        out = ops.merge_towers(feats[layer])  # Towers side by side.
+      return out.reshape((v, b) + out.shape[1:]).mean(0)
+
+    self._fns[key] = jax.jit(run)
+    return self._fns[key]
+
+  def extract(self, images: Union[Sequence, np.ndarray], layer: str = 'fc7',
+              preprocess: bool = True, crops: Optional[int] = None,
+              batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    """Maps images to a layer's activations, `(N, ...)` float32.
+
+    Args:
+      images: file paths, uint8 arrays `(H, W, 3)` of any size (a list, or one
+        `(N, H, W, 3)` array), or with `preprocess=False` network-ready float
+        arrays `(N, input_size, input_size, 3)` (mean subtracted, scaled).
+      layer: one of LAYERS. `fc7` is the paper's 4096-d last hidden layer.
+      preprocess: apply the paper's evaluation preprocessing.
+      crops: 1 (centre) or 10 (the paper's test); default: the config's
+        `eval_crops`.
+      batch_size: images per jitted call.
+      progress: show a progress bar.
+    """
+    if layer not in LAYERS:
+      raise FeaturesError(f'layer {layer!r} is unknown; use one of {LAYERS}.')
+    crops = crops or self.config.eval_crops
+    if crops not in (1, 10):
+      raise FeaturesError(f'crops={crops}: use 1 (centre) or 10 (paper).')
+    n = len(images)
+    if not n:
+      raise FeaturesError('no images given.')
+    size = self.config.image_size if preprocess else self.input_size
+    fn = self._fn(layer, crops if preprocess else 1, preprocess)
+    out = []
+    bar = None
+    if progress:
+      from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
+      bar = tqdm.tqdm(total=n, desc=f'{layer} features', unit='img')
+    for start in range(0, n, batch_size):
+      chunk = images[start:start + batch_size]
+      if preprocess:
+        batch = np.stack([_decode(im, size) for im in chunk])
+      else:
+        batch = np.asarray(chunk, np.float32)
+        if batch.shape[1:] != (size, size, 3):
+          raise FeaturesError(
+              f'preprocess=False needs network-ready images of shape (N, '
+              f'{size}, {size}, 3), got {batch.shape}.')
+      pad = batch_size - len(batch)  # One compiled shape for every batch.
+      if pad and n > batch_size:
+        batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:],
+                                                batch.dtype)])
+      feats = np.asarray(fn(self.params, batch))
+      out.append(feats[:len(chunk)])
+      if bar:
+        bar.update(len(chunk))
+    if bar:
+      bar.close()
+    return np.concatenate(out)
+
+
+def load(path: str, device=None) -> Features:
+  """The network of a workdir (its newest checkpoint) or of one checkpoint."""
+  workdir, step = locate(path)
+  params, meta = read_checkpoint(workdir, step, device)
+  if 'config' not in meta:
+    raise FeaturesError(f'checkpoint {step} in {workdir} records no config; '
+                        'it was not written by alexnet_jax.')
+  config = ml_collections.ConfigDict(meta['config'])
+  stats = load_stats(workdir, config)
+  logging.info('Loaded %s step %d (%s, %d parameters).', workdir, step,
+               config.model.layout, model_lib.count_params(params))
+  return Features(config, params, stats, step, workdir)
+
+
+def nearest(queries: np.ndarray, gallery: np.ndarray, k: int):
+  """(indices, distances) `(Q, k)` of the k nearest gallery rows (Euclidean)."""
+  q = queries.reshape(len(queries), -1).astype(np.float64)
+  g = gallery.reshape(len(gallery), -1).astype(np.float64)
+  d2 = (q * q).sum(1)[:, None] - 2 * q @ g.T + (g * g).sum(1)[None]
+  k = min(k, len(g))
+  idx = np.argsort(d2, axis=1, kind='stable')[:, :k]
+  dist = np.sqrt(np.maximum(np.take_along_axis(d2, idx, 1), 0))
+  return idx, dist
+
+
+def main(argv=None):
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(
+      prog='python -m alexnet_jax.features',
+      description='Features of a trained AlexNet for a directory of images.')
+  parser.add_argument('--workdir', required=True,
+                      help='a training workdir, or WORKDIR/checkpoints/STEP')
+  parser.add_argument('--images', required=True, help='directory of images')
+  parser.add_argument('--layer', default='fc7', choices=LAYERS)
+  parser.add_argument('--out', required=True, help='output .npz file')
+  parser.add_argument('--crops', type=int, default=None, choices=(1, 10),
+                      help="views per image (default: the run's eval_crops)")
+  parser.add_argument('--batch_size', type=int, default=64)
+  parser.add_argument('--neighbours', type=int, default=0,
+                      help='K nearest gallery images of each query')
+  parser.add_argument('--gallery', default=None,
+                      help='directory of gallery images (default: --images)')
+  args = parser.parse_args(argv)
+  logging.set_verbosity(logging.WARNING)
+  try:
+    if args.neighbours < 0 or args.batch_size < 1:
+      raise FeaturesError('--neighbours must be >= 0 and --batch_size >= 1.')
+    net = load(args.workdir)
+    paths = image_files(args.images)
+    feats = net.extract(paths, args.layer, crops=args.crops,
+                        batch_size=args.batch_size, progress=True)
+    out = {'features': feats, 'paths': np.array(paths), 'layer': args.layer,
+           'step': net.step}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    if args.neighbours:
+      if args.gallery:
+        gallery_paths = image_files(args.gallery)
+        gallery = net.extract(gallery_paths, args.layer, crops=args.crops,
+                              batch_size=args.batch_size, progress=True)
+      else:
+        gallery_paths, gallery = paths, feats
+      idx, dist = nearest(feats, gallery, args.neighbours)
+      out.update(neighbours=idx, distances=dist,
+                 gallery_paths=np.array(gallery_paths))
+      listing = os.path.splitext(args.out)[0] + '.neighbours.json'
+      with open(listing, 'w') as f:
+        json.dump([{'query': p, 'neighbours': [
+            {'path': gallery_paths[j], 'distance': float(d)}
+            for j, d in zip(row, drow)]} for p, row, drow in
+                   zip(paths, idx, dist)], f, indent=1)
+    np.savez(args.out, **out)
+  except OSError as e:
+    print(f'alexnet_jax.features: error: cannot write {e.filename} '
+          f'({e.strerror}); pass an --out you can write to.', file=sys.stderr)
+    return 2
+  except errors.UserError as e:
+    print(f'alexnet_jax.features: error: {e}', file=sys.stderr)
+    return 2
+  print(f'{len(paths)} images -> {args.layer} features {feats.shape[1:]} in '
+        f'{args.out}' + (f'; {args.neighbours} nearest of each in '
+                         f'{listing}' if args.neighbours else ''))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,136 @@
+"""Features from checkpoints: every layer, every kind of input, the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import augment
+from alexnet_jax import features
+from alexnet_jax import input_pipeline
+from alexnet_jax import train
+from tests.conftest import ROOT
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope='module')
+def run(digits_dir, tmp_path_factory):
+  """A short run trained on a 2 x 2 mesh, evaluated with 10 crops."""
+  workdir = str(tmp_path_factory.mktemp('features') / 'run')
+  config = tiny_config(digits_dir)
+  config.mesh.data, config.mesh.model = 2, 2
+  config.num_train_steps = 8
+  config.eval_crops = 10
+  config.augment.pca_lighting = 0.1
+  result = train.train_and_evaluate(config, workdir)
+  return workdir, config, result
+
+
+def validation(config):
+  builder = input_pipeline.get_builder(config)
+  batches = list(input_pipeline.eval_batches(builder, config))
+  keep = np.concatenate([b['mask'] for b in batches]) > 0
+  images = np.concatenate([b['image'] for b in batches])[keep]
+  labels = np.concatenate([b['label'] for b in batches])[keep]
+  return images, labels
+
+
+def test_probs_reproduce_the_runs_evaluation(run):
+  # Restored on one device from a 2 x 2 run, with the same preprocessing and
+  # 10-crop averaging: the same top-1 error as the run's own evaluation.
+  workdir, config, result = run
+  net = features.load(workdir)
+  assert net.step == 8 and len(jax.devices()) == 8
+  images, labels = validation(config)
+  probs = net.extract(list(images), layer='probs', batch_size=128)
+  assert probs.shape == (359, 10)
+  np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
+  err = np.mean(probs.argmax(1) != labels)
+  assert err == pytest.approx(result['top1_err'], abs=1e-6)
+
+
+def test_every_layer_and_kind_of_input(run, tmp_path):
+  workdir, config, _ = run
+  net = features.load(os.path.join(workdir, 'checkpoints', '8'))
+  images, _ = validation(config)
+  images = images[:5]
+  width = {'conv1': 6, 'conv2': 16, 'conv3': 24, 'conv4': 24, 'conv5': 16}
+  shapes = {l: (5, s, s, width[l]) for l, s in
+            (('conv1', 15), ('conv2', 7), ('conv3', 3), ('conv4', 3),
+             ('conv5', 3))}
+  shapes.update(pool5=(5, 1, 1, 16), fc6=(5, 16), fc7=(5, 16), logits=(5, 10),
+                probs=(5, 10))
+  for layer, shape in shapes.items():
+    assert net.extract(images, layer, crops=1).shape == shape, layer
+  fc7 = net.extract(images)  # Default: fc7, the run's 10 crops.
+  assert not np.allclose(fc7, net.extract(images, crops=1))
+
+  # Files (PNG, and a larger JPEG-free copy) give what the arrays give.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  paths = []
+  for i, im in enumerate(images):
+    paths.append(str(tmp_path / f'{i}.png'))
+    Image.fromarray(im).save(paths[-1])
+  np.testing.assert_allclose(net.extract(paths), fc7, rtol=1e-5, atol=1e-6)
+  # Any size: a 2x upscale is resized back to image_size first.
+  big = [np.repeat(np.repeat(im, 2, 0), 2, 1) for im in images]
+  assert net.extract(big).shape == fc7.shape
+
+  # Network-ready input skips the preprocessing.
+  stats = np.load(os.path.join(workdir, 'stats.npz'))
+  ready = augment.center_crop(augment.normalize(
+      images, stats['mean'], config.augment.scale), 64)
+  np.testing.assert_allclose(
+      net.extract(np.asarray(ready), preprocess=False),
+      net.extract(images, crops=1), rtol=1e-5, atol=1e-6)
+
+  with pytest.raises(features.FeaturesError, match='fc7'):
+    net.extract(images, layer='fc9')
+  with pytest.raises(features.FeaturesError, match='uint8'):
+    net.extract(images.astype(np.float32))
+  with pytest.raises(features.FeaturesError, match='neither a workdir'):
+    features.load(str(tmp_path))
+
+
+def test_command_line_features_and_neighbours(run, tmp_path):
+  workdir, config, _ = run
+  images, labels = validation(config)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  queries, gallery = tmp_path / 'q', tmp_path / 'g'
+  queries.mkdir()
+  gallery.mkdir()
+  for i in range(12):
+    Image.fromarray(images[i]).save(gallery / f'{labels[i]}_{i:02d}.png')
+    if i < 3:
+      Image.fromarray(images[i]).save(queries / f'{i:02d}.png')
+  out = tmp_path / 'out' / 'feats.npz'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.features', '--workdir', workdir,
+       '--images', str(queries), '--layer', 'fc7', '--out', str(out),
+       '--neighbours', '4', '--gallery', str(gallery)], cwd=ROOT,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'), capture_output=True,
+      text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with np.load(out) as f:
+    assert f['features'].shape == (3, 16)
+    assert f['neighbours'].shape == (3, 4)
+    # Each query is in the gallery: its nearest neighbour, at distance 0.
+    nearest = [os.path.basename(f['gallery_paths'][j])
+               for j in f['neighbours'][:, 0]]
+    assert [n[-6:] for n in nearest] == ['00.png', '01.png', '02.png']
+    np.testing.assert_allclose(f['distances'][:, 0], 0, atol=1e-3)
+    assert (np.diff(f['distances'], axis=1) >= 0).all()
+  with open(tmp_path / 'out' / 'feats.neighbours.json') as f:
+    listing = json.load(f)
+  assert len(listing) == 3 and len(listing[0]['neighbours']) == 4
+
+  proc = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.features', '--workdir',
+       str(tmp_path), '--images', str(queries), '--out', str(out)], cwd=ROOT,
+      capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert 'neither a workdir' in proc.stderr.strip().splitlines()[-1]
