@@ -125,7 +125,8 @@ def _resize_and_crop(image: np.ndarray, size: int) -> np.ndarray:
   return input_pipeline.resize_and_crop(image, size).numpy()
 
 
-def _decode(item, size: int) -> np.ndarray:
+def load_image(item, size: int) -> np.ndarray:
+  """A file path or uint8 array -> the preprocessed `(size, size, 3)` uint8."""
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   tf = input_pipeline._tf()  # pylint: disable=protected-access
   if isinstance(item, (str, os.PathLike)):
@@ -234,7 +235,7 @@ class Features:
     for start in range(0, n, batch_size):
       chunk = images[start:start + batch_size]
       if preprocess:
-        batch = np.stack([_decode(im, size) for im in chunk])
+        batch = np.stack([load_image(im, size) for im in chunk])
       else:
         batch = np.asarray(chunk, np.float32)
         if batch.shape[1:] != (size, size, 3):

@@ -321,6 +321,19 @@ def _save_stats(workdir: str, stats):
     os.replace(tmp, path)
 
 
+def _save_class_names(workdir: str, builder):
+  """The dataset's class names beside the checkpoints (for the figures)."""
+  path = os.path.join(workdir, 'classes.json')
+  if jax.process_index() or os.path.exists(path):
+    return
+  try:
+    names = list(builder.info.features['label'].names)
+  except (KeyError, AttributeError, TypeError):
+    return
+  with open(path, 'w') as f:
+    json.dump(names, f)
+
+
 def _fmt_time(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   h, rem = divmod(seconds, 3600)
@@ -425,6 +438,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   with parallel.process_zero_first('stats'):  # Computed once, by process 0.
     stats = load_stats(builder, config)
   _save_stats(workdir, stats)
+  _save_class_names(workdir, builder)
   stats = jax.device_put(stats, parallel.replicated(mesh))
   log = MetricsLog(workdir)
   log.roll_back(start_step)

@@ -134,3 +134,37 @@ def test_command_line_features_and_neighbours(run, tmp_path):
       capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr
   assert 'neither a workdir' in proc.stderr.strip().splitlines()[-1]
+
+
+def test_figures(run, tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import viz  # pylint: disable=g-import-not-at-top
+  workdir, config, _ = run
+  images, labels = validation(config)
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  for i in range(6):
+    Image.fromarray(images[i]).save(folder / f'{i}.png')
+  out = tmp_path / 'figures'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.viz', '--workdir', workdir,
+       '--out', str(out), '--images', str(folder), '--gallery', str(folder),
+       '--neighbours', '3'], cwd=ROOT,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'), capture_output=True,
+      text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for name in ('conv1_kernels', 'curves', 'top5', 'retrieval'):
+    png = np.asarray(Image.open(out / f'{name}.png'))
+    assert png.shape[0] > 100 and png.shape[1] > 100 and png.std() > 0, name
+  # The run saved its class names for the top-5 labels.
+  assert viz.class_names(workdir, 10) == [str(i) for i in range(10)]
+
+  # Figure 3's grid: every kernel scaled to [0, 1] in its own cell.
+  kernels = np.random.RandomState(0).randn(11, 11, 3, 48)
+  grid = viz.kernel_grid(kernels, cols=8)
+  assert grid.shape == (6 * 12 + 1, 8 * 12 + 1, 3)
+  cell = grid[1:12, 1:12]
+  assert cell.min() == 0 and cell.max() == 1
+  records = [{'split': 'train', 'epoch': e, 'lr': lr} for e, lr in
+             ((1, 0.01), (2, 0.01), (3, 0.001), (4, 0.001), (5, 1e-4))]
+  assert viz.lr_drops(records) == [3, 5]

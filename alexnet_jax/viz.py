@@ -1,0 +1,241 @@
+"""The paper's figures from a trained network, as PNG files.
+
+  Figure 3        conv1's kernels, one block per tower (the paper saw
+                  colour-agnostic kernels on one GPU, colour-specific on the
+                  other).
+  Figure 4 left   images with their top-5 classes and probability bars.
+  Figure 4 right  query images and their nearest neighbours by fc7 distance.
+  curves          loss, top-1 and top-5 error per epoch from metrics.jsonl,
+                  learning-rate drops marked.
+
+  python -m alexnet_jax.viz --workdir runs/digits --out runs/digits/figures \
+      [--images DIR] [--gallery DIR2 --neighbours 6]
+"""
+
+import json
+import os
+import sys
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from alexnet_jax import errors
+
+CLASSES_FILE = 'classes.json'  # Written into every workdir by training.
+
+
+def _plt():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')  # Files only; no display needed.
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def _save(fig, path: str) -> str:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120, bbox_inches='tight')
+  _plt().close(fig)
+  return path
+
+
+def kernel_grid(kernels: np.ndarray, cols: int = 8,
+                pad: int = 1) -> np.ndarray:
+  """`(kh, kw, 3, n)` kernels -> one RGB image, each kernel scaled to [0, 1]."""
+  kh, kw, _, n = kernels.shape
+  rows = -(-n // cols)
+  grid = np.ones((rows * (kh + pad) + pad, cols * (kw + pad) + pad, 3))
+  for i in range(n):
+    k = kernels[..., i]
+    k = (k - k.min()) / max(k.max() - k.min(), 1e-12)
+    r, c = divmod(i, cols)
+    top, left = pad + r * (kh + pad), pad + c * (kw + pad)
+    grid[top:top + kh, left:left + kw] = k
+  return grid
+
+
+def conv1_kernels(params, path: str) -> str:
+  """Figure 3: conv1's kernels, one block per tower, upper block tower 1."""
+  plt = _plt()
+  kernels = np.asarray(params['conv1']['kernel'])  # (towers, kh, kw, 3, n)
+  towers, n = kernels.shape[0], kernels.shape[-1]
+  cols = 8 if n % 8 == 0 else int(np.ceil(np.sqrt(n)))
+  fig, axes = plt.subplots(towers, 1, figsize=(cols * 0.9, towers * 0.9 *
+                                                 -(-n // cols) + 0.6),
+                           squeeze=False)
+  for t in range(towers):
+    ax = axes[t, 0]
+    ax.imshow(kernel_grid(kernels[t], cols), interpolation='nearest')
+    ax.set_title(f'tower {t + 1} (GPU {t + 1}): {n} kernels '
+                 f'{kernels.shape[1]}x{kernels.shape[2]}x3', fontsize=9)
+    ax.axis('off')
+  return _save(fig, path)
+
+
+def _show(ax, image):
+  ax.imshow(np.asarray(image, np.uint8))
+  ax.set_xticks([])
+  ax.set_yticks([])
+
+
+def top5(images: Sequence[np.ndarray], probs: np.ndarray,
+         class_names: Sequence[str], path: str,
+         labels: Optional[Sequence[int]] = None, cols: int = 4) -> str:
+  """Figure 4 left: each image over its five most probable classes.
+
+  The bar of the correct label (when `labels` are given) is red, as in the
+  paper.
+  """
+  plt = _plt()
+  n = len(images)
+  rows = -(-n // cols)
+  fig, axes = plt.subplots(rows * 2, cols, figsize=(cols * 2.4, rows * 3.6),
+                           gridspec_kw={'height_ratios': [3, 2] * rows},
+                           squeeze=False)
+  for ax in axes.ravel():
+    ax.axis('off')
+  k = min(5, probs.shape[1])
+  for i in range(n):
+    r, c = divmod(i, cols)
+    img_ax, bar_ax = axes[2 * r, c], axes[2 * r + 1, c]
+    img_ax.axis('on')
+    _show(img_ax, images[i])
+    if labels is not None:
+      img_ax.set_title(class_names[labels[i]], fontsize=8)
+    order = np.argsort(-probs[i])[:k]
+    bar_ax.axis('on')
+    colours = ['tab:red' if labels is not None and j == labels[i] else
+               'tab:blue' for j in order]
+    bar_ax.barh(range(k), probs[i][order], color=colours)
+    bar_ax.set_yticks(range(k))
+    bar_ax.set_yticklabels([class_names[j] for j in order], fontsize=7)
+    bar_ax.invert_yaxis()
+    bar_ax.set_xlim(0, 1)
+    bar_ax.tick_params(axis='x', labelsize=6)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def retrieval(queries: Sequence[np.ndarray],
+              neighbours: Sequence[Sequence[np.ndarray]], path: str) -> str:
+  """Figure 4 right: each row a query (first column) and its neighbours."""
+  plt = _plt()
+  rows, k = len(queries), max(len(n) for n in neighbours)
+  fig, axes = plt.subplots(rows, k + 1, figsize=((k + 1) * 1.3, rows * 1.3),
+                           squeeze=False)
+  for r in range(rows):
+    _show(axes[r, 0], queries[r])
+    for c in range(k):
+      if c < len(neighbours[r]):
+        _show(axes[r, c + 1], neighbours[r][c])
+      else:
+        axes[r, c + 1].axis('off')
+  axes[0, 0].set_title('query', fontsize=8)
+  for c in range(k):
+    axes[0, c + 1].set_title(f'{c + 1}', fontsize=8)
+  fig.subplots_adjust(wspace=0.05, hspace=0.05)
+  return _save(fig, path)
+
+
+def read_metrics(path: str) -> List[Dict]:
+  if not os.path.exists(path):
+    raise errors.UserError(f'{path} does not exist; pass the --workdir of a '
+                           'training run.')
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def lr_drops(records: Sequence[Dict]) -> List[float]:
+  """Epochs of the training records where the learning rate went down."""
+  train = [r for r in records if r['split'] == 'train']
+  return [b['epoch'] for a, b in zip(train, train[1:]) if b['lr'] < a['lr']]
+
+
+def curves(metrics_path: str, path: str) -> str:
+  """Loss, top-1 and top-5 error against epochs; LR drops as dashed lines."""
+  plt = _plt()
+  records = read_metrics(metrics_path)
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+  for split, style in (('train', '-'), ('eval', 'o-')):
+    rs = [r for r in records if r['split'] == split]
+    if not rs:
+      continue
+    epochs = [r['epoch'] for r in rs]
+    for ax, key in zip(axes, ('loss', 'top1_err', 'top5_err')):
+      values = [r[key] * (1 if key == 'loss' else 100) for r in rs]
+      ax.plot(epochs, values, style, markersize=3,
+              label='validation' if split == 'eval' else 'training')
+  drops = lr_drops(records)
+  for ax, title in zip(axes, ('loss', 'top-1 error (%)', 'top-5 error (%)')):
+    for e in drops:
+      ax.axvline(e, color='grey', linestyle='--', linewidth=0.8)
+    ax.set_title(title)
+    ax.set_xlabel('epoch')
+    ax.grid(alpha=0.3)
+  axes[0].legend()
+  if drops:
+    axes[1].text(drops[0], axes[1].get_ylim()[1], ' lr / 10', fontsize=7,
+                 va='top', color='grey')
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def class_names(workdir: str, num_classes: int) -> List[str]:
+  """The dataset's class names saved with the run, else 'class i'."""
+  path = os.path.join(workdir, CLASSES_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      names = json.load(f)
+    if len(names) == num_classes:
+      return names
+  return [f'class {i}' for i in range(num_classes)]
+
+
+def main(argv=None):
+  import argparse  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import features  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(
+      prog='python -m alexnet_jax.viz',
+      description="The paper's figures for a trained AlexNet, as PNG files.")
+  parser.add_argument('--workdir', required=True,
+                      help='a training workdir, or WORKDIR/checkpoints/STEP')
+  parser.add_argument('--out', required=True, help='directory for the PNGs')
+  parser.add_argument('--images', help='images for Figure 4 (top-5 bars, '
+                      'and the queries of the retrieval figure)')
+  parser.add_argument('--max_images', type=int, default=8)
+  parser.add_argument('--gallery', help='gallery images for retrieval')
+  parser.add_argument('--neighbours', type=int, default=6)
+  args = parser.parse_args(argv)
+  try:
+    net = features.load(args.workdir)
+    workdir = net.path
+    written = [conv1_kernels(net.params, os.path.join(args.out,
+                                                      'conv1_kernels.png'))]
+    metrics = os.path.join(workdir, 'metrics.jsonl')
+    if os.path.exists(metrics):
+      written.append(curves(metrics, os.path.join(args.out, 'curves.png')))
+    if args.images:
+      paths = features.image_files(args.images)[:args.max_images]
+      size = net.config.image_size
+      shown = [features.load_image(p, size) for p in paths]
+      probs = net.extract(shown, layer='probs')
+      names = class_names(workdir, probs.shape[1])
+      written.append(top5(shown, probs, names,
+                          os.path.join(args.out, 'top5.png')))
+      if args.gallery:
+        gallery_paths = features.image_files(args.gallery)
+        gallery = net.extract(gallery_paths, progress=True)
+        idx, _ = features.nearest(net.extract(shown), gallery,
+                                  args.neighbours)
+        neighbours = [[features.load_image(gallery_paths[j], size)
+                       for j in row] for row in idx]
+        written.append(retrieval(shown, neighbours,
+                                 os.path.join(args.out, 'retrieval.png')))
+  except errors.UserError as e:
+    print(f'alexnet_jax.viz: error: {e}', file=sys.stderr)
+    return 2
+  print('wrote ' + ', '.join(written))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
