@@ -206,6 +206,10 @@ class AlexNet(nn.Module):
   lrn_alpha: float = 1e-4
   lrn_beta: float = 0.75
   lrn_alpha_over_n: bool = False
+  # False: each tower normalises its own maps (the paper: each GPU's). True:
+  # the window runs across both towers' maps (Caffe's bvlc_alexnet, whose
+  # norm layers see all 96 / 256 channels).
+  lrn_across_towers: bool = False
   pool_window: int = 3
   pool_stride: int = 2
   dropout_rate: float = 0.5
@@ -316,6 +320,7 @@ class AlexNet(nn.Module):
       raise ValueError(f'expected images (batch, H, W, 3), got {images.shape}')
     act = ACTIVATIONS[self.activation]
     towers = self.local_towers
+    all_t = self.towers
     specs = self.specs()
     feats = {}
     if example_ids is None:
@@ -325,8 +330,17 @@ class AlexNet(nn.Module):
     def lrn(y):
       if not self.lrn:
         return y
-      return ops.local_response_norm(y, self.lrn_n, self.lrn_k, self.lrn_alpha,
-                                     self.lrn_beta, self.lrn_alpha_over_n)
+      norm = lambda v: ops.local_response_norm(
+          v, self.lrn_n, self.lrn_k, self.lrn_alpha, self.lrn_beta,
+          self.lrn_alpha_over_n)
+      if not self.lrn_across_towers or all_t == 1:
+        return norm(y)
+      if towers != all_t:
+        raise ValueError('model.lrn.across_towers needs every tower on one '
+                         'device: set mesh.model=1 or mesh.scheme='
+                         "'one_weird_trick'.")
+      merged = norm(ops.merge_towers(y))  # The window crosses the towers.
+      return jnp.stack(jnp.split(merged, all_t, axis=-1))
 
     def pool(y):
       return ops.max_pool(y, self.pool_window, self.pool_stride)
@@ -349,7 +363,6 @@ class AlexNet(nn.Module):
       return self._connect(y)
 
     s1, s2, s3, s4, s5, s6, s7, s8 = specs
-    all_t = self.towers
     x = images.astype(self.dtype)
     x = act(conv(s1, x, 3))                        # both towers read the image
     feats['conv1'] = x
@@ -414,7 +427,9 @@ def create_model(config: ml_collections.ConfigDict, **overrides) -> AlexNet:
       input_size=c.input_size, conv1_padding=c.conv1_padding,
       activation=c.activation, lrn=c.lrn.enabled, lrn_n=c.lrn.n,
       lrn_k=c.lrn.k, lrn_alpha=c.lrn.alpha, lrn_beta=c.lrn.beta,
-      lrn_alpha_over_n=c.lrn.alpha_over_n, pool_window=c.pool_window,
+      lrn_alpha_over_n=c.lrn.alpha_over_n,
+      lrn_across_towers=c.lrn.get('across_towers', False),
+      pool_window=c.pool_window,
       pool_stride=c.pool_stride, dropout_rate=c.dropout_rate, init_scheme=c.init,
       dtype=DTYPES[c.dtype])
   kwargs.update(overrides)

@@ -109,6 +109,10 @@ class Steps:
     self.batch_axes = self.batch_spec[0] if isinstance(
         self.batch_spec[0], tuple) else (self.batch_spec[0],)
     if model_size > 1 and self.scheme == 'towers':
+      if model.lrn_across_towers and model.towers > 1:
+        raise errors.ConfigError(
+            'model.lrn.across_towers needs both towers on one device: set '
+            "mesh.model=1 or mesh.scheme='one_weird_trick'.")
       # Each device holds towers // mesh.model towers.
       self.sharded_model = model.clone(tower_axis=MODEL,
                                        tower_axis_size=model_size)

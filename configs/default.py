@@ -66,6 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.lrn.alpha = 1e-4
   config.model.lrn.beta = 0.75
   config.model.lrn.alpha_over_n = False
+  # Each tower normalises its own maps (paper). True: across both towers'
+  # maps, as Caffe's bvlc_alexnet does (needs both towers on one device).
+  config.model.lrn.across_towers = False
   config.model.pool_window = 3  # 3x3 stride 2: overlapping (paper); 2/2: not.
   config.model.pool_stride = 2
   config.model.dropout_rate = 0.5  # On fc6 and fc7, training only.

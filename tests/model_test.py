@@ -170,3 +170,24 @@ def test_bfloat16_compute_keeps_float32_params():
   assert out.dtype == jnp.float32
   ref = small(init_scheme='he').apply({'params': params}, jnp.ones((2, 67, 67, 3)))
   np.testing.assert_allclose(out, ref, rtol=0.1, atol=0.1)
+
+
+def test_lrn_across_towers():
+  # Caffe's bvlc_alexnet normalises across both towers' maps; the paper
+  # within each. Only the channels near the towers' border differ.
+  from alexnet_jax import errors, optim, parallel, train  # pylint: disable=g-import-not-at-top
+  from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  model = model_lib.create_model(config.model)
+  config.model.lrn.across_towers = True
+  across = model_lib.create_model(config.model)
+  x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3)) * 100
+  params = model.init(jax.random.key(1), x)['params']
+  _, a = jax.jit(lambda p: model.apply({'params': p}, x, capture=True))(params)
+  _, b = jax.jit(lambda p: across.apply({'params': p}, x,
+                                        capture=True))(params)
+  np.testing.assert_allclose(a['conv1'], b['conv1'])  # Before the first LRN.
+  assert not np.allclose(a['conv2'], b['conv2'])
+  tx, _ = optim.create(config, 10)
+  with pytest.raises(errors.ConfigError, match='mesh.model=1'):
+    train.Steps(config, across, tx, parallel.create_mesh(1, 2))
