@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from absl import logging
 import flax
@@ -84,6 +84,79 @@ def validate_config(config: ml_collections.ConfigDict):
     optim.create(config, steps_per_epoch=1)
   except ValueError as e:
     raise errors.ConfigError(str(e)) from e
+
+
+def finetune_source(config) -> Optional[Dict[str, Any]]:
+  """Reads `finetune.init_from` and adopts its model (copy_model).
+
+  Returns None when training from scratch, else {'params', 'config',
+  'stats', 'path'}, the parameters on the host.
+  """
+  ft = config.get('finetune')
+  if not ft or not ft.init_from:
+    return None
+  from alexnet_jax import features  # pylint: disable=g-import-not-at-top
+  unknown = [l for l in tuple(ft.reinit) + tuple(ft.freeze)
+             if l not in model_lib.CONV_LAYERS + model_lib.FC_LAYERS]
+  if unknown:
+    raise errors.ConfigError(
+        f'finetune.reinit / finetune.freeze name unknown layer(s) {unknown}; '
+        f'use {model_lib.CONV_LAYERS + model_lib.FC_LAYERS}.')
+  try:
+    workdir, step = features.locate(ft.init_from)
+    params, meta = features.read_checkpoint(workdir, step,
+                                            jax.devices('cpu')[0])
+  except errors.UserError as e:
+    raise errors.ConfigError(f'finetune.init_from: {e}') from e
+  saved = ml_collections.ConfigDict(meta['config'])
+  stats = None
+  if (ft.copy_model and 'fc8' not in ft.reinit and
+      saved.model.num_classes != config.model.num_classes):
+    raise errors.ConfigError(
+        f'finetune: {workdir} has {saved.model.num_classes} classes, '
+        f'model.num_classes={config.model.num_classes}; add \'fc8\' to '
+        'finetune.reinit for a new class count.')
+  if ft.copy_model:
+    keep_classes = config.model.num_classes
+    for key, value in saved.model.items():
+      if key not in config.model or key == 'init':  # Ours: for reinit layers.
+        continue
+      if isinstance(config.model[key], ml_collections.ConfigDict):
+        config.model[key].update(value.to_dict())
+      else:  # JSON gave lists where the config holds tuples.
+        config.model[key] = tuple(value) if isinstance(value, list) else value
+    if 'fc8' in ft.reinit:
+      config.model.num_classes = keep_classes
+    config.image_size = saved.image_size
+    config.augment.mean = saved.augment.mean
+    config.augment.scale = saved.augment.scale
+    stats_path = os.path.join(workdir, features.STATS_FILE)
+    if os.path.exists(stats_path):
+      with np.load(stats_path) as f:
+        stats = {k: f[k] for k in ('mean', 'eigvals', 'eigvecs')}
+  logging.info('Fine-tuning from %s (step %d): re-initialising %s, freezing '
+               '%s.', workdir, step, list(ft.reinit) or 'nothing',
+               list(ft.freeze) or 'nothing')
+  return {'params': jax.device_get(params), 'stats': stats, 'path': workdir}
+
+
+def finetune_params(config, source, fresh, shardings):
+  """The source's parameters, fresh ones for re-initialised layers."""
+  out = {}
+  for name, layer in fresh.items():
+    if name in config.finetune.reinit:
+      out[name] = layer
+      continue
+    theirs = source['params'].get(name)
+    shapes = jax.tree.map(np.shape, theirs)
+    if shapes != jax.tree.map(np.shape, layer):
+      raise errors.ConfigError(
+          f'finetune: layer {name} of {source["path"]} has shapes {shapes}, '
+          f'this model {jax.tree.map(np.shape, layer)}; add {name!r} to '
+          'finetune.reinit (e.g. fc8 for a new class count) or match the '
+          'model.')
+    out[name] = jax.device_put(theirs, shardings[name])
+  return out
 
 
 def _topk_correct(logits, labels, k):
@@ -178,8 +251,14 @@ class Steps:
       return loss, dict(loss=loss, top1_err=err1 / global_batch,
                         top5_err=err5 / global_batch)
 
+    frozen = frozenset(config.finetune.get('freeze', ()) if config.get(
+        'finetune') else ())
+
     def step_fn(state: TrainState, batch, stats, key):
       def loss_fn(params):
+        # Frozen layers: no gradient computed, no update applied.
+        params = {k: jax.lax.stop_gradient(v) if k in frozen else v
+                  for k, v in params.items()}
         return jax.shard_map(
             local_loss, mesh=mesh,
             in_specs=(self._param_specs(params), self.batch_spec,
@@ -190,6 +269,8 @@ class Steps:
 
       grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
       updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+      updates = {k: jax.tree.map(jnp.zeros_like, v) if k in frozen else v
+                 for k, v in updates.items()}
       params = optax.apply_updates(state.params, updates)
       metrics['lr'] = optim.get_learning_rate(state.opt_state)
       return TrainState(step=state.step + 1, params=params,
@@ -368,6 +449,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Returns the final evaluation's metrics.
   """
+  source = finetune_source(config)
   validate_config(config)
   _prepare_workdir(workdir, config)
   mesh = parallel.create_mesh(config.mesh.data, config.mesh.model)
@@ -429,6 +511,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if restored is not None:
     state, meta = restored
     schedule.load_state_dict(meta.get('schedule', {}))
+  elif source is not None:
+    state = state.replace(params=finetune_params(
+        config, source, state.params, steps.state_sharding.params))
   start_step = int(jax.device_get(state.step))
   # The input stream's position: stored in the checkpoint (it is a function of
   # the step as long as the batch size and dataset do not change).
@@ -439,8 +524,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     logging.info('Resuming from step %d (epoch %.2f).', start_step,
                  start_step / steps_per_epoch)
 
-  with parallel.process_zero_first('stats'):  # Computed once, by process 0.
-    stats = load_stats(builder, config)
+  if source is not None and source['stats'] is not None:
+    stats = source['stats']  # The normalisation the weights were trained on.
+  else:
+    with parallel.process_zero_first('stats'):  # Computed once, by process 0.
+      stats = load_stats(builder, config)
   _save_stats(workdir, stats)
   _save_class_names(workdir, builder)
   stats = jax.device_put(stats, parallel.replicated(mesh))
@@ -561,7 +649,7 @@ SAFE_TO_CHANGE = (
     'eval_batch_size', 'eval_crops', 'mesh.data', 'mesh.model', 'mesh.scheme',
     'distributed.coordinator_address', 'distributed.num_processes',
     'distributed.process_id', 'distributed.timeout_seconds', 'data_dir',
-    'manual_dir', 'cache_resized')
+    'manual_dir', 'cache_resized', 'finetune.init_from')
 
 
 def _flatten(d, prefix=''):

@@ -120,6 +120,17 @@ def get_config() -> ml_collections.ConfigDict:
   # it replaces the schedule's rate from the resumed step on (-1: unused).
   config.lr_override = -1.0
 
+  # ---- Fine-tuning (configs/finetune.py) -------------------------------------
+  config.finetune = ml_collections.ConfigDict()
+  # A workdir or checkpoint (a run, or `python -m alexnet_jax.pretrained`) to
+  # start from; None trains from scratch.
+  config.finetune.init_from = config_dict.placeholder(str)
+  # Take the source's model.* (but init, and num_classes when fc8 is re-made),
+  # image_size, augment.mean / scale and mean image, so its weights fit.
+  config.finetune.copy_model = True
+  config.finetune.reinit = ()  # Layers to initialise afresh, e.g. ('fc8',).
+  config.finetune.freeze = ()  # Layers never updated, e.g. conv1..conv5.
+
   # ---- Duration, logging, checkpoints ---------------------------------------
   config.num_epochs = 90.0
   config.num_train_steps = -1  # > 0 overrides num_epochs (short runs, tests).
