@@ -20,6 +20,7 @@ right):
 """
 
 import json
+import logging as std_logging
 import os
 import sys
 from typing import Dict, List, Optional, Sequence, Union
@@ -73,6 +74,10 @@ def read_checkpoint(workdir: str, step: int, device=None):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   step_dir = os.path.join(workdir, 'checkpoints', str(step))
   device = device or jax.devices()[0]
+  # orbax warns that the step-level metadata is not inside state/: harmless.
+  quiet = std_logging.getLogger('absl')
+  level = quiet.level
+  quiet.setLevel(std_logging.ERROR)
   try:
     meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
         os.path.join(step_dir, 'meta'))
@@ -88,6 +93,8 @@ def read_checkpoint(workdir: str, step: int, device=None):
     raise FeaturesError(f'cannot read checkpoint {step_dir} ('
                         f'{type(e).__name__}: {str(e).splitlines()[0][:200]})'
                         '; pass another checkpoint.') from e
+  finally:
+    quiet.setLevel(level)
   return state['params'], meta
 
 

@@ -682,7 +682,8 @@ def check_config_drift(ckpt: checkpoint.Checkpointer, config):
     changes = config_changes(saved, config)
     # Keys added to the code after the checkpoint was written are fine at
     # their default (which keeps the old behaviour).
-    defaults = _flatten(default_config.get_config().to_dict())
+    defaults = _flatten(json.loads(json.dumps(
+        default_config.get_config().to_dict())))
     known = _flatten(saved)
     unsafe = {k: v for k, v in changes.items() if k not in SAFE_TO_CHANGE and
               not (k not in known and k in defaults and v[1] == defaults[k])}
