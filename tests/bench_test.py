@@ -12,7 +12,6 @@ from alexnet_jax import bench
 from alexnet_jax import model as model_lib
 from configs import default
 from tests.conftest import ROOT
-from tests.conftest import tiny_config
 
 try:
   import torch  # pylint: disable=unused-import,g-import-not-at-top
@@ -25,18 +24,6 @@ FIELDS = {'train_img_per_sec', 'eval_img_per_sec', 'eval10_img_per_sec',
           'host_pipeline_img_per_sec_per_core', 'compile_seconds',
           'peak_rss_mb', 'num_params', 'gflops_per_sec', 'matmul_peak_gflops',
           'batch', 'mesh', 'devices'}
-
-
-def test_bench_fields():
-  pytest.importorskip('torch')
-  result = bench.run(tiny_config(), steps=1, warmup=0, vs_torch=True,
-                     host_images=8)
-  assert FIELDS <= set(result), FIELDS - set(result)
-  for k in FIELDS - {'mesh', 'devices'}:
-    assert result[k] > 0, k
-  pairs = result['train_speedup_vs_torch_pairs']
-  assert len(pairs) == 1 and result['train_speedup_vs_torch'] == pairs[0] > 0
-  assert result['mesh'] == {'data': 1, 'model': 1}
 
 
 def test_counted_flops_match_the_paper():
@@ -79,5 +66,11 @@ def test_bench_command_prints_json():
       check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(proc.stdout)
-  assert result['batch'] == 8 and result['train_img_per_sec'] > 0
+  assert FIELDS <= set(result), FIELDS - set(result)
+  for k in FIELDS - {'mesh', 'devices'}:
+    assert result[k] > 0, k
+  assert result['batch'] == 8 and result['mesh'] == {'data': 1, 'model': 1}
   assert ('train_speedup_vs_torch' in result) == HAVE_TORCH
+  if HAVE_TORCH:
+    pairs = result['train_speedup_vs_torch_pairs']
+    assert len(pairs) == 1 and result['train_speedup_vs_torch'] == pairs[0] > 0

@@ -182,7 +182,7 @@ def test_lrn_across_towers():
   config.model.lrn.across_towers = True
   across = model_lib.create_model(config.model)
   x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3)) * 100
-  params = model.init(jax.random.key(1), x)['params']
+  params = jax.jit(model.init)(jax.random.key(1), x)['params']
   _, a = jax.jit(lambda p: model.apply({'params': p}, x, capture=True))(params)
   _, b = jax.jit(lambda p: across.apply({'params': p}, x,
                                         capture=True))(params)
