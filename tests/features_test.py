@@ -168,3 +168,29 @@ def test_figures(run, tmp_path):
   records = [{'split': 'train', 'epoch': e, 'lr': lr} for e, lr in
              ((1, 0.01), (2, 0.01), (3, 0.001), (4, 0.001), (5, 1e-4))]
   assert viz.lr_drops(records) == [3, 5]
+
+
+def test_ensemble_averages_the_members_softmax(run, tmp_path):
+  from alexnet_jax import ensemble  # pylint: disable=g-import-not-at-top
+  workdir, config, result = run
+  single = ensemble.evaluate([workdir])
+  assert single['top1_err'] == pytest.approx(result['top1_err'], abs=1e-6)
+  other = str(tmp_path / 'other')
+  second = tiny_config(config.data_dir)
+  second.seed, second.num_train_steps = 1, 4
+  train.train_and_evaluate(second, other)  # Centre crop, its own seed.
+
+  both = ensemble.evaluate([workdir, other], crops=1)
+  images, labels = validation(config)
+  probs = np.mean([features.load(w).extract(images, 'probs', crops=1)
+                   for w in (workdir, other)], axis=0)
+  assert both['num_examples'] == 359
+  assert both['top1_err'] == pytest.approx(
+      np.mean(probs.argmax(1) != labels), abs=1e-6)
+  assert both['members'][1]['path'] == other
+  proc = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.ensemble', '--workdirs', other],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.loads(proc.stdout)['top1_err'] == both['members'][1]['top1_err']
