@@ -122,8 +122,10 @@ def _commit() -> str:
   try:
     sha = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, text=True,
                          capture_output=True, check=True).stdout.strip()
+    # The code that ran; the results being written are not part of it.
     dirty = subprocess.run(['git', 'status', '--porcelain', '--',
-                            'alexnet_jax', 'configs', 'experiments'],
+                            'alexnet_jax', 'configs', 'experiments',
+                            ':!experiments/results'],
                            cwd=ROOT, text=True, capture_output=True,
                            check=True).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
