@@ -179,8 +179,9 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
                'seeds': seeds, 'small': small, 'variants': summary,
                'runs': rows}, f, indent=1)
   with open(os.path.join(out, 'command.txt'), 'w') as f:
-    f.write(f'{command}\n# commit {_commit()}\n# {time.time() - start:.0f} s '
-            'on this machine\n')
+    f.write(f'{command}\n# commit {_commit()}\n# this invocation: '
+            f'{time.time() - start:.0f} s (runs finished earlier are reused, '
+            'not trained again)\n')
   with open(os.path.join(out, 'results.md'), 'w') as f:
     f.write(_markdown(name, exp, summary, command, seeds, small))
   _plot(summary, os.path.join(out, 'results.png'), name)
