@@ -44,8 +44,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from alexnet_jax import four_layer_cnn
 from alexnet_jax import ops
 
+# model.arch: the paper's AlexNet, or Figure 1's four-layer CIFAR-10 net.
+ARCHS = ('alexnet', 'four_layer_cnn')
 LAYOUTS = ('two_towers', 'one_tower_half', 'single_tower')
 INITS = ('paper', 'caffe', 'he')
 ACTIVATIONS = {'relu': nn.relu, 'tanh': jnp.tanh}
@@ -411,12 +414,24 @@ class AlexNet(nn.Module):
 def create_model(config: ml_collections.ConfigDict, **overrides) -> AlexNet:
   """Builds the module from `config.model` (see configs/default.py)."""
   c = config
+  arch = c.get('arch', 'alexnet')
+  if arch not in ARCHS:
+    raise ValueError(f'model.arch={arch!r} is unknown; use one of {ARCHS}.')
   if c.dtype not in DTYPES:
     raise ValueError(f'model.dtype={c.dtype!r} is unknown; use one of '
                      f'{tuple(DTYPES)}.')
   if c.activation not in ACTIVATIONS:
     raise ValueError(f'model.activation={c.activation!r} is unknown; use one '
                      f'of {tuple(ACTIVATIONS)}.')
+  if arch == 'four_layer_cnn':
+    if c.init not in four_layer_cnn.INITS:
+      raise ValueError(f'model.init={c.init!r} is unknown for the four-layer '
+                       f'CNN; use one of {four_layer_cnn.INITS}.')
+    kwargs = dict(num_classes=c.num_classes, input_size=c.input_size,
+                  activation=c.activation, init_scheme=c.init,
+                  dtype=DTYPES[c.dtype])
+    kwargs.update(overrides)
+    return four_layer_cnn.FourLayerCNN(**kwargs)
   tower_count(c.layout)
   if c.init not in INITS:
     raise ValueError(f'model.init={c.init!r} is unknown; use one of {INITS}.')

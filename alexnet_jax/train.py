@@ -181,6 +181,10 @@ class Steps:
     self.batch_spec = parallel.step_batch_spec(self.scheme)
     self.batch_axes = self.batch_spec[0] if isinstance(
         self.batch_spec[0], tuple) else (self.batch_spec[0],)
+    if model_size > 1 and not isinstance(model, model_lib.AlexNet):
+      raise errors.ConfigError(
+          f'model.arch={config.model.arch!r} runs data parallel only: set '
+          'mesh.model=1.')
     if model_size > 1 and self.scheme == 'towers':
       if model.lrn_across_towers and model.towers > 1:
         raise errors.ConfigError(
@@ -494,7 +498,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   root_key = jax.random.key(config.seed)
   init_key, train_key = jax.random.split(root_key)
   state = steps.init_state(init_key)
-  logging.info('Model: %s, %s parameters', config.model.layout,
+  logging.info('Model: %s, %s parameters',
+               config.model.layout if isinstance(model, model_lib.AlexNet)
+               else config.model.arch,
                f'{model_lib.count_params(state.params):,}')
   if (config.lr_scaling != 'none' and
       config.batch_size != config.lr_reference_batch):

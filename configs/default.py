@@ -48,6 +48,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- Model (see alexnet_jax/model.py) -------------------------------------
   config.model = ml_collections.ConfigDict()
+  # 'alexnet' (the paper's network) or 'four_layer_cnn' (Figure 1's small
+  # CIFAR-10 net, configs/figure1_cifar10.py; it uses only num_classes,
+  # input_size, activation, init and dtype below).
+  config.model.arch = 'alexnet'
   config.model.layout = 'two_towers'  # | 'one_tower_half' | 'single_tower'
   config.model.num_classes = 1000
   config.model.input_size = 224  # Crop size: 224 (paper) or 227 (Caffe).

@@ -16,8 +16,18 @@ Train, one tower per device on two devices as in the paper:
 
 Expected result, from the paper (Table 2, one CNN): 40.7% top-1 and 18.2% top-5
 error on the ILSVRC-2012 validation set, 10-crop testing, after about 90 epochs
-with three learning-rate drops. Not yet run here: no accelerator was available,
-so there is no measured time per epoch to quote.
+with three learning-rate drops. Five such networks averaged
+(`python -m alexnet_jax.ensemble --workdirs RUN1 ... RUN5`): 38.1 / 16.4.
+
+Expected time per epoch (1,281,167 images): the paper's run took five to six
+days for about 90 epochs on two NVIDIA GTX 580 3GB GPUs, about 1.3 to 1.6
+hours an epoch (Section 5). Not yet run here: no accelerator was lent to the
+development machines, so there is no measured time of ours. On a modern GPU
+the bound is the host's JPEG decoding: about 260 images/s per CPU core from
+full-size JPEGs and 400 from the 256x256 cache (`--config.cache_resized=True`;
+README "Performance", measured on a 2-core CPU), so about 5 minutes an epoch
+with 16 cores decoding from the cache (1,281,167 / (16 x 400) s): arithmetic
+from those rates, not a measurement.
 """
 
 from configs import default

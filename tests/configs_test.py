@@ -41,3 +41,14 @@ def test_paper_defaults():
                                                               'paper')
   assert (c.augment.pca_lighting, c.eval_crops, c.max_lr_drops) == (0.1, 10, 3)
   assert c.model.dropout_rate == 0.5 and c.num_epochs == 90
+
+
+def test_four_layer_cnn_is_data_parallel_only():
+  from alexnet_jax import errors, optim, parallel  # pylint: disable=g-import-not-at-top
+  from configs import figure1_digits  # pylint: disable=g-import-not-at-top
+  config = figure1_digits.get_config()
+  net = model_lib.create_model(config.model)
+  tx, _ = optim.create(config, 11)
+  with pytest.raises(errors.ConfigError, match='data parallel only: set mesh'):
+    train.Steps(config, net, tx, parallel.create_mesh(1, 2))
+  train.Steps(config, net, tx, parallel.create_mesh(2, 1))  # Data parallel.

@@ -42,3 +42,62 @@ def test_ablations_runner_at_toy_size(digits_dir, tmp_path, monkeypatch):
   for v in run.EXPERIMENTS['ablations'].variants:
     for key, value in v.overrides.items():
       run._set(base, key, value)  # pylint: disable=protected-access
+
+
+def test_figure1_runner_at_toy_size(digits_dir, tmp_path, monkeypatch):
+  from experiments import run  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('TFDS_DATA_DIR', digits_dir)
+  out = str(tmp_path / 'results')
+  argv = ['figure1', '--small', '--seeds', '2', '--variants',
+          'relu_lr_0_01,tanh_lr_0_01', '--out', out, '--workdir_root',
+          str(tmp_path / 'runs')]
+  run.main(argv)
+  with open(os.path.join(out, 'results.json')) as f:
+    results = json.load(f)
+  variants = {v['slug']: v for v in results['variants']}
+  assert sorted(variants) == ['relu_lr_0_01', 'tanh_lr_0_01']
+  for slug, v in variants.items():
+    runs = results['runs'][slug]
+    assert len(runs) == 2 and v['group'] == slug.split('_')[0]
+    # One training record per step at toy size (log_every_steps=1).
+    for r in runs:
+      assert [c[1] for c in r['train_curve']] == [1, 2, 3, 4, 5, 6]
+    # The summary's epochs to target agree with the curves it came from.
+    hits = [run.first_reaching(r['train_curve'], 0.05) for r in runs]
+    reached = [h[0] for h in hits if h is not None]
+    assert v['reached'] == len(reached)
+    if reached:
+      assert abs(v['epochs_to_target'] - sum(reached) / len(reached)) < 1e-9
+    assert len(v['curve']) == 6
+  with open(os.path.join(out, 'configs', 'tanh_lr_0_01_seed1.json')) as f:
+    config = json.load(f)
+  assert config['model']['arch'] == 'four_layer_cnn'
+  assert config['model']['activation'] == 'tanh'
+  assert config['weight_decay'] == 0 and config['model']['dropout_rate'] == 0
+  table = open(os.path.join(out, 'results.md')).read()
+  assert 'Toy size' in table and 'Figure 1 (CIFAR-10)' in table
+  assert '| relu, lr 0.01' in table or '| **relu, lr 0.01**' in table
+  assert os.path.exists(os.path.join(out, 'results.png'))
+
+
+def test_first_reaching_and_fastest():
+  from experiments import run  # pylint: disable=g-import-not-at-top
+  curve = [(1.0, 11, 0.6), (2.0, 22, 0.3), (3.0, 33, 0.2), (4.0, 44, 0.1)]
+  assert run.first_reaching(curve, 0.25) == (3.0, 33)
+  assert run.first_reaching(curve, 0.3) == (2.0, 22)
+  assert run.first_reaching(curve, 0.05) is None
+  slow = [(e, s, err + 0.15) for e, s, err in curve]
+  mk = lambda c: [{'train_curve': c, 'top1_err': 0.1, 'top5_err': 0.0}] * 2
+  variants = [run.Variant('a', {'learning_rate': 0.1}, group='relu'),
+              run.Variant('b', {'learning_rate': 0.2}, group='relu'),
+              run.Variant('c', {'learning_rate': 0.1}, group='tanh')]
+  rows = {'a': mk(slow), 'b': mk(curve), 'c': mk(slow)}
+  summary = run._summarise_speed(variants, rows, 0.25)  # pylint: disable=protected-access
+  by = {s['slug']: s for s in summary}
+  assert by['a']['epochs_to_target'] == 4.0 and by['b']['epochs_to_target'] == 3.0
+  assert by['b']['fastest_in_group'] and not by['a']['fastest_in_group']
+  assert by['c']['fastest_in_group']
+  # A variant that never reaches the target is never the fastest.
+  rows['c'] = mk([(1.0, 11, 0.9)])
+  summary = run._summarise_speed(variants, rows, 0.25)  # pylint: disable=protected-access
+  assert not any(s['fastest_in_group'] for s in summary if s['group'] == 'tanh')

@@ -191,3 +191,66 @@ def test_lrn_across_towers():
   tx, _ = optim.create(config, 10)
   with pytest.raises(errors.ConfigError, match='mesh.model=1'):
     train.Steps(config, across, tx, parallel.create_mesh(1, 2))
+
+
+def figure1_model(**overrides):
+  from configs import figure1_cifar10  # pylint: disable=g-import-not-at-top
+  return model_lib.create_model(figure1_cifar10.get_config().model,
+                                **overrides)
+
+
+def test_four_layer_cnn_is_cuda_convnets_80sec_net():
+  net = figure1_model()
+  shapes = jax.tree.map(lambda s: s.shape, model_lib.param_shapes(net))
+  assert shapes == {
+      'conv1': {'kernel': (5, 5, 3, 32), 'bias': (32,)},
+      'conv2': {'kernel': (5, 5, 32, 32), 'bias': (32,)},
+      'conv3': {'kernel': (5, 5, 32, 64), 'bias': (64,)},
+      'fc': {'kernel': (4 * 4 * 64, 10), 'bias': (10,)}}
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  params = net.init(jax.random.key(1), x)['params']
+  logits, feats = net.apply({'params': params}, x, capture=True)
+  assert logits.shape == (2, 10)
+  # cuda-convnet's pooling sizes: 32 -> 16 -> 8 -> 4.
+  assert [feats[k].shape[1:] for k in ('conv1', 'conv2', 'conv3')] == [
+      (16, 16, 32), (8, 8, 32), (4, 4, 64)]
+  # layers-80sec.cfg's initW: 1e-4 for conv1, 0.01 elsewhere; biases 0.
+  assert abs(float(params['conv1']['kernel'].std()) - 1e-4) < 1e-5
+  assert abs(float(params['conv3']['kernel'].std()) - 0.01) < 1e-3
+  assert all(float(jnp.abs(params[k]['bias']).max()) == 0 for k in params)
+  he = figure1_model(init_scheme='he').init(jax.random.key(1), x)['params']
+  assert abs(float(he['conv2']['kernel'].std()) -
+             np.sqrt(2 / (25 * 32))) < 0.01
+
+
+def test_four_layer_cnn_average_pool_ignores_the_edge_pad():
+  net = figure1_model(activation='relu')
+  x = jnp.ones((1, 32, 32, 3))
+  params = net.init(jax.random.key(1), x)['params']
+  # Weights that pass the input straight through: a constant image stays
+  # constant through every pool only if the edge windows divide by the real
+  # pixels (a padded zero would dim the last row and column).
+  ident = lambda cin, cout: jnp.zeros((5, 5, cin, cout)).at[2, 2, 0, 0].set(1.)
+  params = jax.tree.map(jnp.zeros_like, params)
+  params['conv1']['kernel'] = ident(3, 32)
+  params['conv2']['kernel'] = ident(32, 32)
+  params['conv3']['kernel'] = ident(32, 64)
+  _, feats = net.apply({'params': params}, x, capture=True)
+  np.testing.assert_allclose(feats['conv3'][0, :, :, 0], 1.0, rtol=1e-6)
+
+
+def test_four_layer_cnn_activation_switch_and_errors():
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  relu, tanh = figure1_model(), figure1_model(activation='tanh')
+  params = relu.init(jax.random.key(1), x)['params']
+  a = relu.apply({'params': params}, x)
+  b = tanh.apply({'params': params}, x)
+  assert not np.allclose(a, b)
+  from configs import figure1_cifar10  # pylint: disable=g-import-not-at-top
+  config = figure1_cifar10.get_config().model
+  config.init = 'caffe'
+  with pytest.raises(ValueError, match='four-layer CNN'):
+    model_lib.create_model(config)
+  config.init, config.arch = 'paper', 'vgg'
+  with pytest.raises(ValueError, match="model.arch='vgg' is unknown"):
+    model_lib.create_model(config)
