@@ -23,7 +23,7 @@ def get_config():
   config.dataset = 'digits'
   config.eval_split = 'validation'
   config.eval_batch_size = 120
-  config.num_epochs = 30
+  config.num_epochs = 20
   config.log_every_steps = 1438 // 128  # One training record per epoch.
   config.checkpoint_every_steps = 10 * config.log_every_steps
   return config

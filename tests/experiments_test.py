@@ -49,13 +49,13 @@ def test_figure1_runner_at_toy_size(digits_dir, tmp_path, monkeypatch):
   monkeypatch.setenv('TFDS_DATA_DIR', digits_dir)
   out = str(tmp_path / 'results')
   argv = ['figure1', '--small', '--seeds', '2', '--variants',
-          'relu_lr_0_01,tanh_lr_0_01', '--out', out, '--workdir_root',
+          'relu_lr_0_005,tanh_lr_0_01', '--out', out, '--workdir_root',
           str(tmp_path / 'runs')]
   run.main(argv)
   with open(os.path.join(out, 'results.json')) as f:
     results = json.load(f)
   variants = {v['slug']: v for v in results['variants']}
-  assert sorted(variants) == ['relu_lr_0_01', 'tanh_lr_0_01']
+  assert sorted(variants) == ['relu_lr_0_005', 'tanh_lr_0_01']
   for slug, v in variants.items():
     runs = results['runs'][slug]
     assert len(runs) == 2 and v['group'] == slug.split('_')[0]
@@ -76,7 +76,7 @@ def test_figure1_runner_at_toy_size(digits_dir, tmp_path, monkeypatch):
   assert config['weight_decay'] == 0 and config['model']['dropout_rate'] == 0
   table = open(os.path.join(out, 'results.md')).read()
   assert 'Toy size' in table and 'Figure 1 (CIFAR-10)' in table
-  assert '| relu, lr 0.01' in table or '| **relu, lr 0.01**' in table
+  assert '| relu, lr 0.005' in table or '| **relu, lr 0.005**' in table
   assert os.path.exists(os.path.join(out, 'results.png'))
 
 
