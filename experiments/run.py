@@ -1,6 +1,7 @@
 """Runs one of the paper's experiments and writes its table and plot.
 
-  python -m experiments.run NAME [--seeds 3] [--variants a,b] [--small]
+  python -m experiments.run NAME [--seeds 3] [--variants a,b] [--data_dir D]
+                                 [--small]
 
 Experiments (NAME):
   figure1          Figure 1 on the embedded digits: the four-layer CNN with
@@ -215,7 +216,8 @@ def _commit() -> str:
 
 def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = None,
                    out: Optional[str] = None, workdir_root: str = 'runs/experiments',
-                   small: bool = False, argv: Sequence[str] = ()) -> Dict:
+                   small: bool = False, argv: Sequence[str] = (),
+                   data_dir: Optional[str] = None) -> Dict:
   """Runs (or resumes) every variant x seed; writes the results directory."""
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   if name not in EXPERIMENTS:
@@ -241,6 +243,8 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
         # Training-speed experiments need several training records.
         shrink(config, log_every=1 if exp.kind == 'training_speed' else None)
       config.seed = seed
+      if data_dir:
+        config.data_dir = data_dir
       for key, value in v.overrides.items():
         _set(config, key, value)
       source = v.slug if not v.eval_only else 'base'
@@ -497,6 +501,8 @@ def main(argv=None):
   parser.add_argument('--out', default=None,
                       help='results directory (default experiments/results/NAME)')
   parser.add_argument('--workdir_root', default='runs/experiments')
+  parser.add_argument('--data_dir', default=None,
+                      help='tfds data dir (default: tfds\'s own)')
   parser.add_argument('--small', action='store_true',
                       help='toy size, for tests of the runner')
   args = parser.parse_args(argv)
@@ -504,7 +510,7 @@ def main(argv=None):
   logging.set_verbosity(logging.WARNING)
   run_experiment(args.name, args.seeds,
                  [v for v in args.variants.split(',') if v] or None, args.out,
-                 args.workdir_root, args.small, argv)
+                 args.workdir_root, args.small, argv, args.data_dir)
 
 
 if __name__ == '__main__':

@@ -101,3 +101,22 @@ def test_first_reaching_and_fastest():
   rows['c'] = mk([(1.0, 11, 0.9)])
   summary = run._summarise_speed(variants, rows, 0.25)  # pylint: disable=protected-access
   assert not any(s['fastest_in_group'] for s in summary if s['group'] == 'tanh')
+
+
+def test_documented_experiment_commands_name_real_experiments():
+  import glob  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  from experiments import run  # pylint: disable=g-import-not-at-top
+  named = set()
+  for path in [os.path.join(ROOT, 'README.md')] + glob.glob(
+      os.path.join(ROOT, 'configs', '*.py')):
+    named |= set(re.findall(r'python -m experiments\.run ([a-z]\w*)',
+                            open(path).read()))
+  assert {'figure1', 'figure1_cifar10', 'ablations'} <= named
+  assert named <= set(run.EXPERIMENTS), named - set(run.EXPERIMENTS)
+  for exp in run.EXPERIMENTS.values():  # Every override is a real key.
+    base = exp.base()
+    base.lock()
+    for v in exp.variants:
+      for key, value in v.overrides.items():
+        run._set(base, key, value)  # pylint: disable=protected-access
