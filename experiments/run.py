@@ -186,16 +186,27 @@ def _set(config, key: str, value):
   node[name] = value
 
 
-def shrink(config, steps: int = 6, log_every: Optional[int] = None):
-  """Toy size: for tests of the runner, not for results."""
-  config.image_size, config.model.input_size = 72, 64
-  config.model.width, config.model.fc_features = 1 / 16, 256
-  config.batch_size, config.eval_batch_size = 16, 40
-  config.num_train_steps = steps
-  config.log_every_steps = config.checkpoint_every_steps = steps
+# Toy size: tiny images and widths, for tests of the code (this runner, the
+# command line, the README's commands), never for results. The one definition.
+TOY = {'image_size': 72, 'model.input_size': 64, 'model.width': 1 / 16,
+       'model.fc_features': 256, 'batch_size': 16, 'eval_batch_size': 40}
+
+
+def toy_flags(**extra) -> List[str]:
+  """TOY (then `extra`) as --config.KEY=VALUE flags for the command line."""
+  return [f'--config.{k}={v}' for k, v in {**TOY, **extra}.items()]
+
+
+def shrink(config, steps: Optional[int] = 6, log_every: Optional[int] = None):
+  """TOY on a one-device mesh, `steps` long (None: keep the duration)."""
+  for key, value in TOY.items():
+    _set(config, key, value)
+  config.mesh.data = config.mesh.model = 1
+  if steps:
+    config.num_train_steps = steps
+    config.log_every_steps = config.checkpoint_every_steps = steps
   if log_every:
     config.log_every_steps = log_every
-  config.mesh.data = config.mesh.model = 1
   return config
 
 

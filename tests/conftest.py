@@ -28,15 +28,11 @@ def compilation_cache(tmp_path_factory):
 
 
 def shrink(config, batch_size=16, eval_batch_size=40):
-  """Any config with tiny images and widths, on a 1x1 mesh."""
-  config.image_size = 72
-  config.model.input_size = 64
-  config.model.width = 1 / 16
-  config.model.fc_features = 256
+  """Any config with tiny images and widths (experiments.run.TOY), 1x1 mesh."""
+  from experiments import run  # pylint: disable=g-import-not-at-top
+  run.shrink(config, steps=None)
   config.batch_size = batch_size
   config.eval_batch_size = eval_batch_size
-  config.mesh.data = 1
-  config.mesh.model = 1
   return config
 
 

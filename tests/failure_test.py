@@ -16,16 +16,14 @@ import pytest
 from alexnet_jax import checkpoint
 from alexnet_jax import errors
 from alexnet_jax import train
+from experiments.run import toy_flags
 from tests.conftest import ROOT
 from tests.conftest import tiny_config
 from tests.train_test import assert_same_run
 from tests.train_test import read_metrics
 
-TINY = ['--config.image_size=72', '--config.model.input_size=64',
-        '--config.model.width=0.0625', '--config.model.fc_features=256',
-        '--config.batch_size=16', '--config.eval_batch_size=40',
-        '--config.mesh.data=1', '--config.log_every_steps=1',
-        '--config.checkpoint_every_steps=2', '--config.eval_every_epochs=100']
+TINY = toy_flags(**{'mesh.data': 1, 'log_every_steps': 1,
+                    'checkpoint_every_steps': 2, 'eval_every_epochs': 100})
 
 
 def short_config(digits_dir, steps=6):

@@ -17,14 +17,12 @@ import pytest
 
 from alexnet_jax import parallel
 from alexnet_jax import train
+from experiments.run import toy_flags
 from tests.conftest import ROOT
 from tests.main_test import assert_one_line_error, run_cli
 
-TINY = ['--config.image_size=72', '--config.model.input_size=64',
-        '--config.model.width=0.0625', '--config.model.fc_features=256',
-        '--config.batch_size=16', '--config.eval_batch_size=40',
-        '--config.eval_crops=1', '--config.log_every_steps=2',
-        '--config.checkpoint_every_steps=4']
+# The README's mesh flags are kept: TOY names no mesh keys.
+TINY = toy_flags(eval_crops=1, log_every_steps=2, checkpoint_every_steps=4)
 
 
 def cluster_commands():
