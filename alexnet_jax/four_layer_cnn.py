@@ -20,7 +20,10 @@ figure's two curves); nothing else changes between them.
 Initialisation (`init_scheme`):
   paper  layers-80sec.cfg's initW: N(0, 1e-4) for conv1, N(0, 0.01) for
          conv2, conv3 and fc; biases 0.
-  he     N(0, 2 / fan_in) (fc: 1 / fan_in); biases 0.
+  he     N(0, 2 / fan_in) (fc: 1 / fan_in); biases 0. It assumes inputs of
+         unit scale; the paper's inputs are raw pixels, mean subtracted
+         only, and a ReLU net with `he` diverges on them (digits, lr 0.003:
+         loss 2.6e5 after the first epoch, then chance). Use `paper`.
 
 The module has the call signature of `model.AlexNet` (train, example_ids,
 capture) so the same training loop runs it; it has no dropout, LRN or towers

@@ -75,10 +75,11 @@ class Experiment:
   paper_result: str = ''
 
 
-# Each activation's own learning-rate grid, bracketing the fastest rate found
-# on digits in a 10-epoch scan (ReLU diverged at 0.01; tanh was still getting
-# faster at 0.03).
-FIGURE1_RATES = {'relu': (0.001, 0.003, 0.005), 'tanh': (0.01, 0.03, 0.1)}
+# Each activation's own learning-rate grid, bracketing its fastest rate on
+# digits: ReLU diverges on some seeds at 0.005 and on all at 0.01; tanh is
+# still getting faster at 0.1, so the grid goes on to 0.3.
+FIGURE1_RATES = {'relu': (0.001, 0.003, 0.005),
+                 'tanh': (0.01, 0.03, 0.1, 0.3)}
 
 
 def _figure1_variants(rates):
@@ -125,10 +126,18 @@ EXPERIMENTS = {
         target_train_err=0.05,
         paper_result=FIGURE1_PAPER,
         caveat=(
-            'Digits are easier than CIFAR-10: both networks pass 25% training '
-            'error within the first epochs, so the target here is 5%, the '
-            'point where the curves are well apart. One record per epoch (11 '
-            'steps) limits the resolution to whole epochs.')),
+            "On digits the paper's ReLU advantage does not show: at its "
+            'best learning rate the tanh network reaches 5% training error '
+            'as fast as the ReLU one or faster, and its training error is '
+            'lower at every epoch (results.png). Digits are learnt within a '
+            'few epochs, and in the first ones the ReLU network, with '
+            "layers-80sec's initialisation for raw pixels (conv1 weights "
+            'N(0, 1e-4)), falls more slowly than tanh. CIFAR-10 '
+            '(figure1_cifar10, needs the download) is where the paper '
+            'measured its six-fold speed-up. The target is 5%, not 25%, '
+            'because both networks pass 25% within the first epochs, and '
+            'one record per epoch (11 steps) limits the resolution to whole '
+            'epochs.')),
     'figure1_cifar10': Experiment(
         description=(
             "Figure 1 as in the paper: the four-layer CNN on CIFAR-10 "
@@ -357,6 +366,19 @@ def _fastest(summary):
   return {s['group']: s for s in summary if s['fastest_in_group']}
 
 
+def _grid_edge(summary, fastest):
+  """'largest'/'smallest' if `fastest` is at its group's grid edge, else ''."""
+  rates = sorted(s['learning_rate'] for s in summary
+                 if s['group'] == fastest['group'])
+  if len(rates) < 2:
+    return ''
+  if fastest['learning_rate'] == rates[-1]:
+    return 'largest'
+  if fastest['learning_rate'] == rates[0]:
+    return 'smallest'
+  return ''
+
+
 def _markdown_speed(name, exp, summary, command, seeds, small):
   target = 100 * exp.target_train_err
   lines = [f'# {name}', '', exp.description, '',
@@ -371,13 +393,21 @@ def _markdown_speed(name, exp, summary, command, seeds, small):
   fast = _fastest(summary)
   if 'relu' in fast and 'tanh' in fast:
     r, t = fast['relu'], fast['tanh']
+    ratio = t['epochs_to_target'] / r['epochs_to_target']
+    verdict = (f'{ratio:.1f}x faster with ReLU' if ratio >= 1 else
+               f"{1 / ratio:.1f}x faster with tanh: the paper's ReLU "
+               'advantage does not show here')
     lines += [f"**Result: ReLU (lr {r['learning_rate']:g}) reaches {target:g}% "
               f"training error in {r['epochs_to_target']:.1f} epochs "
               f"({r['steps_to_target']:.0f} steps), tanh (lr "
               f"{t['learning_rate']:g}) in {t['epochs_to_target']:.1f} "
-              f"({t['steps_to_target']:.0f} steps): "
-              f"{t['epochs_to_target'] / r['epochs_to_target']:.1f}x faster "
-              'with ReLU.**', '']
+              f"({t['steps_to_target']:.0f} steps): {verdict}.**", '']
+    for s in (r, t):
+      edge = _grid_edge(summary, s)
+      if edge:
+        lines += [f"Note: lr {s['learning_rate']:g} is the {edge} rate tried "
+                  f"for {s['group']}; widen the sweep to be sure it is the "
+                  'fastest.', '']
   else:
     missing = [g for g in ('relu', 'tanh') if g not in fast]
     lines += [f'**Result: {" and ".join(missing)} did not reach {target:g}% '

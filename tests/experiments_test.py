@@ -103,6 +103,36 @@ def test_first_reaching_and_fastest():
   assert not any(s['fastest_in_group'] for s in summary if s['group'] == 'tanh')
 
 
+def test_speed_headline_says_which_activation_is_faster():
+  from experiments import run  # pylint: disable=g-import-not-at-top
+  fast = [(1.0, 11, 0.6), (2.0, 22, 0.2)]
+  slow = [(1.0, 11, 0.6), (2.0, 22, 0.4), (3.0, 33, 0.2), (4.0, 44, 0.1)]
+  slower = [(1.0, 11, 0.6), (2.0, 22, 0.5), (3.0, 33, 0.4), (4.0, 44, 0.2)]
+  mk = lambda c: [{'train_curve': c, 'top1_err': 0.1, 'top5_err': 0.0}] * 2
+  variants = [run.Variant('relu, lr 0.1', {'learning_rate': 0.1}, group='relu'),
+              run.Variant('relu, lr 0.2', {'learning_rate': 0.2}, group='relu'),
+              run.Variant('relu, lr 0.4', {'learning_rate': 0.4}, group='relu'),
+              run.Variant('tanh, lr 0.1', {'learning_rate': 0.1}, group='tanh'),
+              run.Variant('tanh, lr 0.3', {'learning_rate': 0.3}, group='tanh')]
+  exp = run.Experiment('d', base=None, variants=variants,
+                       kind='training_speed', target_train_err=0.25)
+  def headline(rows):
+    summary = run._summarise_speed(variants, rows, 0.25)  # pylint: disable=protected-access
+    return run._markdown_speed('d', exp, summary, 'cmd', 2, False)  # pylint: disable=protected-access
+  # ReLU's fastest is mid-grid, tanh's the largest rate tried.
+  text = headline({'relu_lr_0_1': mk(slow), 'relu_lr_0_2': mk(fast),
+                   'relu_lr_0_4': mk(slow), 'tanh_lr_0_1': mk(slower),
+                   'tanh_lr_0_3': mk(slow)})
+  assert '1.5x faster with ReLU' in text
+  assert 'lr 0.3 is the largest rate tried for tanh' in text
+  assert 'rate tried for relu' not in text
+  text = headline({'relu_lr_0_1': mk(slow), 'relu_lr_0_2': mk(slow),
+                   'relu_lr_0_4': mk(slow), 'tanh_lr_0_1': mk(fast),
+                   'tanh_lr_0_3': mk(slow)})
+  assert "1.5x faster with tanh: the paper's ReLU advantage does not show" in text
+  assert 'lr 0.1 is the smallest rate tried for relu' in text
+
+
 def test_documented_experiment_commands_name_real_experiments():
   import glob  # pylint: disable=g-import-not-at-top
   import re  # pylint: disable=g-import-not-at-top
