@@ -395,8 +395,8 @@ def _markdown_speed(name, exp, summary, command, seeds, small):
     r, t = fast['relu'], fast['tanh']
     ratio = t['epochs_to_target'] / r['epochs_to_target']
     verdict = (f'{ratio:.1f}x faster with ReLU' if ratio >= 1 else
-               f"{1 / ratio:.1f}x faster with tanh: the paper's ReLU "
-               'advantage does not show here')
+               f"{1 / ratio:.1f}x faster with tanh (the paper's ReLU "
+               'advantage does not show here)')
     lines += [f"**Result: ReLU (lr {r['learning_rate']:g}) reaches {target:g}% "
               f"training error in {r['epochs_to_target']:.1f} epochs "
               f"({r['steps_to_target']:.0f} steps), tanh (lr "
