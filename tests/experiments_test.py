@@ -80,6 +80,11 @@ def test_figure1_runner_at_toy_size(digits_dir, tmp_path, monkeypatch):
   assert os.path.exists(os.path.join(out, 'results.png'))
 
 
+def _two_seeds(curve):
+  """Two seeds' runner rows with the same training curve."""
+  return [{'train_curve': curve, 'top1_err': 0.1, 'top5_err': 0.0}] * 2
+
+
 def test_first_reaching_and_fastest():
   from experiments import run  # pylint: disable=g-import-not-at-top
   curve = [(1.0, 11, 0.6), (2.0, 22, 0.3), (3.0, 33, 0.2), (4.0, 44, 0.1)]
@@ -87,18 +92,18 @@ def test_first_reaching_and_fastest():
   assert run.first_reaching(curve, 0.3) == (2.0, 22)
   assert run.first_reaching(curve, 0.05) is None
   slow = [(e, s, err + 0.15) for e, s, err in curve]
-  mk = lambda c: [{'train_curve': c, 'top1_err': 0.1, 'top5_err': 0.0}] * 2
   variants = [run.Variant('a', {'learning_rate': 0.1}, group='relu'),
               run.Variant('b', {'learning_rate': 0.2}, group='relu'),
               run.Variant('c', {'learning_rate': 0.1}, group='tanh')]
-  rows = {'a': mk(slow), 'b': mk(curve), 'c': mk(slow)}
+  rows = {'a': _two_seeds(slow), 'b': _two_seeds(curve),
+          'c': _two_seeds(slow)}
   summary = run._summarise_speed(variants, rows, 0.25)  # pylint: disable=protected-access
   by = {s['slug']: s for s in summary}
   assert by['a']['epochs_to_target'] == 4.0 and by['b']['epochs_to_target'] == 3.0
   assert by['b']['fastest_in_group'] and not by['a']['fastest_in_group']
   assert by['c']['fastest_in_group']
   # A variant that never reaches the target is never the fastest.
-  rows['c'] = mk([(1.0, 11, 0.9)])
+  rows['c'] = _two_seeds([(1.0, 11, 0.9)])
   summary = run._summarise_speed(variants, rows, 0.25)  # pylint: disable=protected-access
   assert not any(s['fastest_in_group'] for s in summary if s['group'] == 'tanh')
 
@@ -108,7 +113,6 @@ def test_speed_headline_says_which_activation_is_faster():
   fast = [(1.0, 11, 0.6), (2.0, 22, 0.2)]
   slow = [(1.0, 11, 0.6), (2.0, 22, 0.4), (3.0, 33, 0.2), (4.0, 44, 0.1)]
   slower = [(1.0, 11, 0.6), (2.0, 22, 0.5), (3.0, 33, 0.4), (4.0, 44, 0.2)]
-  mk = lambda c: [{'train_curve': c, 'top1_err': 0.1, 'top5_err': 0.0}] * 2
   variants = [run.Variant('relu, lr 0.1', {'learning_rate': 0.1}, group='relu'),
               run.Variant('relu, lr 0.2', {'learning_rate': 0.2}, group='relu'),
               run.Variant('relu, lr 0.4', {'learning_rate': 0.4}, group='relu'),
@@ -120,15 +124,19 @@ def test_speed_headline_says_which_activation_is_faster():
     summary = run._summarise_speed(variants, rows, 0.25)  # pylint: disable=protected-access
     return run._markdown_speed('d', exp, summary, 'cmd', 2, False)  # pylint: disable=protected-access
   # ReLU's fastest is mid-grid, tanh's the largest rate tried.
-  text = headline({'relu_lr_0_1': mk(slow), 'relu_lr_0_2': mk(fast),
-                   'relu_lr_0_4': mk(slow), 'tanh_lr_0_1': mk(slower),
-                   'tanh_lr_0_3': mk(slow)})
+  text = headline({'relu_lr_0_1': _two_seeds(slow),
+                   'relu_lr_0_2': _two_seeds(fast),
+                   'relu_lr_0_4': _two_seeds(slow),
+                   'tanh_lr_0_1': _two_seeds(slower),
+                   'tanh_lr_0_3': _two_seeds(slow)})
   assert '1.5x faster with ReLU' in text
   assert 'lr 0.3 is the largest rate tried for tanh' in text
   assert 'rate tried for relu' not in text
-  text = headline({'relu_lr_0_1': mk(slow), 'relu_lr_0_2': mk(slow),
-                   'relu_lr_0_4': mk(slow), 'tanh_lr_0_1': mk(fast),
-                   'tanh_lr_0_3': mk(slow)})
+  text = headline({'relu_lr_0_1': _two_seeds(slow),
+                   'relu_lr_0_2': _two_seeds(slow),
+                   'relu_lr_0_4': _two_seeds(slow),
+                   'tanh_lr_0_1': _two_seeds(fast),
+                   'tanh_lr_0_3': _two_seeds(slow)})
   assert "1.5x faster with tanh (the paper's ReLU advantage" in text
   assert 'lr 0.1 is the smallest rate tried for relu' in text
 
