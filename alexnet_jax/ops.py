@@ -117,39 +117,94 @@ def _conv_fwd(x, kernel, stride, padding):
 
 
 def _conv_bwd(stride, padding, res, g):
-  """Autodiff's gradients, with the kernel's as one matrix product.
+  """Both gradients as matrix products over chunks of the batch, on CPU.
 
-  dK[i, j] = sum_{b,h,w} x_pad[b, i + s h, j + s w] g[b, h, w]: the input
-  windows of every kernel offset, stacked, contracted with g in one matmul.
-  XLA:CPU's own kernel-gradient convolution is slow for the paper's stride-1
-  layers (conv2, one tower, batch 64, on a 2-core x86 CPU: 627 ms against
-  306 ms for this) and slows down further with the batch; for conv1's stride
-  4 it is the faster one, and on accelerators the vendor library is best, so
-  `_use_matmul_kernel_grad` decides. The input gradient is always XLA's
-  transposed convolution.
+  Kernel gradient: dK[i, j] = sum_{b,h,w} x_pad[b, i + s h, j + s w] g[b, h, w],
+  the input windows of every kernel offset, stacked, contracted with g in one
+  matmul. Input gradient (stride 1): each output position's g times the
+  kernel gives its contribution to every input position of its window, and
+  the kh * kw shifted contributions are added (col2im). Both are the sums
+  XLA's transposed convolutions compute, in another order (the ops tests
+  compare them). On XLA:CPU they are much faster (DESIGN §4; the paper's
+  shapes, batch 128, one tower, on a 2-core x86 CPU: conv1's kernel gradient
+  659 -> 301 ms, conv2's 545 -> 276 ms and its input gradient 383 -> 232 ms)
+  because the batch is walked in chunks whose stacked windows stay in the
+  CPU's cache (`_batch_chunk`); the same matmuls over the whole batch were
+  slower than XLA's. Accelerators keep XLA's own gradients (vendor libraries).
   """
   x, kernel = res
   _, vjp = jax.vjp(lambda v, k: _lax_conv(v, k, stride, padding), x, kernel)
-  kh, kw, cin, _ = kernel.shape
-  if not _use_matmul_kernel_grad(kernel.shape, stride):
+  if jax.default_backend() != 'cpu':
     return vjp(g)
-  (dx, _) = vjp(g)  # The unused kernel gradient is removed by XLA.
+  kh, kw, cin, cout = kernel.shape
   b, h, w, _ = g.shape
-  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  windows = jnp.stack([
-      lax.slice(xp, (0, i, j, 0),
-                (b, i + (h - 1) * stride + 1, j + (w - 1) * stride + 1, cin),
-                (1, stride, stride, 1))
-      for i in range(kh) for j in range(kw)], axis=-2)
-  dk = jnp.einsum('bhwkc,bhwo->kco', windows, g,
-                  preferred_element_type=jnp.float32)
-  return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
+  chunk = _batch_chunk(b, h * w * kh * kw * cin * 4)
+
+  def over_chunks(fn, carry, *arrays):
+    """Runs fn on batch chunks; a loop, so each chunk's temporaries are reused."""
+    if chunk == b:
+      return fn(carry, *arrays)[0]
+    split = [a.reshape((b // chunk, chunk) + a.shape[1:]) for a in arrays]
+    carry, _ = lax.scan(lambda c, xs: fn(c, *xs), carry, split)
+    return carry
+
+  def kernel_grad(acc, xc, gc):
+    xp = jnp.pad(xc, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    windows = jnp.stack([
+        lax.slice(xp, (0, i, j, 0),
+                  (xc.shape[0], i + (h - 1) * stride + 1,
+                   j + (w - 1) * stride + 1, cin),
+                  (1, stride, stride, 1))
+        for i in range(kh) for j in range(kw)], axis=-2)
+    return acc + jnp.einsum('bhwkc,bhwo->kco', windows, gc,
+                            preferred_element_type=jnp.float32), None
+
+  dk = jnp.zeros((kh * kw, cin, cout), jnp.float32)
+  varying = tuple(jax.typeof(g).manual_axis_type.varying)
+  if varying:  # Inside shard_map the loop's sum varies as the data does.
+    dk = lax.pcast(dk, varying, to='varying')
+  dk = over_chunks(kernel_grad, dk, x, g)
+  dk = dk.reshape(kernel.shape).astype(kernel.dtype)
+  if stride != 1:
+    # Only conv1 has a stride, and its input (the image) needs no gradient:
+    # XLA removes this unused transposed convolution.
+    return vjp(g)[0], dk
+
+  hp, wp = h + kh - 1, w + kw - 1  # = the padded input's size.
+  kmat = kernel.reshape(kh * kw, cin, cout)
+
+  def input_grad(_, gc):
+    cols = jnp.einsum('bhwo,kco->bhwkc', gc, kmat,
+                      preferred_element_type=jnp.float32)
+    zero = jnp.array(0, cols.dtype)
+    dxp = sum(lax.pad(cols[:, :, :, i * kw + j], zero,
+                      ((0, 0, 0), (i, kh - 1 - i, 0), (j, kw - 1 - j, 0),
+                       (0, 0, 0)))
+              for i in range(kh) for j in range(kw))
+    dx = dxp[:, padding:hp - padding, padding:wp - padding]
+    return None, dx.astype(x.dtype)
+
+  if chunk == b:
+    dx = input_grad(None, g)[1]
+  else:
+    _, dx = lax.scan(input_grad, None,
+                     g.reshape((b // chunk, chunk) + g.shape[1:]))
+    dx = dx.reshape(x.shape)
+  return dx, dk
 
 
-def _use_matmul_kernel_grad(kernel_shape, stride) -> bool:
-  """Matmul kernel gradients where measured faster: CPU, stride 1."""
-  del kernel_shape
-  return jax.default_backend() == 'cpu' and stride == 1
+# Per-chunk bytes of the stacked windows: half of this machine's 32 MiB L3
+# cache, measured best for the paper's layers (conv1: 2 images a chunk,
+# conv2: 4, conv3-5: 8).
+_CHUNK_BYTES = 16 * 2 ** 20
+
+
+def _batch_chunk(batch: int, bytes_per_example: int) -> int:
+  """The largest divisor of `batch` whose windows fit in `_CHUNK_BYTES`."""
+  for c in range(batch, 0, -1):
+    if batch % c == 0 and (c * bytes_per_example <= _CHUNK_BYTES or c == 1):
+      return c
+  return 1
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)

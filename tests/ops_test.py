@@ -178,8 +178,12 @@ def test_max_pool_gradient_matches_xla_with_ties(window, stride):
   np.testing.assert_allclose(got, want, rtol=1e-6)  # ...and sums.
 
 
-def test_conv_kernel_gradient_inside_shard_map():
-  # The custom VJP's kernel gradient must be summed over the data shards.
+@pytest.mark.parametrize('chunked', [False, True])
+def test_conv_kernel_gradient_inside_shard_map(monkeypatch, chunked):
+  # The custom VJP's kernel gradient must be summed over the data shards,
+  # also when each shard walks its batch in chunks (a loop).
+  if chunked:
+    monkeypatch.setattr(ops, '_CHUNK_BYTES', 1)
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
   mesh = parallel.create_mesh(4, 1)
@@ -200,3 +204,33 @@ def test_conv_kernel_gradient_inside_shard_map():
       x, k, (1, 1), ((2, 2), (2, 2)),
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))).sum())(k)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('stride,padding,chunk',
+                         [(1, 2, 1), (1, 1, 2), (1, 0, 4), (4, 2, 2),
+                          (4, 0, 6)])
+def test_conv_gradients_match_xla_in_batch_chunks(monkeypatch, stride,
+                                                  padding, chunk):
+  # On CPU both gradients are matmuls over chunks of the batch, sized by
+  # _CHUNK_BYTES; shrink it so a batch of 6 is walked in `chunk`-sized steps
+  # (4 does not divide 6: the largest divisor below it, 3, is used).
+  rng = np.random.RandomState(8)
+  x = jnp.asarray(rng.normal(size=(6, 13, 11, 3)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(5, 3, 3, 4)), jnp.float32)
+
+  def xla_conv(v, kk):
+    return lax.conv_general_dilated(
+        v, kk, (stride, stride), ((padding, padding),) * 2,
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  y = xla_conv(x, k)
+  per_example = y.shape[1] * y.shape[2] * 5 * 3 * 3 * 4
+  monkeypatch.setattr(ops, '_CHUNK_BYTES', chunk * per_example)
+  assert ops._batch_chunk(6, per_example) == (3 if chunk == 4 else chunk)
+  g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  got = jax.jit(jax.grad(lambda v, kk: (ops.conv2d(v, kk, stride, padding)
+                                        * g).sum(), argnums=(0, 1)))(x, k)
+  want = jax.grad(lambda v, kk: (xla_conv(v, kk) * g).sum(),
+                  argnums=(0, 1))(x, k)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
