@@ -121,16 +121,16 @@ def _conv_bwd(stride, padding, res, g):
 
   Kernel gradient: dK[i, j] = sum_{b,h,w} x_pad[b, i + s h, j + s w] g[b, h, w],
   the input windows of every kernel offset, stacked, contracted with g in one
-  matmul. Input gradient (stride 1): each output position's g times the
-  kernel gives its contribution to every input position of its window, and
-  the kh * kw shifted contributions are added (col2im). Both are the sums
-  XLA's transposed convolutions compute, in another order (the ops tests
-  compare them). On XLA:CPU they are much faster (DESIGN §4; the paper's
-  shapes, batch 128, one tower, on a 2-core x86 CPU: conv1's kernel gradient
-  659 -> 301 ms, conv2's 545 -> 276 ms and its input gradient 383 -> 232 ms)
-  because the batch is walked in chunks whose stacked windows stay in the
-  CPU's cache (`_batch_chunk`); the same matmuls over the whole batch were
-  slower than XLA's. Accelerators keep XLA's own gradients (vendor libraries).
+  matmul (`_kernel_grad`). Input gradient (stride 1): each output position's
+  g times the kernel gives its contribution to every input position of its
+  window, and the kh * kw shifted contributions are added (col2im). Both are
+  the sums XLA's transposed convolutions compute, in another order (the ops
+  tests compare them). On XLA:CPU they are much faster (the paper's shapes,
+  batch 128, one tower, on a 2-core x86 CPU: conv1's kernel gradient 659 ->
+  189 ms, conv2's 545 -> 276 ms and its input gradient 383 -> 232 ms) because
+  the batch is walked in chunks whose stacked windows stay in the CPU's cache
+  (`_batch_chunk`); the same matmuls over the whole batch were slower than
+  XLA's. Accelerators keep XLA's own gradients (vendor libraries).
   """
   x, kernel = res
   _, vjp = jax.vjp(lambda v, k: _lax_conv(v, k, stride, padding), x, kernel)
@@ -138,33 +138,18 @@ def _conv_bwd(stride, padding, res, g):
     return vjp(g)
   kh, kw, cin, cout = kernel.shape
   b, h, w, _ = g.shape
-  chunk = _batch_chunk(b, h * w * kh * kw * cin * 4)
-
-  def over_chunks(fn, carry, *arrays):
-    """Runs fn on batch chunks; a loop, so each chunk's temporaries are reused."""
-    if chunk == b:
-      return fn(carry, *arrays)[0]
-    split = [a.reshape((b // chunk, chunk) + a.shape[1:]) for a in arrays]
-    carry, _ = lax.scan(lambda c, xs: fn(c, *xs), carry, split)
-    return carry
+  kq, kr = -(-kh // stride), -(-kw // stride)
 
   def kernel_grad(acc, xc, gc):
-    xp = jnp.pad(xc, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    windows = jnp.stack([
-        lax.slice(xp, (0, i, j, 0),
-                  (xc.shape[0], i + (h - 1) * stride + 1,
-                   j + (w - 1) * stride + 1, cin),
-                  (1, stride, stride, 1))
-        for i in range(kh) for j in range(kw)], axis=-2)
-    return acc + jnp.einsum('bhwkc,bhwo->kco', windows, gc,
-                            preferred_element_type=jnp.float32), None
+    return acc + _kernel_grad(xc, gc, kh, kw, stride, padding), None
 
-  dk = jnp.zeros((kh * kw, cin, cout), jnp.float32)
+  dk = jnp.zeros((kq * stride, kr * stride, cin, cout), jnp.float32)
   varying = tuple(jax.typeof(g).manual_axis_type.varying)
   if varying:  # Inside shard_map the loop's sum varies as the data does.
     dk = lax.pcast(dk, varying, to='varying')
-  dk = over_chunks(kernel_grad, dk, x, g)
-  dk = dk.reshape(kernel.shape).astype(kernel.dtype)
+  chunk = _batch_chunk(b, h * w * kq * kr * stride * stride * cin * 4)
+  dk = _over_chunks(kernel_grad, dk, chunk, x, g)
+  dk = dk[:kh, :kw].astype(kernel.dtype)
   if stride != 1:
     # Only conv1 has a stride, and its input (the image) needs no gradient:
     # XLA removes this unused transposed convolution.
@@ -184,6 +169,7 @@ def _conv_bwd(stride, padding, res, g):
     dx = dxp[:, padding:hp - padding, padding:wp - padding]
     return None, dx.astype(x.dtype)
 
+  chunk = _batch_chunk(b, h * w * kh * kw * cin * 4)
   if chunk == b:
     dx = input_grad(None, g)[1]
   else:
@@ -193,9 +179,53 @@ def _conv_bwd(stride, padding, res, g):
   return dx, dk
 
 
+def _kernel_grad(x, g, kh, kw, stride, padding):
+  """The kernel gradient of one chunk, padded to whole strides.
+
+  A strided convolution's windows are gathered after a space-to-depth
+  rearrangement (each stride x stride block of pixels becomes one pixel of
+  stride^2 more channels), so they are ceil(kh / stride)^2 slices of wide
+  rows rather than kh * kw slices of `cin` values: for conv1 (11x11, stride
+  4, 3 channels) 9 slices of 48 instead of 121 of 3, about 2x faster. The
+  kernel comes out as `ceil(kh / stride) * stride` square; the caller crops.
+  """
+  b, hin, win, cin = x.shape
+  _, h, w, cout = g.shape
+  s = stride
+  kq, kr = -(-kh // s), -(-kw // s)
+  hs, ws = h - 1 + kq, w - 1 + kr  # Space-to-depth size of the input.
+  xp = jnp.pad(x, ((0, 0), (padding, max(0, hs * s - hin - padding)),
+                   (padding, max(0, ws * s - win - padding)), (0, 0)))
+  xp = xp[:, :hs * s, :ws * s]
+  if s > 1:
+    xp = xp.reshape(b, hs, s, ws, s, cin).transpose(0, 1, 3, 2, 4, 5)
+    xp = xp.reshape(b, hs, ws, s * s * cin)
+  windows = jnp.stack([lax.slice_in_dim(lax.slice_in_dim(xp, i, i + h, axis=1),
+                                        j, j + w, axis=2)
+                       for i in range(kq) for j in range(kr)], axis=-2)
+  dk = jnp.einsum('bhwkc,bhwo->kco', windows, g,
+                  preferred_element_type=jnp.float32)
+  dk = dk.reshape(kq, kr, s, s, cin, cout).transpose(0, 2, 1, 3, 4, 5)
+  return dk.reshape(kq * s, kr * s, cin, cout)
+
+
+def _over_chunks(fn, carry, chunk, *arrays):
+  """fn(carry, *chunk_arrays) -> (carry, None) over the batch, as a loop.
+
+  A loop rather than one big op so each chunk's temporaries are reused while
+  they are in cache.
+  """
+  b = arrays[0].shape[0]
+  if chunk == b:
+    return fn(carry, *arrays)[0]
+  split = [a.reshape((b // chunk, chunk) + a.shape[1:]) for a in arrays]
+  carry, _ = lax.scan(lambda c, xs: fn(c, *xs), carry, split)
+  return carry
+
+
 # Per-chunk bytes of the stacked windows: half of this machine's 32 MiB L3
-# cache, measured best for the paper's layers (conv1: 2 images a chunk,
-# conv2: 4, conv3-5: 8).
+# cache, measured best for the paper's layers at batch 128 (conv1: 2 images a
+# chunk, conv2: 4, conv3-5: 8).
 _CHUNK_BYTES = 16 * 2 ** 20
 
 
