@@ -109,11 +109,43 @@ def _lax_conv(x, kernel, stride, padding):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv(x, kernel, stride, padding):
-  return _lax_conv(x, kernel, stride, padding)
+  return _conv_fwd(x, kernel, stride, padding)[0]
 
 
 def _conv_fwd(x, kernel, stride, padding):
-  return _lax_conv(x, kernel, stride, padding), (x, kernel)
+  if jax.default_backend() == 'cpu' and stride > 1:
+    y = _strided_conv_as_matmul(x, kernel, stride, padding)
+  else:
+    y = _lax_conv(x, kernel, stride, padding)
+  return y, (x, kernel)
+
+
+def _strided_conv_as_matmul(x, kernel, stride, padding):
+  """A strided convolution as matmuls over space-to-depth windows, on CPU.
+
+  XLA:CPU's own convolution reaches about a third of the matmul peak on
+  conv1 (11x11, stride 4, 3 input channels); this is the same sum as one
+  matmul per batch chunk (`_windows`), 1.4x faster for conv1's two towers
+  at batch 128 on a 2-core x86 CPU.
+  """
+  kh, kw, cin, cout = kernel.shape
+  b, hin, win, _ = x.shape
+  h, w = (output_size(hin, kh, stride, padding),
+          output_size(win, kw, stride, padding))
+  kq, kr = -(-kh // stride), -(-kw // stride)
+  kmat = _kernel_to_space_to_depth(kernel, stride)
+
+  def one(_, xc):
+    windows = _windows(xc, h, w, kh, kw, stride, padding)
+    return None, jnp.einsum('bhwkc,kco->bhwo', windows, kmat,
+                            preferred_element_type=jnp.float32
+                            ).astype(x.dtype)
+
+  chunk = _batch_chunk(b, h * w * kq * kr * stride * stride * cin * 4)
+  if chunk == b:
+    return one(None, x)[1]
+  _, y = lax.scan(one, None, x.reshape((b // chunk, chunk) + x.shape[1:]))
+  return y.reshape((b, h, w, cout))
 
 
 def _conv_bwd(stride, padding, res, g):
@@ -121,7 +153,7 @@ def _conv_bwd(stride, padding, res, g):
 
   Kernel gradient: dK[i, j] = sum_{b,h,w} x_pad[b, i + s h, j + s w] g[b, h, w],
   the input windows of every kernel offset, stacked, contracted with g in one
-  matmul (`_kernel_grad`). Input gradient (stride 1): each output position's
+  matmul (`_windows`). Input gradient (stride 1): each output position's
   g times the kernel gives its contribution to every input position of its
   window, and the kh * kw shifted contributions are added (col2im). Both are
   the sums XLA's transposed convolutions compute, in another order (the ops
@@ -141,15 +173,17 @@ def _conv_bwd(stride, padding, res, g):
   kq, kr = -(-kh // stride), -(-kw // stride)
 
   def kernel_grad(acc, xc, gc):
-    return acc + _kernel_grad(xc, gc, kh, kw, stride, padding), None
+    windows = _windows(xc, h, w, kh, kw, stride, padding)
+    return acc + jnp.einsum('bhwkc,bhwo->kco', windows, gc,
+                            preferred_element_type=jnp.float32), None
 
-  dk = jnp.zeros((kq * stride, kr * stride, cin, cout), jnp.float32)
+  dk = jnp.zeros((kq * kr, stride * stride * cin, cout), jnp.float32)
   varying = tuple(jax.typeof(g).manual_axis_type.varying)
   if varying:  # Inside shard_map the loop's sum varies as the data does.
     dk = lax.pcast(dk, varying, to='varying')
   chunk = _batch_chunk(b, h * w * kq * kr * stride * stride * cin * 4)
   dk = _over_chunks(kernel_grad, dk, chunk, x, g)
-  dk = dk[:kh, :kw].astype(kernel.dtype)
+  dk = _kernel_from_space_to_depth(dk, kh, kw, stride).astype(kernel.dtype)
   if stride != 1:
     # Only conv1 has a stride, and its input (the image) needs no gradient:
     # XLA removes this unused transposed convolution.
@@ -179,18 +213,18 @@ def _conv_bwd(stride, padding, res, g):
   return dx, dk
 
 
-def _kernel_grad(x, g, kh, kw, stride, padding):
-  """The kernel gradient of one chunk, padded to whole strides.
+def _windows(x, h, w, kh, kw, stride, padding):
+  """Every kernel offset's input window, stacked: `(b, h, w, offsets, c)`.
 
-  A strided convolution's windows are gathered after a space-to-depth
-  rearrangement (each stride x stride block of pixels becomes one pixel of
-  stride^2 more channels), so they are ceil(kh / stride)^2 slices of wide
-  rows rather than kh * kw slices of `cin` values: for conv1 (11x11, stride
-  4, 3 channels) 9 slices of 48 instead of 121 of 3, about 2x faster. The
-  kernel comes out as `ceil(kh / stride) * stride` square; the caller crops.
+  Gathered after a space-to-depth rearrangement (each stride x stride block of
+  pixels becomes one pixel with stride^2 times the channels), so a strided
+  convolution's windows are ceil(kh / stride)^2 slices of wide rows rather
+  than kh * kw slices of `cin` values: for conv1 (11x11, stride 4, 3
+  channels) 9 slices of 48 instead of 121 of 3, about 2x faster to gather.
+  The kernel is zero-padded to whole strides to match
+  (`_kernel_to_space_to_depth`); for stride 1 this is plain im2col.
   """
   b, hin, win, cin = x.shape
-  _, h, w, cout = g.shape
   s = stride
   kq, kr = -(-kh // s), -(-kw // s)
   hs, ws = h - 1 + kq, w - 1 + kr  # Space-to-depth size of the input.
@@ -200,13 +234,28 @@ def _kernel_grad(x, g, kh, kw, stride, padding):
   if s > 1:
     xp = xp.reshape(b, hs, s, ws, s, cin).transpose(0, 1, 3, 2, 4, 5)
     xp = xp.reshape(b, hs, ws, s * s * cin)
-  windows = jnp.stack([lax.slice_in_dim(lax.slice_in_dim(xp, i, i + h, axis=1),
-                                        j, j + w, axis=2)
-                       for i in range(kq) for j in range(kr)], axis=-2)
-  dk = jnp.einsum('bhwkc,bhwo->kco', windows, g,
-                  preferred_element_type=jnp.float32)
-  dk = dk.reshape(kq, kr, s, s, cin, cout).transpose(0, 2, 1, 3, 4, 5)
-  return dk.reshape(kq * s, kr * s, cin, cout)
+  return jnp.stack([lax.slice_in_dim(lax.slice_in_dim(xp, i, i + h, axis=1),
+                                     j, j + w, axis=2)
+                    for i in range(kq) for j in range(kr)], axis=-2)
+
+
+def _kernel_to_space_to_depth(kernel, stride):
+  """HWIO kernel -> `(offsets, stride^2 * cin, cout)`, matching `_windows`."""
+  kh, kw, cin, cout = kernel.shape
+  s = stride
+  kq, kr = -(-kh // s), -(-kw // s)
+  k = jnp.pad(kernel, ((0, kq * s - kh), (0, kr * s - kw), (0, 0), (0, 0)))
+  k = k.reshape(kq, s, kr, s, cin, cout).transpose(0, 2, 1, 3, 4, 5)
+  return k.reshape(kq * kr, s * s * cin, cout)
+
+
+def _kernel_from_space_to_depth(k, kh, kw, stride):
+  """The inverse of `_kernel_to_space_to_depth`, cropped to kh x kw."""
+  s = stride
+  kq, kr = -(-kh // s), -(-kw // s)
+  cin, cout = k.shape[1] // (s * s), k.shape[2]
+  k = k.reshape(kq, kr, s, s, cin, cout).transpose(0, 2, 1, 3, 4, 5)
+  return k.reshape(kq * s, kr * s, cin, cout)[:kh, :kw]
 
 
 def _over_chunks(fn, carry, chunk, *arrays):
@@ -266,7 +315,8 @@ def per_tower_conv(x: jax.Array, kernel: jax.Array, stride: int = 1,
   but XLA:CPU runs a grouped convolution, and `vmap` over towers which lowers to
   one, about 3.4x slower than separate convolutions (DESIGN §4, JAX issue
   #13800). A Python loop over the (static, small) tower axis gives XLA one
-  ordinary convolution per tower.
+  ordinary convolution per tower; towers that read the same input are one
+  convolution with their kernels side by side.
 
   Args:
     x: either per-tower inputs `(towers, B, H, W, C)` (the tower reads only its
@@ -282,9 +332,14 @@ def per_tower_conv(x: jax.Array, kernel: jax.Array, stride: int = 1,
   shared = x.ndim == 4
   if not shared and x.shape[0] != towers:
     raise ValueError(f'input has {x.shape[0]} towers, kernel has {towers}')
-  outs = [conv2d(x if shared else x[t], kernel[t], stride, padding)
-          for t in range(towers)]
-  return jnp.stack(outs)
+  if shared:
+    # One convolution with every tower's kernels side by side: the input's
+    # windows are gathered once, and wider matmuls run faster.
+    merged = jnp.concatenate([kernel[t] for t in range(towers)], axis=-1)
+    y = conv2d(x, merged, stride, padding)
+    return jnp.stack(jnp.split(y, towers, axis=-1))
+  return jnp.stack([conv2d(x[t], kernel[t], stride, padding)
+                    for t in range(towers)])
 
 
 def _pool_windows(x, window, stride, out_h, out_w):
@@ -297,8 +352,7 @@ def _pool_windows(x, window, stride, out_h, out_w):
           for i in range(window) for j in range(window)]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _max_pool(x, window, stride):
+def _reduce_window_max(x, window, stride):
   lead = x.ndim - 3
   return lax.reduce_window(
       x, -jnp.inf, lax.max,
@@ -307,34 +361,67 @@ def _max_pool(x, window, stride):
       padding='VALID')
 
 
-def _max_pool_fwd(x, window, stride):
-  y = _max_pool(x, window, stride)
-  return y, (x, y)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window, stride, in_size):
+  del in_size
+  return _reduce_window_max(x, window, stride)
 
 
-def _max_pool_bwd(window, stride, res, g):
-  """Routes each window's gradient to its first maximum (row-major order).
+def _max_pool_fwd(x, window, stride, in_size):
+  """The pooled maps, and which window element each maximum came from.
 
-  The same rule as XLA's select-and-scatter (what autodiff of reduce_window
-  produces), written as window-offset masks and strided pads that XLA fuses
-  into a few loops; select-and-scatter is among the slowest ops on XLA:CPU.
+  The first maximum in row-major order, as XLA's select-and-scatter (what
+  autodiff of reduce_window produces) routes the gradient. Only this int8
+  index is kept for the backward pass, not the input.
   """
-  x, y = res
+  del in_size
+  y = _reduce_window_max(x, window, stride)
   lead = x.ndim - 3
-  out_h, out_w = y.shape[lead], y.shape[lead + 1]
-  dx = jnp.zeros(x.shape, g.dtype)
-  taken = jnp.zeros(y.shape, bool)
+  cands = _pool_windows(x, window, stride, y.shape[lead], y.shape[lead + 1])
+  n = window * window
+  dtype = jnp.int8 if n < 127 else jnp.int32
+  first = jnp.full(y.shape, n, dtype)  # n: no element (never, for real maps).
+  for k in reversed(range(n)):
+    first = jnp.where(cands[k] == y, jnp.asarray(k, dtype), first)
+  return y, first
+
+
+def _max_pool_bwd(window, stride, in_size, first, g):
+  """Each window's gradient to its first maximum, written block by block.
+
+  Input pixel (s u + a, s v + b) receives from the windows (u - q1, v - q2)
+  whose element (s q1 + a, s q2 + b) it is. The input is computed as
+  stride x stride blocks: a few shifted copies of g and `first`, compared and
+  summed in one elementwise loop that XLA fuses, then reshaped. (Padding each
+  window element's gradient into place and adding, or XLA's select-and-
+  scatter, were 2x and 4x slower on CPU.)
+  """
+  s = stride
+  lead = g.ndim - 3
+  (hin, win), (oh, ow) = in_size, g.shape[lead:lead + 2]
+  q = -(-window // s)  # Windows overlapping one block, per axis.
+  u, v = max(oh - 1 + q, -(-hin // s)), max(ow - 1 + q, -(-win // s))
+  spatial = [(0, 0)] * lead + [(q - 1, u - oh), (q - 1, v - ow), (0, 0)]
+  gp = jnp.pad(g, spatial)
+  fp = jnp.pad(first, spatial, constant_values=window * window)
+  blocks = g.shape[:lead] + (u, 1, v, 1, g.shape[-1])
+  a = jnp.arange(s).reshape((1,) * lead + (1, s, 1, 1, 1))
+  b = jnp.arange(s).reshape((1,) * lead + (1, 1, 1, s, 1))
   zero = jnp.array(0, g.dtype)
-  for k, cand in enumerate(_pool_windows(x, window, stride, out_h, out_w)):
-    i, j = divmod(k, window)
-    hit = (cand == y) & ~taken
-    taken = taken | hit
-    pads = [(0, 0, 0)] * lead + [
-        (i, x.shape[lead] - i - (out_h - 1) * stride - 1, stride - 1),
-        (j, x.shape[lead + 1] - j - (out_w - 1) * stride - 1, stride - 1),
-        (0, 0, 0)]
-    dx = dx + lax.pad(jnp.where(hit, g, zero), zero, pads)
-  return (dx,)
+  dx = None
+  for q1 in range(q):
+    for q2 in range(q):
+      def shifted(t):
+        t = lax.slice_in_dim(t, q - 1 - q1, q - 1 - q1 + u, axis=lead)
+        t = lax.slice_in_dim(t, q - 1 - q2, q - 1 - q2 + v, axis=lead + 1)
+        return t.reshape(blocks)
+      i, j = s * q1 + a, s * q2 + b
+      hit = ((i < window) & (j < window) &
+             (shifted(fp).astype(jnp.int32) == i * window + j))
+      term = jnp.where(hit, shifted(gp), zero)
+      dx = term if dx is None else dx + term
+  dx = dx.reshape(g.shape[:lead] + (u * s, v * s, g.shape[-1]))
+  return (dx[..., :hin, :win, :],)
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
@@ -347,7 +434,8 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
   window=2, stride=2 the traditional non-overlapping one it is compared with.
   Any leading axes (tower, batch) are kept. No padding, as in the paper.
   """
-  return _max_pool(x, window, stride)
+  lead = x.ndim - 3
+  return _max_pool(x, window, stride, (x.shape[lead], x.shape[lead + 1]))
 
 
 def merge_towers(x: jax.Array) -> jax.Array:
