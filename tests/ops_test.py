@@ -238,3 +238,24 @@ def test_conv_gradients_match_xla_in_batch_chunks(monkeypatch, stride,
                   argnums=(0, 1))(x, k)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('stride,padding', [(1, 2), (4, 2)])
+def test_conv_bfloat16_gradients_keep_dtype(stride, padding):
+  # bfloat16 compute (model.dtype): the CPU matmul paths accumulate in
+  # float32 and hand back bfloat16, close to the float32 gradients.
+  rng = np.random.RandomState(9)
+  x = jnp.asarray(rng.normal(size=(4, 19, 19, 3)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(5, 5, 3, 4)), jnp.float32)
+
+  def grads(v, kk):
+    return jax.grad(lambda a, b: (jnp.sin(ops.conv2d(a, b, stride, padding))
+                                  .astype(jnp.float32).sum()),
+                    argnums=(0, 1))(v, kk)
+
+  got = grads(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16))
+  want = grads(x, k)
+  for a, b in zip(got, want):
+    assert a.dtype == jnp.bfloat16
+    np.testing.assert_allclose(a.astype(jnp.float32), b, rtol=0.05,
+                               atol=0.05 * float(jnp.abs(b).max()))
