@@ -132,7 +132,6 @@ def _strided_conv_as_matmul(x, kernel, stride, padding):
   b, hin, win, _ = x.shape
   h, w = (output_size(hin, kh, stride, padding),
           output_size(win, kw, stride, padding))
-  kq, kr = -(-kh // stride), -(-kw // stride)
   kmat = _kernel_to_space_to_depth(kernel, stride)
 
   def one(_, xc):
@@ -141,7 +140,7 @@ def _strided_conv_as_matmul(x, kernel, stride, padding):
                             preferred_element_type=jnp.float32
                             ).astype(x.dtype)
 
-  chunk = _batch_chunk(b, h * w * kq * kr * stride * stride * cin * 4)
+  chunk = _batch_chunk(b, _window_bytes(h, w, kh, kw, stride, cin))
   return _over_chunks(one, None, chunk, x)[1]
 
 
@@ -162,9 +161,13 @@ def _conv_bwd(stride, padding, res, g):
   XLA's. Accelerators keep XLA's own gradients (vendor libraries).
   """
   x, kernel = res
-  _, vjp = jax.vjp(lambda v, k: _lax_conv(v, k, stride, padding), x, kernel)
+
+  def xla_grads():
+    return jax.vjp(lambda v, k: _lax_conv(v, k, stride, padding),
+                   x, kernel)[1](g)
+
   if jax.default_backend() != 'cpu':
-    return vjp(g)
+    return xla_grads()
   kh, kw, cin, cout = kernel.shape
   b, h, w, _ = g.shape
   kq, kr = -(-kh // stride), -(-kw // stride)
@@ -178,13 +181,13 @@ def _conv_bwd(stride, padding, res, g):
   varying = tuple(jax.typeof(g).manual_axis_type.varying)
   if varying:  # Inside shard_map the loop's sum varies as the data does.
     dk = lax.pcast(dk, varying, to='varying')
-  chunk = _batch_chunk(b, h * w * kq * kr * stride * stride * cin * 4)
+  chunk = _batch_chunk(b, _window_bytes(h, w, kh, kw, stride, cin))
   dk = _over_chunks(kernel_grad, dk, chunk, x, g)[0]
   dk = _kernel_from_space_to_depth(dk, kh, kw, stride).astype(kernel.dtype)
   if stride != 1:
     # Only conv1 has a stride, and its input (the image) needs no gradient:
     # XLA removes this unused transposed convolution.
-    return vjp(g)[0], dk
+    return xla_grads()[0], dk
 
   hp, wp = h + kh - 1, w + kw - 1  # = the padded input's size.
   kmat = kernel.reshape(kh * kw, cin, cout)
@@ -200,7 +203,7 @@ def _conv_bwd(stride, padding, res, g):
     dx = dxp[:, padding:hp - padding, padding:wp - padding]
     return None, dx.astype(x.dtype)
 
-  chunk = _batch_chunk(b, h * w * kh * kw * cin * 4)
+  chunk = _batch_chunk(b, _window_bytes(h, w, kh, kw, 1, cin))
   return _over_chunks(input_grad, None, chunk, g)[1], dk
 
 
@@ -271,12 +274,15 @@ def _over_chunks(fn, carry, chunk, *arrays):
 _CHUNK_BYTES = 16 * 2 ** 20
 
 
+def _window_bytes(h, w, kh, kw, stride, cin) -> int:
+  """float32 bytes of one example's stacked windows (`_windows`)."""
+  return h * w * -(-kh // stride) * -(-kw // stride) * stride ** 2 * cin * 4
+
+
 def _batch_chunk(batch: int, bytes_per_example: int) -> int:
   """The largest divisor of `batch` whose windows fit in `_CHUNK_BYTES`."""
-  for c in range(batch, 0, -1):
-    if batch % c == 0 and (c * bytes_per_example <= _CHUNK_BYTES or c == 1):
-      return c
-  return 1
+  return max(c for c in range(1, batch + 1) if batch % c == 0 and (
+      c == 1 or c * bytes_per_example <= _CHUNK_BYTES))
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)

@@ -226,7 +226,8 @@ def test_conv_gradients_match_xla_in_batch_chunks(monkeypatch, stride,
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
   y = xla_conv(x, k)
-  per_example = y.shape[1] * y.shape[2] * 5 * 3 * 3 * 4
+  per_example = ops._window_bytes(  # pylint: disable=protected-access
+      y.shape[1], y.shape[2], 5, 3, stride, 3)
   monkeypatch.setattr(ops, '_CHUNK_BYTES', chunk * per_example)
   assert ops._batch_chunk(6, per_example) == (3 if chunk == 4 else chunk)
   np.testing.assert_allclose(jax.jit(ops.conv2d, static_argnums=(2, 3))(
