@@ -1,19 +1,26 @@
-"""Throughput and memory benchmark; prints one JSON object.
+"""Throughput and memory benchmarks; each prints one JSON object.
 
   python -m alexnet_jax.bench --config configs/ilsvrc2012.py [--config.k=v ...] \
       [--vs-torch] [--steps 5]
+  python -m alexnet_jax.bench --pipeline --config CONFIG [--config.k=v ...] \
+      [--batches 50]
 
-Measures, on synthetic data of the config's shapes (so no dataset is needed):
-the jitted, sharded train step (`train_img_per_sec`), evaluation with the
-centre crop and with 10 crops, the host input pipeline on synthetic JPEGs at
-ImageNet's typical 500x375 and at the cached 256x256 size, compile time, peak
-memory, and achieved GFLOP/s from the model's counted multiply-adds against a
-numpy float32 matmul measured in the same run. `--vs-torch` trains the same
+The first measures, on synthetic data of the config's shapes (so no dataset
+is needed): the jitted, sharded train step (`train_img_per_sec`), evaluation
+with the centre crop and with 10 crops, compile time, peak memory, and
+achieved GFLOP/s from the model's counted multiply-adds against a numpy
+float32 matmul measured in the same run. `--vs-torch` trains the same
 two-tower network (groups=2 convolutions, the paper's LRN per tower) in
 PyTorch eager in the same process; `train_speedup_vs_torch` is the median
 ratio of step times measured in alternation (JAX step, PyTorch step, ...), so
 both see the same machine load. Warm-up excluded; medians of `--steps` timed
 steps.
+
+`--pipeline` measures the host input path on the config's real, prepared
+dataset, read from its store's files (`bench_pipeline`), beside the JPEG path
+it replaced on the same images; e.g. with your own images:
+`--config configs/image_folder.py --config.data_dir=DIR
+--config.model.num_classes=N`.
 """
 
 import json
@@ -30,6 +37,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from alexnet_jax import errors
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
@@ -41,7 +49,9 @@ config_flags.DEFINE_config_file('config', None, 'Path to a config file.')
 flags.DEFINE_integer('steps', 5, 'Timed steps (the median is reported).')
 flags.DEFINE_integer('warmup', 1, 'Untimed steps after compilation.')
 flags.DEFINE_bool('vs_torch', False, 'Also train the same model in PyTorch.')
-flags.DEFINE_integer('host_images', 256, 'Synthetic JPEGs for the host test.')
+flags.DEFINE_bool('pipeline', False, 'Measure only the host input pipeline '
+                  "on the config's prepared dataset.")
+flags.DEFINE_integer('batches', 50, 'Batches timed by --pipeline.')
 
 
 def _median_time(fn, steps, warmup):
@@ -132,36 +142,56 @@ def bench_jax(config, steps, warmup):
   return result
 
 
-def bench_host(config, n_images):
-  """Host pipeline img/s: full-size JPEGs and the 256x256 cache."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], 'GPU')
-  rng = np.random.RandomState(0)
-  out = {}
-  for name, (h, w) in (('host_pipeline_img_per_sec', (375, 500)),
-                       ('host_pipeline_cached_img_per_sec',
-                        (config.image_size, config.image_size))):
-    # Smooth random images, so JPEG sizes are like photographs'.
-    small = rng.randint(0, 256, (8, h // 8, w // 8, 3)).astype(np.uint8)
-    images = tf.image.resize(small, (h, w)).numpy().astype(np.uint8)
-    encoded = [tf.io.encode_jpeg(images[i % 8], quality=90).numpy()
-               for i in range(n_images)]
-    ds = tf.data.Dataset.from_tensor_slices(
-        {'image': encoded, 'label': np.zeros(n_images, np.int64)})
-    ds = ds.map(lambda e: input_pipeline.preprocess(e, config.image_size),
-                num_parallel_calls=tf.data.AUTOTUNE).batch(32)
-    for _ in ds.take(1):
-      pass
-    t = time.perf_counter()
-    count = sum(len(b['label']) for b in ds.as_numpy_iterator())
-    out[name] = count / (time.perf_counter() - t)
-  cores = os.cpu_count() or 1
-  out['host_cores'] = cores
-  out['host_pipeline_img_per_sec_per_core'] = (
-      out['host_pipeline_img_per_sec'] / cores)
-  out['host_pipeline_cached_img_per_sec_per_core'] = (
-      out['host_pipeline_cached_img_per_sec'] / cores)
-  return out
+def bench_pipeline(config, batches: int = 50) -> dict:
+  """The host input path on the config's prepared dataset, from its files.
+
+  `pipeline_img_per_sec`: from a fresh training stream's first batch to
+  `batches` batches later, each a numpy batch ready for
+  `make_array_from_process_local_data` (what the training loop is given).
+  `pipeline_jpeg_img_per_sec`: the path the store replaced, on the same
+  images: tfds records decoded and resized by tf.data on every core, batched.
+  Prepares the dataset and its store first if needed (not timed).
+  """
+  from alexnet_jax.datasets import source  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.datasets import store as store_lib  # pylint: disable=g-import-not-at-top
+  data = store_lib.get(config, splits=[config.train_split])
+  split = data.split(config.train_split)
+  cores = input_pipeline.host_cores()
+  used = min(input_pipeline.workers(config), cores)
+
+  def timed(iterator, batch):
+    next(iterator)  # The first batch: start-up is not throughput.
+    t, cpu = time.perf_counter(), time.process_time()
+    images = 0
+    for _ in range(batches):
+      images += len(next(iterator)[batch])
+    seconds = time.perf_counter() - t
+    return images / seconds, (time.process_time() - cpu) / seconds
+
+  rate, cpu = timed(input_pipeline.train_stream(split, config), 'image')
+  jpeg_rate, jpeg_cpu = timed(source.preprocessed(
+      data.builder, config.train_split, config.image_size,
+      config.batch_size // jax.process_count()), 'image')
+  prepare_seconds = split.meta.get('prepare_seconds')
+  return {
+      'pipeline_img_per_sec': rate,
+      'pipeline_cores': used,
+      'pipeline_img_per_sec_per_core': rate / used,
+      'pipeline_cpu_busy': cpu,  # CPU seconds per second: cores kept busy.
+      'pipeline_bytes_per_image': split.bytes_per_image,
+      'pipeline_store': split.path,
+      'pipeline_store_format': split.format,
+      'pipeline_batches': batches,
+      'pipeline_batch': config.batch_size // jax.process_count(),
+      'pipeline_images_in_split': len(split),
+      'pipeline_jpeg_img_per_sec': jpeg_rate,
+      'pipeline_jpeg_img_per_sec_per_core': jpeg_rate / cores,
+      'pipeline_jpeg_cpu_busy': jpeg_cpu,
+      'pipeline_speedup_vs_jpeg': rate / jpeg_rate,
+      'prepare_img_per_sec': (len(split) / prepare_seconds
+                              if prepare_seconds else None),
+      'host_cores': cores,
+  }
 
 
 def torch_alexnet(model: model_lib.AlexNet):
@@ -235,7 +265,7 @@ def bench_torch(config, steps, warmup):
           'torch_version': torch.__version__, '_train_once': train_once}
 
 
-def run(config, steps=5, warmup=1, vs_torch=False, host_images=256):
+def run(config, steps=5, warmup=1, vs_torch=False):
   """All measurements as one dict (what the command prints)."""
   result = {'batch': config.batch_size,
             'input_size': config.model.input_size,
@@ -255,7 +285,6 @@ def run(config, steps=5, warmup=1, vs_torch=False, host_images=256):
       ratios.append(t_torch / t_jax)
     result['train_speedup_vs_torch'] = statistics.median(ratios)
     result['train_speedup_vs_torch_pairs'] = ratios
-  result.update(bench_host(config, host_images))
   result['matmul_peak_gflops'] = matmul_peak_gflops()
   result['gflops_fraction_of_matmul_peak'] = (
       result['gflops_per_sec'] / result['matmul_peak_gflops'])
@@ -266,8 +295,14 @@ def run(config, steps=5, warmup=1, vs_torch=False, host_images=256):
 
 def main(argv):
   del argv
-  result = run(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.vs_torch,
-               FLAGS.host_images)
+  if FLAGS.pipeline:
+    try:
+      result = bench_pipeline(FLAGS.config, FLAGS.batches)
+    except errors.UserError as e:
+      print(f'alexnet_jax: error: {e}', file=sys.stderr)
+      sys.exit(2)
+  else:
+    result = run(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.vs_torch)
   print(json.dumps(result, indent=1, sort_keys=True))
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from alexnet_jax import errors
 from alexnet_jax import features
 from alexnet_jax import input_pipeline
+from alexnet_jax.datasets import store as store_lib
 
 
 def _errors(probs: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
@@ -45,10 +46,11 @@ def evaluate(paths: Sequence[str], crops: Optional[int] = None,
   # Host preprocessing at the largest image size any member needs; each
   # member resizes from there exactly as from the original images.
   config.image_size = max(n.config.image_size for n in nets)
-  builder = input_pipeline.get_builder(config)
+  data = store_lib.get(config, splits=[split or config.eval_split])
   member_probs = [[] for _ in nets]
   labels = []
-  for batch in input_pipeline.eval_batches(builder, config, split):
+  for batch in input_pipeline.eval_batches(
+      data.split(split or config.eval_split), config):
     keep = batch['mask'] > 0
     images = batch['image'][keep]
     labels.append(batch['label'][keep])

@@ -11,3 +11,7 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
   """A config value that cannot work."""
+
+
+class DataError(UserError):
+  """A dataset that cannot be found, prepared or read."""

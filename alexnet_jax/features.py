@@ -35,6 +35,7 @@ from alexnet_jax import augment
 from alexnet_jax import errors
 from alexnet_jax import model as model_lib
 from alexnet_jax import ops
+from alexnet_jax import preprocess
 
 LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'pool5', 'fc6', 'fc7',
           'logits', 'probs')
@@ -128,19 +129,16 @@ def image_files(directory: str) -> List[str]:
 
 def _resize_and_crop(image: np.ndarray, size: int) -> np.ndarray:
   """The training input's host preprocessing, on one decoded image."""
-  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  return input_pipeline.resize_and_crop(image, size).numpy()
+  return preprocess.resize_and_crop(image, size).numpy()
 
 
 def load_image(item, size: int) -> np.ndarray:
   """A file path or uint8 array -> the preprocessed `(size, size, 3)` uint8."""
-  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  tf = input_pipeline._tf()  # pylint: disable=protected-access
   if isinstance(item, (str, os.PathLike)):
     try:
       with open(item, 'rb') as f:
         data = f.read()
-      image = tf.io.decode_image(data, channels=3, expand_animations=False)
+      image = preprocess.decode(data)
     except Exception as e:  # pylint: disable=broad-except
       raise FeaturesError(f'cannot read image {item} ({type(e).__name__}); '
                           'pass JPEG, PNG, BMP or GIF files.') from e

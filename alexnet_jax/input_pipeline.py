@@ -1,151 +1,33 @@
-"""tfds -> host decode and resize -> per-host batches -> global device arrays.
+"""Prepared store -> per-host batches -> global device arrays, prefetched.
 
-Host side (tf.data): decode, convert to RGB, resize the shorter side to
-`config.image_size`, centre crop a square, keep uint8 (the paper's
-preprocessing). Random crops, flips and mean subtraction happen on the device
-(`alexnet_jax.augment`).
+The host only reads: every image was decoded and preprocessed once, when the
+store was prepared (`alexnet_jax.datasets.store`). Random crops, flips,
+lighting and the mean image happen on the device (`alexnet_jax.augment`).
 
-Order: the training stream of epoch e is a shuffle seeded by (seed, e), so it is
-a function of the config alone. Resuming at step s skips the first
-`s mod steps_per_epoch` batches of that epoch's (still encoded) stream, so a
-resumed run sees the batches an uninterrupted run would have seen.
+Order: epoch e's order is a full pseudo-random permutation of the training
+split, a function of (seed, e) alone. Global batch b of that epoch is
+positions [b*B, (b+1)*B) of it, whatever the number of hosts or the mesh;
+each host reads only its own rows of it (`rows`, from the mesh). A stream
+starts at any (epoch, batch) without reading what came before it, so a
+resumed run starts at once and sees the batches an uninterrupted run would
+have seen.
+
+Reading runs on `input.workers` threads (0: every core of the host) through
+grain, `input.prefetch` batches ahead; array_record reads and JPEG decoding
+release the GIL. We do not use grain's own samplers: they split the records
+between hosts, which would make a global batch depend on the host count.
 """
 
+import functools
 import os
 import queue
 import threading
 from typing import Dict, Iterator, Optional
 
-from absl import logging
 import jax
 import numpy as np
 
-from alexnet_jax import errors
 from alexnet_jax import parallel
-
-# ImageNet's one-time manual download (tfds reads the tars as they are).
-IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
-
-
-class DataError(errors.UserError):
-  """A dataset that cannot be found, prepared or read."""
-
-
-def _tf():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  # tf.data only; keep TensorFlow off any accelerator JAX wants.
-  tf.config.set_visible_devices([], 'GPU')
-  return tf
-
-
-def get_builder(config):
-  """The prepared tfds builder for `config.dataset` (prepares it if needed)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  name = config.dataset
-  if name == 'digits':
-    from alexnet_jax.datasets import digits  # pylint: disable=unused-import,g-import-not-at-top
-  if name == 'image_folder':
-    from alexnet_jax.datasets import image_folder  # pylint: disable=g-import-not-at-top
-    if not config.data_dir:
-      raise DataError('dataset image_folder needs --config.data_dir=DATA_DIR '
-                      f'holding {image_folder.LAYOUT}.')
-    try:
-      builder = image_folder.ImageFolder(root_dir=config.data_dir)
-    except image_folder.LayoutError as e:
-      raise DataError(str(e)) from e
-  else:
-    try:
-      builder = tfds.builder(name, data_dir=config.data_dir)
-    except Exception as e:  # tfds raises several types for unknown names.
-      raise DataError(f'dataset {name!r} is not a tfds dataset ({e}); use '
-                      "'digits', 'image_folder' or a tfds name.") from e
-  if not builder.is_prepared():
-    if name == 'imagenet2012':
-      _check_imagenet_tars(config.manual_dir, builder.data_dir)
-    logging.info('Preparing tfds dataset %s in %s (once).', name,
-                 builder.data_dir)
-    kwargs = {}
-    if config.manual_dir:
-      kwargs['download_config'] = tfds.download.DownloadConfig(
-          manual_dir=config.manual_dir)
-    builder.download_and_prepare(**kwargs)
-  if name == 'image_folder':
-    for split, report in image_folder.skipped_report(builder).items():
-      if report['count']:
-        logging.warning('image_folder %s: %d unreadable file(s) were skipped '
-                        'when the dataset was prepared, e.g. %s', split,
-                        report['count'], '; '.join(report['files'][:3]))
-  if config.get('cache_resized'):
-    builder = _resized(builder, config.image_size)
-  return builder
-
-
-def _resized(source, size: int):
-  """The one-time cache of `source` at size x size (see datasets/resized.py)."""
-  from alexnet_jax.datasets import resized  # pylint: disable=g-import-not-at-top
-  builder = resized.Resized(source=source, size=size)
-  if not builder.is_prepared():
-    logging.info('Caching %s at %dx%d in %s (once).', source.name, size, size,
-                 builder.data_dir)
-    builder.download_and_prepare()
-  return builder
-
-
-def _check_imagenet_tars(manual_dir, data_dir):
-  """One clear error instead of tfds's when the ILSVRC tars are not there."""
-  expected = ' and '.join(IMAGENET_TARS)
-  if not manual_dir:
-    raise DataError(
-        f'imagenet2012 is not prepared in {data_dir}; download {expected} from '
-        'image-net.org into a directory and pass --config.manual_dir=DIR '
-        '(README "ImageNet").')
-  missing = [t for t in IMAGENET_TARS
-             if not os.path.exists(os.path.join(manual_dir, t))]
-  if missing:
-    raise DataError(f'manual_dir {manual_dir!r} lacks {", ".join(missing)}; it '
-                    f'must hold {expected} as downloaded from image-net.org.')
-
-
-def num_examples(builder, split: str) -> int:
-  try:
-    return builder.info.splits[split].num_examples
-  except KeyError as e:
-    raise DataError(f'dataset {builder.name!r} has no split {split!r}; it has '
-                    f'{sorted(builder.info.splits)}.') from e
-
-
-def preprocess(example, image_size: int):
-  """The paper's host preprocessing: RGB, shorter side -> S, centre S x S."""
-  tf = _tf()
-  image = tf.io.decode_image(example['image'], channels=3,
-                             expand_animations=False)
-  return {'image': resize_and_crop(image, image_size),
-          'label': tf.cast(example['label'], tf.int32)}
-
-
-def resize_and_crop(image, image_size: int):
-  """A decoded RGB image -> shorter side S, centre S x S crop, uint8."""
-  tf = _tf()
-  image = tf.convert_to_tensor(image)
-  h = tf.cast(tf.shape(image)[0], tf.float32)
-  w = tf.cast(tf.shape(image)[1], tf.float32)
-  scale = image_size / tf.minimum(h, w)
-  new_h = tf.maximum(image_size, tf.cast(tf.round(h * scale), tf.int32))
-  new_w = tf.maximum(image_size, tf.cast(tf.round(w * scale), tf.int32))
-  image = tf.image.resize(image, (new_h, new_w), antialias=True)
-  top = (new_h - image_size) // 2
-  left = (new_w - image_size) // 2
-  image = image[top:top + image_size, left:left + image_size]
-  image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-  return tf.ensure_shape(image, (image_size, image_size, 3))
-
-
-def encoded(builder, split):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return builder.as_dataset(
-      split=split, shuffle_files=False,
-      decoders={'image': tfds.decode.SkipDecoding()},
-      read_config=tfds.ReadConfig(interleave_cycle_length=1))
 
 
 def default_rows(global_batch: int, mesh=None):
@@ -157,94 +39,100 @@ def default_rows(global_batch: int, mesh=None):
   return index * local, (index + 1) * local
 
 
-def _local_slice(ds, global_batch: int, rows):
-  """Keeps rows [start, stop) of every global batch, before decoding.
-
-  Every process walks the same (seeded) order of encoded records, so a global
-  batch is the same whatever the process count; each decodes and preprocesses
-  only its own rows.
-  """
-  tf = _tf()
-  start, stop = rows
-  if (start, stop) == (0, global_batch):
-    return ds
-  ds = ds.batch(global_batch, drop_remainder=True)
-  ds = ds.map(lambda b: tf.nest.map_structure(lambda x: x[start:stop], b))
-  return ds.unbatch()
+def host_cores() -> int:
+  """The cores this process may run on."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not on Linux.
+    return os.cpu_count() or 1
 
 
-def train_batches(builder, config, epoch: int, start_batch: int = 0,
-                  rows=None) -> Iterator[Dict[str, np.ndarray]]:
-  """This process's share of epoch `epoch`'s training batches, from a batch on.
-
-  Every global batch is full (the epoch's last partial batch is dropped).
-  `rows`: this process's rows of each global batch (default_rows).
-  """
-  rows = rows or default_rows(config.batch_size)
-  tf = _tf()
-  ds = encoded(builder, config.train_split)
-  n = num_examples(builder, config.train_split)
-  seed = int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0])
-  ds = ds.shuffle(min(n, config.shuffle_buffer), seed=seed,
-                  reshuffle_each_iteration=False)
-  ds = ds.skip(start_batch * config.batch_size)
-  ds = _local_slice(ds, config.batch_size, rows)
-  ds = ds.map(lambda e: preprocess(e, config.image_size),
-              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  # A record that still fails to decode is dropped with a warning rather than
-  # ending a days-long run (image_folder and tfds' ImageNet are checked when
-  # prepared, so this should never fire).
-  ds = ds.ignore_errors(log_warning=True)
-  ds = ds.batch(rows[1] - rows[0], drop_remainder=True)
-  ds = ds.prefetch(2)
-  yield from ds.as_numpy_iterator()
+def _option(config, key, default):
+  # Configs saved before the prepared store (ensemble, features) lack `input`.
+  section = config.get('input')
+  return section.get(key, default) if section else default
 
 
-def train_stream(builder, config, epoch: int = 0, batch: int = 0,
+def workers(config) -> int:
+  """Reading threads: input.workers, or every core of the host (0)."""
+  return int(_option(config, 'workers', 0)) or host_cores()
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+  """The training order of epoch `epoch`: a permutation of range(n)."""
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def _iterate(read, start: int, stop: int, config) -> Iterator:
+  """read(b) for b in [start, stop), on worker threads, in order."""
+  import grain  # pylint: disable=g-import-not-at-top
+  n_workers = workers(config)
+  ds = grain.MapDataset.range(start, stop).map(read)
+  return iter(ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=n_workers,
+      prefetch_buffer_size=max(int(_option(config, 'prefetch', 4)),
+                               n_workers))))
+
+
+def steps_per_epoch(split, config) -> int:
+  """Full global batches in an epoch (the last partial batch is dropped)."""
+  return len(split) // config.batch_size
+
+
+def train_stream(split, config, epoch: int = 0, batch: int = 0,
                  rows=None) -> Iterator[Dict[str, np.ndarray]]:
   """Endless training batches from position (epoch, batch in that epoch).
 
-  The stream is a function of (seed, position) only: a run resumed at the
-  position stored in its checkpoint sees exactly the batches an uninterrupted
-  run would have seen, across epoch boundaries too.
+  `split`: a store split (store.Split). `rows`: this process's rows of each
+  global batch (default_rows). Every global batch is full.
   """
-  while True:
-    yield from train_batches(builder, config, epoch, batch, rows)
-    epoch, batch = epoch + 1, 0
+  rows = rows or default_rows(config.batch_size)
+  n, gb = len(split), config.batch_size
+  per_epoch = steps_per_epoch(split, config)
+  lo, hi = rows
+
+  def read(g):
+    e, b = divmod(g, per_epoch)
+    order = epoch_order(n, config.seed, e)
+    return split.read(order[b * gb + lo:b * gb + hi])
+
+  start = epoch * per_epoch + batch
+  return _iterate(read, start, 1 << 62, config)
 
 
-def unshuffled_batches(builder, config, split: str, batch_size: int = 256):
-  """A whole split in stored order, preprocessed (dataset statistics)."""
-  tf = _tf()
-  ds = encoded(builder, split).map(
-      lambda e: preprocess(e, config.image_size),
-      num_parallel_calls=tf.data.AUTOTUNE)
-  return ds.batch(batch_size).prefetch(2).as_numpy_iterator()
+def train_batches(split, config, epoch: int, start_batch: int = 0,
+                  rows=None) -> Iterator[Dict[str, np.ndarray]]:
+  """This process's share of epoch `epoch`'s batches, from a batch on."""
+  stream = train_stream(split, config, epoch, start_batch, rows)
+  for _ in range(steps_per_epoch(split, config) - start_batch):
+    yield next(stream)
 
 
-def eval_batches(builder, config, split: Optional[str] = None,
-                 rows=None) -> Iterator[Dict[str, np.ndarray]]:
-  """The whole split in order, in full batches; padding has mask 0.
+def eval_batches(split, config, rows=None) -> Iterator[Dict[str, np.ndarray]]:
+  """The whole split in stored order, in full global batches of
+  `eval_batch_size`; padding rows are blank images with mask 0.
 
   `rows`: this process's rows of each global batch (default_rows).
   """
-  tf = _tf()
-  split = split or config.eval_split
-  n = num_examples(builder, split)
   gb = config.eval_batch_size
-  ds = encoded(builder, split)
-  ds = ds.map(lambda e: preprocess(e, config.image_size),
-              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.map(lambda e: dict(e, mask=tf.constant(1.0)))
-  pad = -n % gb
-  if pad:
-    blank = {'image': tf.zeros((config.image_size,) * 2 + (3,), tf.uint8),
-             'label': tf.constant(0, tf.int32), 'mask': tf.constant(0.0)}
-    ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(pad))
   rows = rows or default_rows(gb)
-  ds = _local_slice(ds, gb, rows)
-  ds = ds.batch(rows[1] - rows[0], drop_remainder=True).prefetch(2)
-  yield from ds.as_numpy_iterator()
+  n = len(split)
+  lo, hi = rows
+  s = split.image_size
+
+  def read(b):
+    positions = np.arange(b * gb + lo, b * gb + hi)
+    valid = positions < n
+    got = split.read(positions[valid])
+    out = {'image': np.zeros((hi - lo, s, s, 3), np.uint8),
+           'label': np.zeros(hi - lo, np.int32),
+           'mask': valid.astype(np.float32)}
+    out['image'][valid] = got['image']
+    out['label'][valid] = got['label']
+    return out
+
+  return _iterate(read, 0, -(-n // gb), config)
 
 
 def to_global(batch: Dict[str, np.ndarray], mesh,

@@ -35,6 +35,7 @@ from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import parallel
 from alexnet_jax.datasets import stats as stats_lib
+from alexnet_jax.datasets import store as store_lib
 from alexnet_jax.parallel import DATA, MODEL
 from configs import default as default_config
 
@@ -317,15 +318,16 @@ class Steps:
     return jax.jit(step_fn)
 
 
-def evaluate(steps: Steps, params, builder, config,
+def evaluate(steps: Steps, params, split, config,
              stats) -> Dict[str, float]:
-  """Top-1 / top-5 error and loss over the whole evaluation split."""
+  """Top-1 / top-5 error and loss over the whole evaluation split (a
+  store.Split)."""
   totals = None
   start = time.time()
   gb = config.eval_batch_size
   rows = input_pipeline.default_rows(gb, steps.mesh)
   for batch in input_pipeline.prefetch_to_device(
-      input_pipeline.eval_batches(builder, config, rows=rows), steps.mesh,
+      input_pipeline.eval_batches(split, config, rows=rows), steps.mesh,
       global_batch=gb):
     sums = steps.eval_step(params, batch, stats)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
@@ -386,14 +388,14 @@ class MetricsLog:
     self.writer.flush()
 
 
-def load_stats(builder, config) -> Dict[str, np.ndarray]:
+def load_stats(store, config) -> Dict[str, np.ndarray]:
   """The statistics the input needs (computed and cached on first use)."""
   size = config.image_size
   stats = {'mean': np.zeros((size, size, 3), np.float32),
            'eigvals': np.zeros(3, np.float32),
            'eigvecs': np.eye(3, dtype=np.float32)}
   if config.augment.mean == 'per_pixel' or config.augment.pca_lighting > 0:
-    computed = stats_lib.load_or_compute(builder, config)
+    computed = stats_lib.load_or_compute(store, config)
     stats = {k: computed[k] for k in stats}
   if config.augment.mean == 'none':
     stats['mean'] = np.zeros_like(stats['mean'])
@@ -410,14 +412,10 @@ def _save_stats(workdir: str, stats):
     os.replace(tmp, path)
 
 
-def _save_class_names(workdir: str, builder):
+def _save_class_names(workdir: str, names):
   """The dataset's class names beside the checkpoints (for the figures)."""
   path = os.path.join(workdir, 'classes.json')
-  if jax.process_index() or os.path.exists(path):
-    return
-  try:
-    names = list(builder.info.features['label'].names)
-  except (KeyError, AttributeError, TypeError):
+  if jax.process_index() or os.path.exists(path) or not names:
     return
   with open(path, 'w') as f:
     json.dump(names, f)
@@ -470,16 +468,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                mesh.devices.size, jax.devices()[0].platform)
 
   with parallel.process_zero_first('dataset'):  # Prepared once, by process 0.
-    builder = input_pipeline.get_builder(config)
-  classes = builder.info.features['label'].num_classes
+    data = store_lib.get(config)
+  train_split = data.split(config.train_split)
+  eval_split = data.split(config.eval_split)
+  class_names = train_split.classes
+  classes = len(class_names) if class_names else config.model.num_classes
   if classes != config.model.num_classes:
     raise errors.ConfigError(
         f'dataset {config.dataset!r} has {classes} classes but '
         f'model.num_classes={config.model.num_classes}; pass '
         f'--config.model.num_classes={classes}.')
-  n_train = input_pipeline.num_examples(builder, config.train_split)
-  input_pipeline.num_examples(builder, config.eval_split)
-  steps_per_epoch = n_train // config.batch_size
+  n_train = len(train_split)
+  steps_per_epoch = input_pipeline.steps_per_epoch(train_split, config)
   if steps_per_epoch < 1:
     raise errors.ConfigError(
         f'batch_size={config.batch_size} is larger than the training split '
@@ -534,9 +534,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     stats = source['stats']  # The normalisation the weights were trained on.
   else:
     with parallel.process_zero_first('stats'):  # Computed once, by process 0.
-      stats = load_stats(builder, config)
+      stats = load_stats(data, config)
   _save_stats(workdir, stats)
-  _save_class_names(workdir, builder)
+  _save_class_names(workdir, class_names)
   stats = jax.device_put(stats, parallel.replicated(mesh))
   log = MetricsLog(workdir)
   log.roll_back(start_step)
@@ -552,7 +552,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   current_lr = None
   rows = input_pipeline.default_rows(config.batch_size, mesh)
   batches = input_pipeline.prefetch_to_device(
-      input_pipeline.train_stream(builder, config, position['epoch'],
+      input_pipeline.train_stream(train_split, config, position['epoch'],
                                   position['batch'], rows), mesh,
       global_batch=config.batch_size)
   window, window_start = [], time.time()
@@ -605,7 +605,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
         if (step % eval_every == 0 or step == total_steps) and not stopping:
           t0 = time.time()
-          last_eval = evaluate(steps, state.params, builder, config, stats)
+          last_eval = evaluate(steps, state.params, eval_split, config, stats)
           log.write({'step': step, 'epoch': step / steps_per_epoch,
                      'split': 'eval', 'lr': current_lr, **last_eval})
           logging.info('eval at step %d: loss %.4f  top1_err %.2f%%  '
@@ -631,7 +631,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       ckpt.wait()  # Never leave a half-written checkpoint behind on exit.
 
   if last_eval is None:  # Nothing left to train: report the restored state.
-    last_eval = evaluate(steps, state.params, builder, config, stats)
+    last_eval = evaluate(steps, state.params, eval_split, config, stats)
   logging.info('Done: %d steps, final top1_err %.2f%%, top5_err %.2f%%, '
                'checkpoints in %s', total_steps, 100 * last_eval['top1_err'],
                100 * last_eval['top5_err'], ckpt.directory)
@@ -655,7 +655,10 @@ SAFE_TO_CHANGE = (
     'eval_batch_size', 'eval_crops', 'mesh.data', 'mesh.model', 'mesh.scheme',
     'distributed.coordinator_address', 'distributed.num_processes',
     'distributed.process_id', 'distributed.timeout_seconds', 'data_dir',
-    'manual_dir', 'cache_resized', 'finetune.init_from')
+    'manual_dir', 'store.dir', 'input.workers', 'input.prefetch',
+    'finetune.init_from',
+    # Retired keys (the input before the prepared store).
+    'cache_resized', 'shuffle_buffer')
 
 
 def _flatten(d, prefix=''):

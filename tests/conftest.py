@@ -48,8 +48,9 @@ def tiny_config(data_dir=None):
 
 @pytest.fixture(scope='session')
 def digits_dir(tmp_path_factory):
-  """A tfds data dir with the digits dataset prepared once per session."""
-  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  """A tfds data dir with the digits dataset and its store prepared once per
+  session."""
+  from alexnet_jax.datasets import store  # pylint: disable=g-import-not-at-top
   data_dir = str(tmp_path_factory.mktemp('tfds'))
-  input_pipeline.get_builder(tiny_config(data_dir))
+  store.get(tiny_config(data_dir))
   return data_dir

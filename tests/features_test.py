@@ -13,6 +13,7 @@ from alexnet_jax import augment
 from alexnet_jax import features
 from alexnet_jax import input_pipeline
 from alexnet_jax import train
+from alexnet_jax.datasets import store
 from tests.conftest import ROOT
 from tests.conftest import tiny_config
 
@@ -31,8 +32,8 @@ def run(digits_dir, tmp_path_factory):
 
 
 def validation(config):
-  builder = input_pipeline.get_builder(config)
-  batches = list(input_pipeline.eval_batches(builder, config))
+  split = store.get(config).split(config.eval_split)
+  batches = list(input_pipeline.eval_batches(split, config))
   keep = np.concatenate([b['mask'] for b in batches]) > 0
   images = np.concatenate([b['image'] for b in batches])[keep]
   labels = np.concatenate([b['label'] for b in batches])[keep]

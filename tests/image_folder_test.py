@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from alexnet_jax import errors
-from alexnet_jax import input_pipeline
 from alexnet_jax import train
 from alexnet_jax.datasets import image_folder
+from alexnet_jax.datasets import source
+from alexnet_jax.datasets import store
 from configs import image_folder as image_folder_config
 from tests.conftest import shrink
 
@@ -68,7 +69,7 @@ def small_config(root):
 
 def test_bad_images_are_converted_or_skipped(folder):
   root, bad = folder
-  builder = input_pipeline.get_builder(small_config(root))
+  builder = source.get_builder(small_config(root))
   assert builder.info.features['label'].names == list(CLASSES)
   # 15 good + 3 readable odd ones in train; 6 in val.
   assert builder.info.splits['train'].num_examples == 18
@@ -78,9 +79,8 @@ def test_bad_images_are_converted_or_skipped(folder):
   names = ' '.join(report['train']['files'])
   for name in ('truncated.jpg', 'empty.jpg', 'notes.txt'):
     assert name in names
-  images = [b['image'] for b in input_pipeline.unshuffled_batches(
-      builder, small_config(root), 'train')]
-  assert np.concatenate(images).shape == (18, 72, 72, 3)
+  images = store.get(small_config(root)).split('train').read(range(18))
+  assert images['image'].shape == (18, 72, 72, 3)
 
 
 def test_training_on_a_folder(folder, tmp_path):
@@ -101,13 +101,13 @@ def test_wrong_class_count_names_the_fix(folder, tmp_path):
 
 def test_layout_errors(tmp_path):
   config = small_config(str(tmp_path / 'nothing'))
-  with pytest.raises(input_pipeline.DataError, match='train/<class>'):
-    input_pipeline.get_builder(config)
+  with pytest.raises(errors.DataError, match='train/<class>'):
+    source.get_builder(config)
   os.makedirs(tmp_path / 'half' / 'train' / 'a')
   (tmp_path / 'half' / 'train' / 'a' / 'x.jpg').write_bytes(b'x')
   config = small_config(str(tmp_path / 'half'))
-  with pytest.raises(input_pipeline.DataError, match='val'):
-    input_pipeline.get_builder(config)
+  with pytest.raises(errors.DataError, match='val'):
+    source.get_builder(config)
   config.data_dir = None
-  with pytest.raises(input_pipeline.DataError, match='data_dir'):
-    input_pipeline.get_builder(config)
+  with pytest.raises(errors.DataError, match='data_dir'):
+    source.get_builder(config)

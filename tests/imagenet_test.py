@@ -17,8 +17,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from alexnet_jax import errors
 from alexnet_jax import input_pipeline
 from alexnet_jax import train
+from alexnet_jax.datasets import source
+from alexnet_jax.datasets import store
 from configs import ilsvrc2012
 from tests.conftest import ROOT
 from tests.conftest import shrink
@@ -81,22 +84,23 @@ def tiny_imagenet_config(manual, data_dir):
 
 def test_missing_tars_are_a_clear_error(tmp_path):
   config = tiny_imagenet_config(None, str(tmp_path / 'tfds'))
-  with pytest.raises(input_pipeline.DataError, match='manual_dir'):
-    input_pipeline.get_builder(config)
+  with pytest.raises(errors.DataError, match='manual_dir'):
+    source.get_builder(config)
   config.manual_dir = str(tmp_path)
-  with pytest.raises(input_pipeline.DataError,
+  with pytest.raises(errors.DataError,
                      match='lacks ILSVRC2012_img_train.tar'):
-    input_pipeline.get_builder(config)
+    source.get_builder(config)
 
 
 def test_imagenet_prepares_and_trains(imagenet_dirs, tmp_path):
   manual, data_dir, synsets = imagenet_dirs
   config = tiny_imagenet_config(manual, data_dir)
-  builder = input_pipeline.get_builder(config)
+  builder = source.get_builder(config)
   assert builder.info.splits['train'].num_examples == 3 * IMAGES_PER_SYNSET
   assert builder.info.splits['validation'].num_examples == NUM_VAL
   assert builder.info.features['label'].num_classes == 1000
-  batch = next(input_pipeline.train_batches(builder, config, epoch=0))
+  batch = next(input_pipeline.train_batches(
+      store.get(config).split('train'), config, epoch=0))
   assert batch['image'].shape == (6, 72, 72, 3)
   names = {builder.info.features['label'].int2str(l) for l in batch['label']}
   assert names <= set(synsets)
@@ -122,7 +126,7 @@ def test_readme_prepare_command(imagenet_dirs):
       check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f'imagenet2012 train: {3 * IMAGES_PER_SYNSET} examples' in proc.stdout
-  assert 'stats_train_72.npz' in proc.stdout
+  assert 'store_72_raw/train/stats.npz' in proc.stdout
   proc = subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.datasets.prepare', '--config',
        'configs/ilsvrc2012.py', f'--config.data_dir={data_dir}x'],

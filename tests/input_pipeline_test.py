@@ -1,73 +1,126 @@
-"""The digits tfds builder, host preprocessing, statistics, augmentation."""
+"""The digits tfds builder, the prepared store, the input order and reads,
+statistics, augmentation."""
 
 import itertools
+import json
 import os
 
 import numpy as np
 import pytest
 
 from alexnet_jax import augment
+from alexnet_jax import errors
 from alexnet_jax import input_pipeline
 from alexnet_jax import train
 from alexnet_jax.datasets import digits
+from alexnet_jax.datasets import source
 from alexnet_jax.datasets import stats as stats_lib
+from alexnet_jax.datasets import store as store_lib
 from tests.conftest import tiny_config
 
 
+def data(config, name='train'):
+  return store_lib.get(config).split(name)
+
+
 def test_digits_builder_splits(digits_dir):
-  builder = input_pipeline.get_builder(tiny_config(digits_dir))
+  builder = source.get_builder(tiny_config(digits_dir))
   assert builder.info.splits['train'].num_examples == 1438
   assert builder.info.splits['validation'].num_examples == 359
   assert builder.info.features['label'].num_classes == 10
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
   labels = datasets.load_digits().target
-  train, val = digits.split_indices(labels)
-  assert not set(train) & set(val) and len(train) + len(val) == 1797
+  train_idx, val_idx = digits.split_indices(labels)
+  assert not set(train_idx) & set(val_idx)
+  assert len(train_idx) + len(val_idx) == 1797
   # Stratified: every class is about 20% held out.
   for c in range(10):
-    frac = (labels[val] == c).sum() / (labels == c).sum()
+    frac = (labels[val_idx] == c).sum() / (labels == c).sum()
     assert 0.18 < frac < 0.22
 
 
-def test_preprocessed_batches(digits_dir):
+def test_store_holds_the_host_preprocessed_split_in_order(digits_dir):
   config = tiny_config(digits_dir)
-  builder = input_pipeline.get_builder(config)
-  batch = next(input_pipeline.train_batches(builder, config, epoch=0))
-  assert batch['image'].shape == (16, 72, 72, 3)
-  assert batch['image'].dtype == np.uint8
+  builder = source.get_builder(config)
+  split = data(config)
+  assert len(split) == 1438 and split.format == 'raw'
+  assert split.classes == [str(i) for i in range(10)]
+  assert split.bytes_per_image == 72 * 72 * 3
+  want = np.concatenate([b['image'] for b in source.preprocessed(
+      builder, 'train', 72)])
+  labels = np.concatenate([b['label'] for b in source.preprocessed(
+      builder, 'train', 72)])
+  got = split.read(range(1438))
+  np.testing.assert_array_equal(got['image'], want)
+  np.testing.assert_array_equal(got['label'], labels)
+  # Any indices, any order.
+  got = split.read([5, 3, 1400])
+  np.testing.assert_array_equal(got['image'], want[[5, 3, 1400]])
   # Grey digits become RGB with equal channels, real strokes, black corners.
-  np.testing.assert_array_equal(batch['image'][..., 0], batch['image'][..., 2])
-  assert batch['image'].max() > 200 and batch['image'][:, 0, 0].max() < 30
-  assert set(batch['label']) <= set(range(10))
+  np.testing.assert_array_equal(want[..., 0], want[..., 2])
+  assert want.max() > 200 and want[:, 0, 0].max() < 30
 
 
-def test_order_is_a_function_of_seed_and_epoch(digits_dir):
+def test_jpeg_store_is_the_raw_one_up_to_jpeg_loss(digits_dir):
   config = tiny_config(digits_dir)
-  builder = input_pipeline.get_builder(config)
+  raw = data(config).read(range(64))
+  config.store.format = 'jpeg'
+  split = data(config)
+  assert split.format == 'jpeg' and 'store_72_jpeg_q95' in split.path
+  assert split.bytes_per_image < 72 * 72 * 3 / 2
+  jpeg = split.read(range(64))
+  np.testing.assert_array_equal(raw['label'], jpeg['label'])
+  diff = np.abs(raw['image'].astype(float) - jpeg['image'].astype(float))
+  assert diff.mean() < 3, diff.mean()
+  # Training reads the same order from either.
+  a = next(input_pipeline.train_batches(split, config, 0))
+  config.store.format = 'raw'
+  b = next(input_pipeline.train_batches(data(config), config, 0))
+  np.testing.assert_array_equal(a['label'], b['label'])
+
+
+def test_epoch_order_is_a_full_permutation_of_seed_and_epoch(digits_dir):
+  config = tiny_config(digits_dir)
+  config.batch_size = 64
+  split = data(config)
+  per_epoch = 1438 // 64
+  counted = store_lib.Split(split.path)
   labels = lambda epoch, start=0, n=5: np.concatenate(
-      [b['label'] for b, _ in zip(
-          input_pipeline.train_batches(builder, config, epoch, start),
-          range(n))])
+      [b['label'] for b in itertools.islice(
+          input_pipeline.train_batches(split, config, epoch, start), n)])
   e0 = labels(0)
   np.testing.assert_array_equal(e0, labels(0))
   assert not np.array_equal(e0, labels(1))
   # Resuming two batches into the epoch gives the batches that follow.
-  np.testing.assert_array_equal(labels(0, start=2, n=3), e0[32:])
+  np.testing.assert_array_equal(labels(0, start=2, n=3), e0[128:])
   config.seed = 1
   assert not np.array_equal(e0, labels(0))
+  config.seed = 0
+  # An epoch is (seed, epoch)'s permutation: every example at most once.
+  for epoch in (0, 1):
+    order = input_pipeline.epoch_order(1438, 0, epoch)
+    images = np.concatenate([b['image'] for b in input_pipeline.train_batches(
+        counted, config, epoch)])
+    assert len(images) == per_epoch * 64
+    np.testing.assert_array_equal(
+        images, split.read(order[:per_epoch * 64])['image'])
+  # Far from the previous epoch's order: not a slowly shuffled file order.
+  a, b = (input_pipeline.epoch_order(1438, 0, e) for e in (0, 1))
+  assert abs(np.corrcoef(a, b)[0, 1]) < 0.1
+  assert np.mean(np.abs(np.argsort(a) - np.argsort(b))) > 300
 
 
 def test_resumed_stream_equals_uninterrupted_batch_for_batch(digits_dir):
   config = tiny_config(digits_dir)
   config.batch_size = 200  # 7 batches an epoch: N=10 crosses an epoch.
-  builder = input_pipeline.get_builder(config)
+  split = data(config)
   per_epoch = 1438 // 200
   take = lambda it, n: [next(it) for _ in range(n)]
-  straight = take(input_pipeline.train_stream(builder, config), 10)
+  straight = take(input_pipeline.train_stream(split, config), 10)
   k = 5
-  first = take(input_pipeline.train_stream(builder, config), k)
+  first = take(input_pipeline.train_stream(split, config), k)
   resumed = take(input_pipeline.train_stream(
-      builder, config, k // per_epoch, k % per_epoch), 10 - k)
+      split, config, k // per_epoch, k % per_epoch), 10 - k)
   for a, b in zip(straight, first + resumed):
     np.testing.assert_array_equal(a['image'], b['image'])
     np.testing.assert_array_equal(a['label'], b['label'])
@@ -75,22 +128,79 @@ def test_resumed_stream_equals_uninterrupted_batch_for_batch(digits_dir):
   assert not np.array_equal(straight[0]['label'], straight[per_epoch]['label'])
 
 
+def test_resuming_at_the_end_of_an_epoch_reads_only_what_it_needs(digits_dir):
+  config = tiny_config(digits_dir)
+  config.input.workers, config.input.prefetch = 2, 2
+  split = store_lib.Split(data(config).path)  # A fresh read count.
+  per_epoch = 1438 // 16
+  stream = input_pipeline.train_stream(split, config, 3, per_epoch - 1)
+  last = next(stream)
+  want = split.read(input_pipeline.epoch_order(1438, 0, 3)[
+      (per_epoch - 1) * 16:per_epoch * 16])
+  np.testing.assert_array_equal(last['image'], want['image'])
+  split.records_read -= 16  # The check's own read.
+  # The batch itself and at most the prefetched ones after it: nothing of the
+  # 89 batches before it.
+  assert 16 <= split.records_read <= 16 * (1 + 2), split.records_read
+  nxt = next(stream)  # Carries on into epoch 4.
+  np.testing.assert_array_equal(nxt['label'], split.read(
+      input_pipeline.epoch_order(1438, 0, 4)[:16])['label'])
+
+
+def test_each_process_reads_only_its_rows_of_the_same_batches(digits_dir):
+  # What two hosts of a 2 x 2 mesh (two devices each) read: their halves of
+  # the one-process batches, in the same order, for training and evaluation,
+  # and nothing else.
+  from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
+  config = tiny_config(digits_dir)
+  config.input.prefetch = 1
+  config.input.workers = 1
+  path = data(config).path
+  mesh = parallel.create_mesh(2, 2)
+  assert parallel.process_rows(mesh, 16) == (0, 16)  # One process: all.
+  whole = list(itertools.islice(
+      input_pipeline.train_batches(data(config), config, 0), 3))
+  splits = [store_lib.Split(path) for _ in range(2)]
+  halves = [list(itertools.islice(input_pipeline.train_batches(
+      s, config, 0, rows=rows), 3)) for s, rows in zip(splits,
+                                                       ((0, 8), (8, 16)))]
+  for w, a, b in zip(whole, *halves):
+    for k in w:
+      np.testing.assert_array_equal(w[k], np.concatenate([a[k], b[k]]))
+  for s in splits:  # 3 batches of 8 rows, and at most 2 read ahead.
+    assert 24 <= s.records_read <= 40, s.records_read
+  val = data(config, 'validation')
+  whole = list(input_pipeline.eval_batches(val, config))
+  splits = [store_lib.Split(val.path) for _ in range(2)]
+  halves = [list(input_pipeline.eval_batches(s, config, rows=rows))
+            for s, rows in zip(splits, ((0, 20), (20, 40)))]
+  assert len(whole) == len(halves[0]) == len(halves[1]) == 9
+  for w, a, b in zip(whole, *halves):
+    for k in w:
+      np.testing.assert_array_equal(w[k], np.concatenate([a[k], b[k]]))
+  # 359 = 8 full batches and 39 of the last: host 0 reads 8 * 20 + 20,
+  # host 1 8 * 20 + 19.
+  assert [s.records_read for s in splits] == [180, 179]
+
+
 def test_eval_batches_cover_the_split_once(digits_dir):
   config = tiny_config(digits_dir)
-  builder = input_pipeline.get_builder(config)
-  batches = list(input_pipeline.eval_batches(builder, config))
+  split = data(config, 'validation')
+  batches = list(input_pipeline.eval_batches(split, config))
   assert all(len(b['label']) == 40 for b in batches)
   mask = np.concatenate([b['mask'] for b in batches])
   assert mask.sum() == 359 and mask[:359].all() and not mask[359:].any()
+  images = np.concatenate([b['image'] for b in batches])
+  np.testing.assert_array_equal(images[:359], split.read(range(359))['image'])
+  assert not images[359:].any()
 
 
 def test_dataset_statistics(digits_dir):
   config = tiny_config(digits_dir)
-  builder = input_pipeline.get_builder(config)
-  stats = stats_lib.load_or_compute(builder, config)
-  images = np.concatenate([b['image'] for b in input_pipeline.unshuffled_batches(
-      builder, config, 'train')]).astype(np.float64)
-  assert len(images) == int(stats['num_images']) == 1438
+  store = store_lib.get(config)
+  stats = stats_lib.load_or_compute(store, config)
+  images = store.split('train').read(range(1438))['image'].astype(np.float64)
+  assert int(stats['num_images']) == 1438
   np.testing.assert_allclose(stats['mean'], images.mean(0), rtol=1e-5)
   cov = np.cov(images.reshape(-1, 3).T / 255.0, bias=True)
   np.testing.assert_allclose(
@@ -100,25 +210,29 @@ def test_dataset_statistics(digits_dir):
   # Grey digits: one component (brightness) holds all the variance.
   np.testing.assert_allclose(np.abs(stats['eigvecs'][:, 0]), 3 ** -0.5,
                              rtol=1e-3)
-  assert os.path.exists(stats_lib.stats_path(builder, config))
-  again = stats_lib.load_or_compute(builder, config)
+  assert os.path.exists(store.stats_path('train'))
+  again = stats_lib.load_or_compute(store, config)
   np.testing.assert_array_equal(again['mean'], stats['mean'])
 
 
 def test_training_statistics_switches(digits_dir):
   config = tiny_config(digits_dir)
-  builder = input_pipeline.get_builder(config)
+  store = store_lib.get(config)
   config.augment.mean = 'none'
   config.augment.pca_lighting = 0.1
-  stats = train.load_stats(builder, config)
+  stats = train.load_stats(store, config)
   assert not stats['mean'].any() and stats['eigvals'][0] > 0
 
 
 def test_unknown_dataset_is_a_clear_error(tmp_path):
   config = tiny_config(str(tmp_path))
   config.dataset = 'no_such_dataset_xyz'
-  with pytest.raises(input_pipeline.DataError, match='not a tfds dataset'):
-    input_pipeline.get_builder(config)
+  with pytest.raises(errors.DataError, match='not a tfds dataset'):
+    store_lib.get(config)
+  config = tiny_config(str(tmp_path))
+  config.store.format = 'png'
+  with pytest.raises(errors.ConfigError, match="store.format='png'"):
+    store_lib.get(config)
 
 
 def test_augmentation_ops():
@@ -215,46 +329,3 @@ def test_augmentation_is_the_same_eagerly_and_jitted():
   assert eager.shape == (10, 4, 64, 64, 3)
 
 
-def test_resized_cache(digits_dir):
-  config = tiny_config(digits_dir)
-  source = input_pipeline.get_builder(config)
-  config.cache_resized = True
-  cached = input_pipeline.get_builder(config)
-  assert cached.name == 'digits_resized' and cached is not source
-  for split in ('train', 'validation'):
-    assert (cached.info.splits[split].num_examples ==
-            source.info.splits[split].num_examples)
-  a = next(input_pipeline.unshuffled_batches(source, config, 'train'))
-  b = next(input_pipeline.unshuffled_batches(cached, config, 'train'))
-  np.testing.assert_array_equal(a['label'], b['label'])
-  # The same pixels, up to JPEG's loss.
-  diff = np.abs(a['image'].astype(float) - b['image'].astype(float))
-  assert diff.mean() < 3, diff.mean()
-  # Training batches come from the cache with the same order.
-  ta = next(input_pipeline.train_batches(source, config, 0))
-  tb = next(input_pipeline.train_batches(cached, config, 0))
-  np.testing.assert_array_equal(ta['label'], tb['label'])
-
-
-def test_each_process_reads_its_rows_of_the_same_batches(digits_dir):
-  # What two hosts of a 2 x 2 mesh (two devices each) read: their halves of
-  # the one-process batches, in the same order, for training and evaluation.
-  from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
-  config = tiny_config(digits_dir)
-  builder = input_pipeline.get_builder(config)
-  mesh = parallel.create_mesh(2, 2)
-  assert parallel.process_rows(mesh, 16) == (0, 16)  # One process: all.
-  whole = list(itertools.islice(
-      input_pipeline.train_batches(builder, config, 0), 3))
-  halves = [list(itertools.islice(input_pipeline.train_batches(
-      builder, config, 0, rows=rows), 3)) for rows in ((0, 8), (8, 16))]
-  for w, a, b in zip(whole, *halves):
-    for k in w:
-      np.testing.assert_array_equal(w[k], np.concatenate([a[k], b[k]]))
-  whole = list(input_pipeline.eval_batches(builder, config))
-  halves = [list(input_pipeline.eval_batches(builder, config, rows=rows))
-            for rows in ((0, 20), (20, 40))]
-  assert len(whole) == len(halves[0]) == len(halves[1]) == 9
-  for w, a, b in zip(whole, *halves):
-    np.testing.assert_array_equal(w['label'], np.concatenate(
-        [a['label'], b['label']]))

@@ -5,6 +5,7 @@ Both commands are README's ("From a laptop to a cluster"): the two-process one
 as written, and the SLURM one with the variables `srun` would set.
 """
 
+import json
 import os
 import random
 import socket
@@ -87,3 +88,68 @@ def test_slurm_srun_command(digits_dir, tmp_path):
           for i in range(2)]
   run_processes([args, args], envs)
   check_like_one_process(args, tmp_path, 1)
+
+
+READER = r'''
+import json, sys
+from alexnet_jax import input_pipeline, parallel
+from alexnet_jax.datasets import store
+from tests.conftest import tiny_config
+config = tiny_config(sys.argv[1])
+config.distributed.coordinator_address = sys.argv[2]
+config.distributed.num_processes = 2
+config.distributed.process_id = int(sys.argv[3])
+config.input.workers, config.input.prefetch = 1, 1
+parallel.initialize_distributed(config)
+mesh = parallel.create_mesh(2, 2)
+train_split = store.get(config).split('train')
+rows = input_pipeline.default_rows(config.batch_size, mesh)
+stream = input_pipeline.train_stream(train_split, config, 2, 5, rows)
+labels = [next(stream)['label'].tolist() for _ in range(10)]
+val = store.get(config).split('validation')
+eval_labels = [b['label'].tolist() for b in input_pipeline.eval_batches(
+    val, config, input_pipeline.default_rows(config.eval_batch_size, mesh))]
+print(json.dumps({'rows': rows, 'labels': labels, 'eval': eval_labels,
+                  'train_read': train_split.records_read,
+                  'eval_read': val.records_read}))
+'''
+
+
+def test_two_processes_each_read_only_their_rows(digits_dir):
+  # Two jax.distributed processes, 2 devices each, mesh 2 x 2: each reads its
+  # half of every global batch and nothing else, and together they read the
+  # batches one process reads.
+  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.datasets import store  # pylint: disable=g-import-not-at-top
+  from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  port = next(p for p in iter(lambda: random.randint(20000, 60000), None)
+              if port_free(p))
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  procs = [subprocess.Popen(
+      [sys.executable, '-c', READER, digits_dir, f'localhost:{port}', str(i)],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=300) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  hosts = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+  assert [h['rows'] for h in hosts] == [[0, 8], [8, 16]]
+  config = tiny_config(digits_dir)
+  one = store.get(config)
+  stream = input_pipeline.train_stream(one.split('train'), config, 2, 5)
+  for b in range(10):
+    assert next(stream)['label'].tolist() == (hosts[0]['labels'][b] +
+                                              hosts[1]['labels'][b])
+  whole = [b['label'].tolist() for b in input_pipeline.eval_batches(
+      one.split('validation'), config)]
+  assert whole == [a + b for a, b in zip(hosts[0]['eval'], hosts[1]['eval'])]
+  for h in hosts:
+    # 10 batches of 8 rows, plus at most two read ahead; 359 = 8 x 40 + 39
+    # validation images, split 180 / 179 by rows.
+    assert 80 <= h['train_read'] <= 96, h['train_read']
+  assert [h['eval_read'] for h in hosts] == [180, 179]

@@ -1,14 +1,21 @@
-"""One-time preparation of a dataset: tfds records, then its statistics.
+"""One-time preparation of a dataset: tfds records, the store, statistics.
 
   python -m alexnet_jax.datasets.prepare --config configs/ilsvrc2012.py \
-      --config.manual_dir=/path/to/ilsvrc_tars [--config.data_dir=DIR]
+      --config.manual_dir=/path/to/ilsvrc_tars [--config.data_dir=DIR] \
+      [--config.store.format=raw|jpeg] [--config.store.dir=DIR]
 
-tfds converts the source files into its record format under
-`config.data_dir` (tfds' default, ~/tensorflow_datasets, when unset), with
-progress bars; then the training split's mean image and RGB eigenpairs are
-computed in one streamed pass and cached beside it
-(`alexnet_jax.datasets.stats`). Training does both on first use too; running
-this first keeps the long ImageNet conversion (hours) out of a training job.
+1. tfds converts the source files into its records under `config.data_dir`
+   (tfds' default, ~/tensorflow_datasets, when unset), with progress bars.
+2. Every image of the train and eval splits is decoded and preprocessed once
+   (RGB, shorter side to `image_size`, centre crop) into the store
+   (`alexnet_jax.datasets.store`): it prints the size it will take and the
+   free disk first, and writes each split atomically.
+3. The training split's mean image and RGB eigenpairs are computed in one
+   pass over the store and cached in it (`alexnet_jax.datasets.stats`).
+
+Training does all three on first use too; running this first keeps the long
+ImageNet conversion (hours) out of a training job. Rerunning it is cheap: it
+checks what exists and writes only splits that are missing or damaged.
 """
 
 import sys
@@ -26,18 +33,21 @@ flags.mark_flags_as_required(['config'])
 
 def main(argv):
   del argv
-  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from alexnet_jax.datasets import stats as stats_lib  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.datasets import store as store_lib  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   try:
-    builder = input_pipeline.get_builder(config)
+    store = store_lib.get(config)
+    for name in (config.train_split, config.eval_split):
+      split = store.split(name)
+      print(f'{store.builder.name} {name}: {len(split):,} examples in '
+            f'{split.path} ({split.format}, {split.bytes_per_image:,.0f} '
+            'bytes per image)')
+    stats = stats_lib.load_or_compute(store, config)
   except errors.UserError as e:
     print(f'alexnet_jax: error: {e}', file=sys.stderr)
     sys.exit(2)
-  for split, info in builder.info.splits.items():
-    print(f'{builder.name} {split}: {info.num_examples:,} examples')
-  stats = stats_lib.load_or_compute(builder, config)
-  print(f'statistics: {stats_lib.stats_path(builder, config)} (mean RGB '
+  print(f'statistics: {store.stats_path(config.train_split)} (mean RGB '
         f'{stats["mean"].mean((0, 1)).round(1).tolist()}, RGB eigenvalues '
         f'{stats["eigvals"].round(5).tolist()})')
 

@@ -4,9 +4,9 @@ The paper subtracts "the mean activity over the training set from each pixel"
 (a per-pixel mean image) and, for its lighting augmentation, uses the
 eigenvectors and eigenvalues of the 3x3 covariance matrix of RGB pixel values
 over the training set (Section 4.1). Both are computed here in one streamed
-pass over the host-preprocessed training images (S x S uint8, S =
-config.image_size), with a progress bar, and cached beside the prepared tfds
-dataset as `stats_<split>_<S>.npz`.
+pass over the training split of the prepared store (S x S uint8, S =
+config.image_size), with a progress bar, and cached in the store beside that
+split (`stats.npz`).
 
 Units: the mean image is in pixel values (0..255); the covariance and its
 eigenpairs are of pixel values scaled to [0, 1], the convention in which the
@@ -26,24 +26,18 @@ import numpy as np
 STATS_KEYS = ('mean', 'eigvals', 'eigvecs')
 
 
-def stats_path(builder, config) -> str:
-  return os.path.join(builder.data_dir, f'stats_{config.train_split}_'
-                      f'{config.image_size}.npz')
-
-
-def compute(builder, config) -> Dict[str, np.ndarray]:
-  """Streams the training split once: mean image, RGB covariance eigenpairs."""
+def compute(split, batch_size: int = 256) -> Dict[str, np.ndarray]:
+  """Streams a store split once: mean image, RGB covariance eigenpairs."""
   import tqdm  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  size = config.image_size
+  size = split.image_size
   total = np.zeros((size, size, 3), np.float64)
   rgb_sum = np.zeros(3, np.float64)
   rgb_outer = np.zeros((3, 3), np.float64)
   count = 0
-  n = input_pipeline.num_examples(builder, config.train_split)
+  n = len(split)
   with tqdm.tqdm(total=n, desc='dataset statistics', unit='img') as bar:
-    for batch in input_pipeline.unshuffled_batches(builder, config,
-                                                   config.train_split):
+    for start in range(0, n, batch_size):
+      batch = split.read(range(start, min(n, start + batch_size)))
       images = batch['image'].astype(np.float64)
       total += images.sum(0)
       pixels = images.reshape(-1, 3) / 255.0
@@ -52,7 +46,7 @@ def compute(builder, config) -> Dict[str, np.ndarray]:
       count += len(images)
       bar.update(len(images))
   if not count:
-    raise ValueError(f'the {config.train_split!r} split is empty.')
+    raise ValueError(f'the split in {split.path} is empty.')
   pixels_seen = count * size * size
   rgb_mean = rgb_sum / pixels_seen
   cov = rgb_outer / pixels_seen - np.outer(rgb_mean, rgb_mean)
@@ -66,16 +60,16 @@ def compute(builder, config) -> Dict[str, np.ndarray]:
   }
 
 
-def load_or_compute(builder, config) -> Dict[str, np.ndarray]:
-  """Cached statistics for the config's training split and image size."""
-  path = stats_path(builder, config)
+def load_or_compute(store, config) -> Dict[str, np.ndarray]:
+  """Cached statistics of the config's training split in `store`."""
+  path = store.stats_path(config.train_split)
   if os.path.exists(path):
     with np.load(path) as f:
       stats = {k: f[k] for k in f.files}
     logging.info('Dataset statistics: loaded from %s (%d training images).',
                  path, int(stats['num_images']))
     return stats
-  stats = compute(builder, config)
+  stats = compute(store.split(config.train_split))
   tmp = path + '.tmp.npz'
   np.savez(tmp, **stats)
   os.replace(tmp, path)  # Atomic: a crash never leaves half a file.

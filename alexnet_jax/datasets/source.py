@@ -1,0 +1,119 @@
+"""Where a dataset comes from: its tfds builder, prepared once by tfds.
+
+tfds defines every dataset this project reads: the embedded digits, a
+researcher's image folder, ImageNet from its ILSVRC-2012 tars, or any tfds
+name. `get_builder` returns the prepared builder (tfds converts the source
+files into its records once); `preprocessed` reads a split of it in stored
+order through the paper's host preprocessing, which is how the store
+(`alexnet_jax.datasets.store`) is written and what the JPEG path costs.
+"""
+
+import os
+
+from absl import logging
+
+from alexnet_jax import errors
+from alexnet_jax import preprocess
+
+# ImageNet's one-time manual download (tfds reads the tars as they are).
+IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+
+
+def get_builder(config):
+  """The prepared tfds builder for `config.dataset` (prepares it if needed)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  name = config.dataset
+  if name == 'digits':
+    from alexnet_jax.datasets import digits  # pylint: disable=unused-import,g-import-not-at-top
+  if name == 'image_folder':
+    from alexnet_jax.datasets import image_folder  # pylint: disable=g-import-not-at-top
+    if not config.data_dir:
+      raise errors.DataError('dataset image_folder needs --config.data_dir='
+                             f'DATA_DIR holding {image_folder.LAYOUT}.')
+    try:
+      builder = image_folder.ImageFolder(root_dir=config.data_dir)
+    except image_folder.LayoutError as e:
+      raise errors.DataError(str(e)) from e
+  else:
+    try:
+      builder = tfds.builder(name, data_dir=config.data_dir)
+    except Exception as e:  # tfds raises several types for unknown names.
+      raise errors.DataError(
+          f'dataset {name!r} is not a tfds dataset ({e}); use '
+          "'digits', 'image_folder' or a tfds name.") from e
+  if not builder.is_prepared():
+    if name == 'imagenet2012':
+      _check_imagenet_tars(config.manual_dir, builder.data_dir)
+    logging.info('Preparing tfds dataset %s in %s (once).', name,
+                 builder.data_dir)
+    kwargs = {}
+    if config.manual_dir:
+      kwargs['download_config'] = tfds.download.DownloadConfig(
+          manual_dir=config.manual_dir)
+    builder.download_and_prepare(**kwargs)
+  if name == 'image_folder':
+    for split, report in image_folder.skipped_report(builder).items():
+      if report['count']:
+        logging.warning('image_folder %s: %d unreadable file(s) were skipped '
+                        'when the dataset was prepared, e.g. %s', split,
+                        report['count'], '; '.join(report['files'][:3]))
+  return builder
+
+
+def _check_imagenet_tars(manual_dir, data_dir):
+  """One clear error instead of tfds's when the ILSVRC tars are not there."""
+  expected = ' and '.join(IMAGENET_TARS)
+  if not manual_dir:
+    raise errors.DataError(
+        f'imagenet2012 is not prepared in {data_dir}; download {expected} from '
+        'image-net.org into a directory and pass --config.manual_dir=DIR '
+        '(README "Data").')
+  missing = [t for t in IMAGENET_TARS
+             if not os.path.exists(os.path.join(manual_dir, t))]
+  if missing:
+    raise errors.DataError(
+        f'manual_dir {manual_dir!r} lacks {", ".join(missing)}; it must hold '
+        f'{expected} as downloaded from image-net.org.')
+
+
+def num_examples(builder, split: str) -> int:
+  try:
+    return builder.info.splits[split].num_examples
+  except KeyError as e:
+    raise errors.DataError(
+        f'dataset {builder.name!r} has no split {split!r}; it has '
+        f'{sorted(builder.info.splits)}.') from e
+
+
+def class_names(builder):
+  """The label names, or None where the dataset has none."""
+  try:
+    return list(builder.info.features['label'].names)
+  except (KeyError, AttributeError, TypeError):
+    return None
+
+
+def encoded(builder, split):
+  """A split's records in stored order, images still encoded (tf.data)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return builder.as_dataset(
+      split=split, shuffle_files=False,
+      decoders={'image': tfds.decode.SkipDecoding()},
+      read_config=tfds.ReadConfig(interleave_cycle_length=1))
+
+
+def preprocessed(builder, split: str, image_size: int, batch_size: int = 128,
+                 threads: int = 0):
+  """A split in stored order through the host preprocessing, as numpy batches.
+
+  Decoding and resizing run on `threads` tf.data threads (0: every core), in
+  order; the last batch may be short.
+  """
+  tf = preprocess.tf()
+  options = tf.data.Options()
+  if threads:
+    options.threading.private_threadpool_size = threads
+  ds = encoded(builder, split).with_options(options).map(
+      lambda e: preprocess.example(e, image_size),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.batch(batch_size).prefetch(2).as_numpy_iterator()
