@@ -312,7 +312,7 @@ def _write_split(builder, config, split: str, path: str):
                     'HxWx3 or JPEG bytes',
           'classes': source.class_names(builder),
           'bytes': total_bytes, 'files': files,
-          'prepare_seconds': round(seconds, 1)}
+          'prepare_seconds': round(seconds, 3)}
   with open(os.path.join(tmp, SPLIT_FILE), 'w') as f:
     json.dump(meta, f, indent=1)
   os.rename(tmp, path)
