@@ -19,9 +19,8 @@ Each record is a 4-byte little-endian int32 label followed by the image:
 pixels JPEG-encoded at `store.jpeg_quality`. ArrayRecord files, one record per
 group and uncompressed, give random access in C++ (array_record); we write
 them ourselves rather than through tfds's array_record writer, which wraps
-each image in a tf.train.Example and compresses it with zstd: on real photos
-that read at about 1,450 images per CPU-second against 5,400 for these records
-(README "Performance").
+each image in a tf.train.Example and compresses it with zstd: a parse and a
+decompression on every read, to save little on photographs (README "Data").
 
 Integrity: a split is written into `<split>.incomplete/` and renamed only
 when complete, so a half-written store never looks prepared, and an
