@@ -91,10 +91,12 @@ def test_slurm_srun_command(digits_dir, tmp_path):
 
 
 READER = r'''
-import json, sys
+import json, os, sys
 from alexnet_jax import input_pipeline, parallel
 from alexnet_jax.datasets import store
 from tests.conftest import tiny_config
+# conftest asks for 8 devices; this process has 2 (before jax starts).
+os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
 config = tiny_config(sys.argv[1])
 config.distributed.coordinator_address = sys.argv[2]
 config.distributed.num_processes = 2

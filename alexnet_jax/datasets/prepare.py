@@ -15,7 +15,8 @@
 
 Training does all three on first use too; running this first keeps the long
 ImageNet conversion (hours) out of a training job. Rerunning it is cheap: it
-checks what exists and writes only splits that are missing or damaged.
+checks what exists and writes only splits that are missing or damaged (a
+training run stops on a damaged split instead, naming this command).
 """
 
 import sys
@@ -37,7 +38,7 @@ def main(argv):
   from alexnet_jax.datasets import store as store_lib  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   try:
-    store = store_lib.get(config)
+    store = store_lib.get(config, repair=True)
     for name in (config.train_split, config.eval_split):
       split = store.split(name)
       print(f'{store.builder.name} {name}: {len(split):,} examples in '

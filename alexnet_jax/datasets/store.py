@@ -180,15 +180,21 @@ class Store:
     return os.path.join(_split_dir(self.root, split), STATS_FILE)
 
 
-def get(config, splits: Optional[Sequence[str]] = None) -> Store:
-  """The config's store, preparing the tfds source and the store if needed."""
+def get(config, splits: Optional[Sequence[str]] = None,
+        repair: bool = False) -> Store:
+  """The config's store, preparing the tfds source and the store if needed.
+
+  A damaged split raises StoreError (naming the file and the prepare
+  command) unless `repair`, which rewrites it.
+  """
   builder = source.get_builder(config)
-  return prepare(builder, config, splits)
+  return prepare(builder, config, splits, repair)
 
 
-def prepare(builder, config, splits: Optional[Sequence[str]] = None) -> Store:
+def prepare(builder, config, splits: Optional[Sequence[str]] = None,
+            repair: bool = False) -> Store:
   """Writes every split (default: the config's train and eval splits) that
-  is missing or damaged; returns the store."""
+  is missing (or, with `repair`, damaged); returns the store."""
   root = directory(builder, config)
   store = Store(root, builder)
   for split in splits or (config.train_split, config.eval_split):
@@ -199,7 +205,10 @@ def prepare(builder, config, splits: Optional[Sequence[str]] = None) -> Store:
     except MissingSplit:
       pass
     except StoreError as e:
+      if not repair:
+        raise
       logging.warning('%s Rewriting it.', e)
+      print(f'store: {e} Rewriting it.', flush=True)
       shutil.rmtree(_split_dir(root, split))
     _write_split(builder, config, split, _split_dir(root, split))
     store._splits.pop(split, None)  # pylint: disable=protected-access

@@ -1,0 +1,125 @@
+"""The prepared store's integrity: size check, atomic writes, interrupted and
+damaged stores, and the one-line errors that name the prepare command."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from alexnet_jax import errors
+from alexnet_jax.datasets import store as store_lib
+from tests.conftest import ROOT
+from tests.conftest import tiny_config
+
+
+def config_in(digits_dir, store_dir):
+  config = tiny_config(digits_dir)
+  config.image_size = 72
+  config.model.input_size = 64
+  config.store.dir = str(store_dir)
+  return config
+
+
+def split_path(config, split='train'):
+  from alexnet_jax.datasets import source  # pylint: disable=g-import-not-at-top
+  return os.path.join(store_lib.directory(source.get_builder(config), config),
+                      split)
+
+
+def test_prepare_prints_the_estimate_and_checks_free_disk(
+    digits_dir, tmp_path, monkeypatch, capsys):
+  config = config_in(digits_dir, tmp_path)
+  free = shutil.disk_usage(str(tmp_path)).free
+  usage = lambda path: shutil._ntuple_diskusage(free, free - 1000, 1000)  # pylint: disable=protected-access
+  monkeypatch.setattr(store_lib.shutil, 'disk_usage', usage)
+  with pytest.raises(errors.DataError, match='only 0.00 GB is free') as e:
+    store_lib.get(config)
+  assert 'store.dir' in str(e.value) and 'store.format=jpeg' in str(e.value)
+  assert '\n' not in str(e.value)
+  out = capsys.readouterr().out
+  # 1,438 x (72 x 72 x 3 + label) bytes, about 0.02 GB, and what is free.
+  assert '1,438 images as raw 72x72' in out and '0.00 GB free' in out
+  # Nothing that looks prepared was left behind.
+  assert not os.path.exists(split_path(config))
+  assert not os.path.exists(split_path(config) + store_lib.INCOMPLETE)
+
+
+def test_an_interrupted_prepare_restarts_cleanly(digits_dir, tmp_path,
+                                                 monkeypatch):
+  config = config_in(digits_dir, tmp_path)
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  real = array_record_module.ArrayRecordWriter
+
+  class Dies:  # A writer that dies (like a kill) after 500 records.
+
+    def __init__(self, *args):
+      self.writer, self.count = real(*args), 0
+
+    def write(self, record):
+      self.count += 1
+      if self.count > 500:
+        raise KeyboardInterrupt
+      self.writer.write(record)
+
+    def close(self):
+      self.writer.close()
+
+  monkeypatch.setattr(array_record_module, 'ArrayRecordWriter', Dies)
+  with pytest.raises(KeyboardInterrupt):
+    store_lib.get(config)
+  path = split_path(config)
+  assert os.path.isdir(path + store_lib.INCOMPLETE)
+  # Half a split never looks prepared.
+  with pytest.raises(store_lib.MissingSplit, match='prepare'):
+    store_lib.Split(path)
+  monkeypatch.setattr(array_record_module, 'ArrayRecordWriter', real)
+  split = store_lib.get(config).split('train')
+  assert len(split) == 1438 and not os.path.exists(path + store_lib.INCOMPLETE)
+  labels = split.read(range(1438))['label']
+  assert np.bincount(labels).min() > 100  # Every class is there.
+
+
+def test_damaged_store_is_one_line_and_prepare_rewrites_it(digits_dir,
+                                                          tmp_path):
+  config = config_in(digits_dir, tmp_path)
+  before = store_lib.get(config).split('train').read(range(1438))
+  path = split_path(config)
+  data = os.path.join(path, 'data-00000.array_record')
+  size = os.path.getsize(data)
+  with open(data, 'r+b') as f:
+    f.truncate(size - 1000)
+  with pytest.raises(store_lib.StoreError) as e:
+    store_lib.get(config)
+  message = str(e.value)
+  assert data in message and 'truncated' in message and '\n' not in message
+  assert 'python -m alexnet_jax.datasets.prepare' in message
+  # Training stops with that line (exit code 2), changing nothing.
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', XLA_FLAGS='')
+  args = ['--config', 'configs/digits.py', f'--config.data_dir={digits_dir}',
+          f'--config.store.dir={tmp_path}', '--config.image_size=72',
+          '--config.model.input_size=64']
+  proc = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.main', '--workdir',
+       str(tmp_path / 'run')] + args, cwd=ROOT, env=env, capture_output=True,
+      text=True, timeout=300, check=False)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert 'data-00000.array_record is truncated' in proc.stderr.splitlines()[-1]
+  # The prepare command rewrites the damaged split.
+  proc = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.datasets.prepare'] + args,
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'Rewriting it' in proc.stdout
+  assert 'store_72_raw/train/stats.npz' in proc.stdout
+  again = store_lib.get(config).split('train').read(range(1438))
+  np.testing.assert_array_equal(again['image'], before['image'])
+  # A missing file, and a missing split file, likewise.
+  os.remove(data)
+  with pytest.raises(store_lib.StoreError, match='is missing; rerun'):
+    store_lib.get(config)
+  shutil.rmtree(path)
+  assert len(store_lib.get(config).split('train')) == 1438  # Prepared anew.
