@@ -555,9 +555,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       input_pipeline.train_stream(train_split, config, position['epoch'],
                                   position['batch'], rows), mesh,
       global_batch=config.batch_size)
-  window, window_start = [], time.time()
-  run_start, run_start_step = time.time(), start_step
+  # Train throughput is images over the wall time between consecutive train
+  # records, evaluation left out. A window's metrics stay on the device until
+  # the next window closes (or a checkpoint), so logging never drains the
+  # device; a record's time is when its steps were seen to be done.
+  window, pending = [], []
+  clock = {'mark': time.time(), 'excluded': 0.0, 'seconds': 0.0, 'steps': 0}
   last_eval = None
+
+  def write_train_records(windows):
+    """Fetches closed windows' metrics (waiting for their steps) and logs."""
+    for metrics, at in windows:
+      values = jax.device_get(metrics)
+      now = time.time()
+      seconds = now - clock['mark'] - clock['excluded']
+      clock.update(mark=now, excluded=0.0)
+      clock['seconds'] += seconds
+      clock['steps'] += len(values)
+      record = _train_record(values, at, steps_per_epoch, config.batch_size,
+                             seconds)
+      if not all(math.isfinite(record[k]) for k in ('loss', 'top1_err')):
+        raise errors.UserError(
+            f'the training loss became {record["loss"]} by step {at}; '
+            'the run diverged and this state was not saved. Last good '
+            f'checkpoint: step {ckpt.latest_step()} in {ckpt.directory}. '
+            'Lower learning_rate (or resume with --config.lr_override).')
+      log.write(record)
+      eta = clock['seconds'] / clock['steps'] * (total_steps - at)
+      logging.info(
+          'epoch %.2f/%g  step %d/%d  loss %.4f  top1_err %.2f%%  lr %g  '
+          '%.1f img/s  ETA %s', at / steps_per_epoch, num_epochs, at,
+          total_steps, record['loss'], 100 * record['top1_err'],
+          record['lr'], record['img_per_sec'], _fmt_time(eta))
+
   step = start_step
   with StopSignals() as stop, contextlib.closing(ckpt):
     try:
@@ -580,30 +610,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                           step == total_steps or stopping is not None)
 
         # A checkpoint step always closes the log window, so the records of a
-        # resumed run line up with those of an uninterrupted one, and a
-        # non-finite loss is caught before its state could be saved.
+        # resumed run line up with those of an uninterrupted one, and fetches
+        # every open window, so a non-finite loss is caught before its state
+        # could be saved.
         if step % config.log_every_steps == 0 or checkpoint_now:
-          now = time.time()
-          record = _train_record(jax.device_get(window), step,
-                                 steps_per_epoch, config.batch_size,
-                                 now - window_start)
-          if not all(math.isfinite(record[k]) for k in ('loss', 'top1_err')):
-            raise errors.UserError(
-                f'the training loss became {record["loss"]} by step {step}; '
-                'the run diverged and this state was not saved. Last good '
-                f'checkpoint: step {ckpt.latest_step()} in {ckpt.directory}. '
-                'Lower learning_rate (or resume with --config.lr_override).')
-          log.write(record)
-          eta = ((now - run_start) / max(step - run_start_step, 1) *
-                 (total_steps - step))
-          logging.info(
-              'epoch %.2f/%g  step %d/%d  loss %.4f  top1_err %.2f%%  lr %g  '
-              '%.1f img/s  ETA %s', step / steps_per_epoch, num_epochs, step,
-              total_steps, record['loss'], 100 * record['top1_err'],
-              record['lr'], record['img_per_sec'], _fmt_time(eta))
-          window, window_start = [], time.time()
+          pending.append((window, step))
+          window = []
+          if checkpoint_now:
+            write_train_records(pending)
+            pending = []
+          elif len(pending) > 1:
+            write_train_records(pending[:-1])
+            pending = pending[-1:]
 
         if (step % eval_every == 0 or step == total_steps) and not stopping:
+          # Let the training steps finish first: their time is train time.
+          jax.block_until_ready(state)
           t0 = time.time()
           last_eval = evaluate(steps, state.params, eval_split, config, stats)
           log.write({'step': step, 'epoch': step / steps_per_epoch,
@@ -617,7 +639,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             logging.info('Validation error stopped improving: learning rate '
                          '/ 10 (drop %d of at most %d).', schedule.drops,
                          schedule.max_drops)
-          window_start = time.time()  # Keep eval time out of train img/s.
+          clock['excluded'] += time.time() - t0  # Out of train img/s.
 
         if checkpoint_now:
           save(step)

@@ -153,3 +153,38 @@ def test_batch_not_divisible_by_data_axis(digits_dir, tmp_path):
   config.batch_size = 16
   with pytest.raises(errors.ConfigError, match='multiple of 3'):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_reported_throughput_is_wall_clock_throughput(digits_dir, tmp_path,
+                                                      monkeypatch):
+  # img/s of each train record is its images over the wall time since the
+  # previous record, evaluation left out: measured here by the clock at each
+  # record's write, over several windows, with an evaluation in the middle.
+  import time  # pylint: disable=g-import-not-at-top
+  config = tiny_config(digits_dir)
+  config.num_train_steps = 16
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 16
+  config.eval_every_epochs = 8 / 89  # Once, at step 8, and at the end.
+  written = []
+  write = train.MetricsLog.write
+
+  def timed_write(self, record):
+    written.append((time.time(), record))
+    write(self, record)
+
+  monkeypatch.setattr(train.MetricsLog, 'write', timed_write)
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  train_records = [(t, r) for t, r in written if r['split'] == 'train']
+  assert [r['step'] for _, r in train_records] == list(range(2, 17, 2))
+  eval_times = [t for t, r in written if r['split'] == 'eval']
+  # After the first record (which includes compilation): seconds of wall
+  # clock per window, the evaluation at step 8 subtracted.
+  (t0, _), rest = train_records[0], train_records[1:]
+  eval_seconds = sum(r['num_examples'] / r['img_per_sec']
+                     for _, r in written if r['split'] == 'eval'
+                     and r['step'] < 16)
+  wall = rest[-1][0] - t0 - eval_seconds
+  reported = sum(2 * config.batch_size / r['img_per_sec'] for _, r in rest)
+  assert len(eval_times) == 2
+  assert abs(reported - wall) <= 0.1 * wall, (reported, wall)
