@@ -148,23 +148,41 @@ def to_global(batch: Dict[str, np.ndarray], mesh,
 
 def prefetch_to_device(batches, mesh, size: int = 2,
                        global_batch: Optional[int] = None):
-  """Moves batches to the devices in a background thread, `size` ahead."""
+  """Moves batches to the devices in a background thread, `size` ahead.
+
+  Closing the returned generator (or dropping it) stops the thread, which
+  then releases the batches and the reader behind them.
+  """
   q = queue.Queue(maxsize=size)
   sentinel = object()
+  stop = threading.Event()
+
+  def put(item):
+    while not stop.is_set():
+      try:
+        q.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
 
   def producer():
     try:
       for b in batches:
-        q.put(to_global(b, mesh, global_batch))
+        if not put(to_global(b, mesh, global_batch)):
+          return
     except Exception as e:  # Surface errors in the consumer.
-      q.put(e)
-    q.put(sentinel)
+      put(e)
+    put(sentinel)
 
   threading.Thread(target=producer, daemon=True).start()
-  while True:
-    item = q.get()
-    if item is sentinel:
-      return
-    if isinstance(item, Exception):
-      raise item
-    yield item
+  try:
+    while True:
+      item = q.get()
+      if item is sentinel:
+        return
+      if isinstance(item, Exception):
+        raise item
+      yield item
+  finally:
+    stop.set()

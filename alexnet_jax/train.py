@@ -624,8 +624,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             pending = pending[-1:]
 
         if (step % eval_every == 0 or step == total_steps) and not stopping:
-          # Let the training steps finish first: their time is train time.
+          # The training steps finish first (their time is train time), and
+          # their records are written, so a diverged run never evaluates.
           jax.block_until_ready(state)
+          write_train_records(pending)
+          pending = []
           t0 = time.time()
           last_eval = evaluate(steps, state.params, eval_split, config, stats)
           log.write({'step': step, 'epoch': step / steps_per_epoch,
@@ -650,6 +653,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                           step, ckpt.directory)
           return {'stopped_by': stopping, 'step': step}
     finally:
+      batches.close()  # Stops the input threads.
       ckpt.wait()  # Never leave a half-written checkpoint behind on exit.
 
   if last_eval is None:  # Nothing left to train: report the restored state.

@@ -117,9 +117,13 @@ def test_damaged_store_is_one_line_and_prepare_rewrites_it(digits_dir,
   assert 'store_72_raw/train/stats.npz' in proc.stdout
   again = store_lib.get(config).split('train').read(range(1438))
   np.testing.assert_array_equal(again['image'], before['image'])
-  # A missing file, and a missing split file, likewise.
+  # A missing file likewise; a split without its split.json is not prepared,
+  # and is written anew over what is there.
   os.remove(data)
   with pytest.raises(store_lib.StoreError, match='is missing; rerun'):
     store_lib.get(config)
-  shutil.rmtree(path)
-  assert len(store_lib.get(config).split('train')) == 1438  # Prepared anew.
+  os.remove(os.path.join(path, store_lib.SPLIT_FILE))
+  with pytest.raises(store_lib.MissingSplit):
+    store_lib.Split(path)
+  assert len(store_lib.get(config).split('train')) == 1438
+  assert os.path.exists(data)

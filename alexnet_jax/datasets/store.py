@@ -79,7 +79,13 @@ def directory(builder, config) -> str:
   if store.format == 'jpeg':
     name += f'_q{store.jpeg_quality}'
   if store.dir:
-    return os.path.join(store.dir, builder.name, str(builder.version), name)
+    # Two image folders are both 'image_folder': the source's path tells
+    # them apart.
+    import hashlib  # pylint: disable=g-import-not-at-top
+    tag = hashlib.sha1(os.path.abspath(str(builder.data_dir)).encode()
+                       ).hexdigest()[:8]
+    return os.path.join(store.dir, f'{builder.name}_{tag}',
+                        str(builder.version), name)
   return os.path.join(str(builder.data_dir), name)
 
 
@@ -323,6 +329,8 @@ def _write_split(builder, config, split: str, path: str):
           'prepare_seconds': round(seconds, 3)}
   with open(os.path.join(tmp, SPLIT_FILE), 'w') as f:
     json.dump(meta, f, indent=1)
+  if os.path.exists(path):  # A split directory without its split.json.
+    shutil.rmtree(path)
   os.rename(tmp, path)
   print(f'store: {split} written, {n:,} images in {seconds:.1f} s '
         f'({n / max(seconds, 1e-9):,.0f} img/s), '
