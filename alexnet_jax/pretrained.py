@@ -182,19 +182,67 @@ def torchvision_params(state: Dict[str, np.ndarray]):
   return config, params, mean
 
 
+# What bvlc_alexnet.npy's pickle may name: numpy arrays and dtypes (and the
+# latin-1 bytes of a Python 2 pickle). Dicts, lists, tuples and strings need
+# no names. Anything else would be code to run.
+_NPY_ALLOWED = frozenset([
+    ('numpy.core.multiarray', '_reconstruct'),
+    ('numpy._core.multiarray', '_reconstruct'),
+    ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
+    ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer'),
+    ('numpy', 'ndarray'), ('numpy', 'dtype'), ('_codecs', 'encode'),
+])
+
+
+def load_npy_dict(path: str) -> dict:
+  """A numpy .npy file holding a dict (as bvlc_alexnet.npy does), read
+  without running code: its pickle may build only numpy arrays, dicts,
+  lists, tuples and strings; anything else raises WeightsError naming it."""
+  import pickle  # pylint: disable=g-import-not-at-top
+
+  class Restricted(pickle.Unpickler):
+
+    def find_class(self, module, name):
+      if (module, name) in _NPY_ALLOWED:
+        return super().find_class(module, name)
+      raise WeightsError(
+          f'{path} contains a reference to {module}.{name}, which a weights '
+          'file does not need: it could run code, so it was not loaded. Use '
+          'the original bvlc_alexnet.npy.')
+
+  try:
+    with open(path, 'rb') as f:
+      version = np.lib.format.read_magic(f)
+      read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                     else np.lib.format.read_array_header_2_0)
+      shape, _, dtype = read_header(f)
+      if dtype != np.dtype(object) or shape != ():
+        raise WeightsError(f'{path} holds a {dtype} array of shape {shape}, '
+                           'not a dict layer -> [weights, biases].')
+      array = Restricted(f, encoding='latin1').load()
+  except WeightsError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise WeightsError(f'{path} is not a numpy dict file like '
+                       f'bvlc_alexnet.npy ({type(e).__name__}).') from e
+  weights = array.item() if isinstance(array, np.ndarray) else array
+  if not isinstance(weights, dict):
+    raise WeightsError(f'{path} holds a {type(weights).__name__}, not a '
+                       'dict layer -> [weights, biases].')
+  for key, value in weights.items():
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if not isinstance(key, str) or not all(
+        isinstance(v, np.ndarray) and v.dtype != object for v in items):
+      raise WeightsError(f'{path}: entry {key!r} is not a list of numeric '
+                         'arrays, as bvlc_alexnet.npy holds.')
+  return weights
+
+
 def read_weights(fmt: str, path: str):
   if not os.path.exists(path):
     raise WeightsError(f'{path} does not exist; pass --weights FILE.')
   if fmt == 'caffe':
-    try:
-      weights = np.load(path, allow_pickle=True, encoding='latin1').item()
-    except Exception as e:  # pylint: disable=broad-except
-      raise WeightsError(f'{path} is not a numpy dict file like '
-                         f'bvlc_alexnet.npy ({type(e).__name__}).') from e
-    if not isinstance(weights, dict):
-      raise WeightsError(f'{path} holds a {type(weights).__name__}, not a '
-                         'dict layer -> [weights, biases].')
-    return caffe_params(weights)
+    return caffe_params(load_npy_dict(path))
   if fmt == 'torchvision':
     try:
       import torch  # pylint: disable=g-import-not-at-top

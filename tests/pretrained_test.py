@@ -164,3 +164,59 @@ def test_torchvision_import_matches_torch(tmp_path, capsys):
                           '--workdir', str(tmp_path / 'bad')]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and 'classifier.4.weight' in err[0] and 'fc7' in err[0]
+
+
+class Payload:
+  """What a malicious weights file carries: a shell command run on load."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    import os  # pylint: disable=g-import-not-at-top
+    return (os.system, (f'touch {self.marker}',))
+
+
+def run_import(fmt, weights, workdir):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from tests.conftest import ROOT  # pylint: disable=g-import-not-at-top
+  return subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.pretrained', '--format', fmt,
+       '--weights', weights, '--workdir', workdir], cwd=ROOT,
+      capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_a_caffe_file_with_a_payload_runs_nothing(tmp_path):
+  marker = tmp_path / 'pwned'
+  path = str(tmp_path / 'bvlc_alexnet.npy')
+  weights = caffe_weights()
+  weights['conv1'] = [Payload(marker), weights['conv1'][1]]
+  np.save(path, weights, allow_pickle=True)
+  with pytest.raises(pretrained.WeightsError, match='posix.system'):
+    pretrained.load_npy_dict(path)
+  assert not marker.exists()
+  proc = run_import('caffe', path, str(tmp_path / 'w'))
+  assert proc.returncode == 2 and not marker.exists()
+  assert 'Traceback' not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert path in last and 'system' in last and 'not loaded' in last
+  assert not (tmp_path / 'w').exists()
+  # Other things that are not a dict of arrays: one line each.
+  np.save(path, np.zeros(3))
+  with pytest.raises(pretrained.WeightsError, match='not a dict'):
+    pretrained.load_npy_dict(path)
+  np.save(path, {'conv1': ['text']}, allow_pickle=True)
+  with pytest.raises(pretrained.WeightsError, match='numeric arrays'):
+    pretrained.load_npy_dict(path)
+
+
+def test_a_torchvision_file_with_a_payload_runs_nothing(tmp_path):
+  torch = pytest.importorskip('torch')
+  marker = tmp_path / 'pwned'
+  path = str(tmp_path / 'alexnet.pth')
+  torch.save({'features.0.weight': torch.zeros(2), 'x': Payload(marker)}, path)
+  proc = run_import('torchvision', path, str(tmp_path / 'w'))
+  assert proc.returncode == 2 and not marker.exists()
+  assert 'Traceback' not in proc.stderr
+  assert 'is not a PyTorch state_dict file' in proc.stderr.splitlines()[-1]
