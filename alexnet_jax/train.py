@@ -356,25 +356,45 @@ class MetricsLog:
         asynchronous=False)
 
   def roll_back(self, step: int):
-    """Drops records past `step`: work a crash undid, redone on resume.
+    """Repairs metrics.jsonl and drops records past `step` (work a crash
+    undid, redone on resume).
 
-    They are kept in metrics.jsonl.rolled_back, not lost.
+    A line a kill -9 or a full disk cut short is moved to metrics.jsonl.torn
+    with a warning; records past `step` go to metrics.jsonl.rolled_back.
+    Nothing is lost, and readers of metrics.jsonl see only whole lines.
     """
     if not self.active or not os.path.exists(self.path):
       return
     with open(self.path) as f:
       lines = f.readlines()
-    keep = [l for l in lines if json.loads(l)['step'] <= step]
-    if len(keep) == len(lines):
+    records, torn = [], []
+    for line in lines:
+      try:
+        record = json.loads(line)
+        records.append((record['step'], line if line.endswith('\n')
+                        else line + '\n'))
+      except (ValueError, KeyError, TypeError):
+        if line.strip():
+          torn.append(line if line.endswith('\n') else line + '\n')
+    keep = [l for s, l in records if s <= step]
+    later = [l for s, l in records if s > step]
+    if keep == lines:
       return
-    with open(self.path + '.rolled_back', 'a') as f:
-      f.writelines(l for l in lines if json.loads(l)['step'] > step)
+    if torn:
+      with open(self.path + '.torn', 'a') as f:
+        f.writelines(torn)
+      logging.warning('metrics.jsonl: %d torn line(s) (cut short by a crash '
+                      'or a full disk) moved to %s.torn.', len(torn),
+                      self.path)
+    if later:
+      with open(self.path + '.rolled_back', 'a') as f:
+        f.writelines(later)
+      logging.info('metrics.jsonl: %d record(s) after step %d rolled back to '
+                   '%s.rolled_back', len(later), step, self.path)
     tmp = self.path + '.tmp'
     with open(tmp, 'w') as f:
       f.writelines(keep)
     os.replace(tmp, self.path)
-    logging.info('metrics.jsonl: %d record(s) after step %d rolled back to '
-                 '%s.rolled_back', len(lines) - len(keep), step, self.path)
 
   def write(self, record: Dict[str, Any]):
     if not self.active:

@@ -140,8 +140,14 @@ def read_metrics(path: str) -> List[Dict]:
   if not os.path.exists(path):
     raise errors.UserError(f'{path} does not exist; pass the --workdir of a '
                            'training run.')
+  records = []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except ValueError:  # A line cut short by a crash (repaired on resume).
+        continue
+  return records
 
 
 def lr_drops(records: Sequence[Dict]) -> List[float]:

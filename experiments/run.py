@@ -304,13 +304,10 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
 
 def _train_curve(workdir):
   """[(epoch, step, training error)] from a run's training records."""
-  curve = []
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    for line in f:
-      r = json.loads(line)
-      if r.get('split') == 'train':
-        curve.append((r['epoch'], r['step'], r['top1_err']))
-  return curve
+  from alexnet_jax import viz  # pylint: disable=g-import-not-at-top
+  return [(r['epoch'], r['step'], r['top1_err'])
+          for r in viz.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+          if r.get('split') == 'train']
 
 
 def first_reaching(curve, target):

@@ -202,3 +202,26 @@ def test_keys_newer_than_a_checkpoint_are_fine_at_their_default():
   config.lr_scaling = 'linear'  # Not the old behaviour: refused.
   with pytest.raises(errors.ConfigError, match='lr_scaling: None'):
     train.check_config_drift(_FakeCheckpoints(saved), config)
+
+
+def test_a_torn_metrics_line_is_repaired_on_resume(digits_dir, tmp_path):
+  # A kill -9 or a full disk during a write leaves half a line: the rerun
+  # keeps it aside with a warning, and every reader sees only whole lines.
+  from alexnet_jax import viz  # pylint: disable=g-import-not-at-top
+  config = short_config(digits_dir, steps=4)
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  path = os.path.join(workdir, 'metrics.jsonl')
+  with open(path) as f:
+    whole = f.read()
+  with open(path, 'w') as f:
+    f.write(whole[:-40])
+  fragment = whole[:-40].splitlines()[-1]
+  assert len(viz.read_metrics(path)) == len(whole.splitlines()) - 1
+  config.num_train_steps = 6
+  train.train_and_evaluate(config, workdir)
+  with open(path + '.torn') as f:
+    assert f.read() == fragment + '\n'
+  records = read_metrics(workdir)  # Every line parses.
+  assert [r['step'] for r in records if r['split'] == 'train'] == [2, 4, 6]
+  assert [r['step'] for r in records if r['split'] == 'eval'] == [6]
