@@ -102,8 +102,7 @@ def read_checkpoint(workdir: str, step: int, device=None):
 def load_stats(workdir: str, config) -> Dict[str, np.ndarray]:
   path = os.path.join(workdir, STATS_FILE)
   if os.path.exists(path):
-    with np.load(path) as f:
-      return {k: f[k] for k in f.files}
+    return read_stats(path)
   if config.augment.mean == 'none':
     size = config.image_size
     return {'mean': np.zeros((size, size, 3), np.float32)}
@@ -111,6 +110,18 @@ def load_stats(workdir: str, config) -> Dict[str, np.ndarray]:
       f'{path} is missing: the mean image the network was trained with. '
       'Rerun the training command on this workdir once (it writes the file '
       'and changes nothing else) or copy it from the training machine.')
+
+
+def read_stats(path: str) -> Dict[str, np.ndarray]:
+  """A stats.npz of plain arrays; never unpickles (files may come from
+  elsewhere)."""
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      return {k: f[k] for k in f.files}
+  except (ValueError, OSError) as e:
+    raise FeaturesError(
+        f'{path} is not a numpy .npz of plain arrays ({str(e)[:120]}); it '
+        'was not loaded. Copy stats.npz from the training run.') from e
 
 
 def image_files(directory: str) -> List[str]:
@@ -132,13 +143,20 @@ def _resize_and_crop(image: np.ndarray, size: int) -> np.ndarray:
   return preprocess.resize_and_crop(image, size).numpy()
 
 
-def load_image(item, size: int) -> np.ndarray:
-  """A file path or uint8 array -> the preprocessed `(size, size, 3)` uint8."""
+def load_image(item, size: int,
+               max_pixels: int = preprocess.MAX_IMAGE_PIXELS) -> np.ndarray:
+  """A file path or uint8 array -> the preprocessed `(size, size, 3)` uint8.
+
+  A file whose header declares more than `max_pixels` pixels is refused
+  before it is decoded.
+  """
   if isinstance(item, (str, os.PathLike)):
     try:
       with open(item, 'rb') as f:
         data = f.read()
-      image = preprocess.decode(data)
+      image = preprocess.decode(data, max_pixels)
+    except preprocess.ImageTooLarge as e:
+      raise FeaturesError(f'image {item}: {e}.') from e
     except Exception as e:  # pylint: disable=broad-except
       raise FeaturesError(f'cannot read image {item} ({type(e).__name__}); '
                           'pass JPEG, PNG, BMP or GIF files.') from e
@@ -170,6 +188,9 @@ class Features:
     self.path = path
     self.model = model_lib.create_model(config.model)
     self.mean = jnp.asarray(stats['mean'], jnp.float32)
+    # Image files with more pixels are refused before decoding.
+    self.max_pixels = int(config.get('max_image_pixels',
+                                     preprocess.MAX_IMAGE_PIXELS))
     self._fns = {}
 
   @property
@@ -237,26 +258,29 @@ class Features:
     if progress:
       from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
       bar = tqdm.tqdm(total=n, desc=f'{layer} features', unit='img')
-    for start in range(0, n, batch_size):
-      chunk = images[start:start + batch_size]
-      if preprocess:
-        batch = np.stack([load_image(im, size) for im in chunk])
-      else:
-        batch = np.asarray(chunk, np.float32)
-        if batch.shape[1:] != (size, size, 3):
-          raise FeaturesError(
-              f'preprocess=False needs network-ready images of shape (N, '
-              f'{size}, {size}, 3), got {batch.shape}.')
-      pad = batch_size - len(batch)  # One compiled shape for every batch.
-      if pad and n > batch_size:
-        batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:],
-                                                batch.dtype)])
-      feats = np.asarray(fn(self.params, batch))
-      out.append(feats[:len(chunk)])
+    try:
+      for start in range(0, n, batch_size):
+        chunk = images[start:start + batch_size]
+        if preprocess:
+          batch = np.stack([load_image(im, size, self.max_pixels)
+                            for im in chunk])
+        else:
+          batch = np.asarray(chunk, np.float32)
+          if batch.shape[1:] != (size, size, 3):
+            raise FeaturesError(
+                f'preprocess=False needs network-ready images of shape (N, '
+                f'{size}, {size}, 3), got {batch.shape}.')
+        pad = batch_size - len(batch)  # One compiled shape for every batch.
+        if pad and n > batch_size:
+          batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:],
+                                                  batch.dtype)])
+        feats = np.asarray(fn(self.params, batch))
+        out.append(feats[:len(chunk)])
+        if bar:
+          bar.update(len(chunk))
+    finally:  # Before any error message, not after it.
       if bar:
-        bar.update(len(chunk))
-    if bar:
-      bar.close()
+        bar.close()
     return np.concatenate(out)
 
 
@@ -302,12 +326,18 @@ def main(argv=None):
                       help='K nearest gallery images of each query')
   parser.add_argument('--gallery', default=None,
                       help='directory of gallery images (default: --images)')
+  parser.add_argument('--max_image_pixels', type=int, default=None,
+                      help='refuse images with more pixels (default: the '
+                      "run's max_image_pixels, else "
+                      f'{preprocess.MAX_IMAGE_PIXELS:,}; 0: no limit)')
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.WARNING)
   try:
     if args.neighbours < 0 or args.batch_size < 1:
       raise FeaturesError('--neighbours must be >= 0 and --batch_size >= 1.')
     net = load(args.workdir)
+    if args.max_image_pixels is not None:
+      net.max_pixels = args.max_image_pixels
     paths = image_files(args.images)
     feats = net.extract(paths, args.layer, crops=args.crops,
                         batch_size=args.batch_size, progress=True)

@@ -5,8 +5,69 @@ rescaling the shorter side to 256 and cropping out the central 256 x 256 patch.
 This runs once per image, when a dataset is prepared into its store
 (`alexnet_jax.datasets.store`), and on the images given to
 `alexnet_jax.features`; random crops, flips and the mean image are applied on
-the device (`alexnet_jax.augment`). A leaf module: it imports nothing of ours.
+the device (`alexnet_jax.augment`). Every decode first reads the image's header and refuses more than
+`max_image_pixels` pixels (decompression bombs). A leaf module: it imports
+nothing of ours.
 """
+
+import contextlib
+import io
+import re
+
+import numpy as np
+
+# Pillow's own default (about 89 megapixels): a PNG under 1 MB can declare
+# 30000 x 30000 pixels and take gigabytes once decoded. ImageNet's largest
+# photos are far below it.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+class ImageTooLarge(ValueError):
+  """An image whose header declares more pixels than the limit."""
+
+
+@contextlib.contextmanager
+def _no_pillow_limit():
+  # We check the size ourselves, from the header, with our own limit.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+  try:
+    yield Image
+  finally:
+    Image.MAX_IMAGE_PIXELS = saved
+
+
+def header_pixels(data: bytes) -> int:
+  """The pixel count an encoded image's header declares (0: not an image
+  Pillow identifies; the decoder then refuses it). Decodes nothing."""
+  with _no_pillow_limit() as image_lib:
+    try:
+      with image_lib.open(io.BytesIO(data)) as image:
+        width, height = image.size
+    except Exception:  # pylint: disable=broad-except
+      return 0
+  return width * height
+
+
+def too_large(pixels: int, limit: int) -> str:
+  return (f'{pixels:,} pixels is above the limit of {limit:,} '
+          '(max_image_pixels to raise it)')
+
+
+def check_pixels(data: bytes, limit: int = MAX_IMAGE_PIXELS) -> int:
+  """header_pixels(data), raising ImageTooLarge above `limit` (0: none)."""
+  pixels = header_pixels(data)
+  if limit and pixels > limit:
+    raise ImageTooLarge(too_large(pixels, limit))
+  return pixels
+
+
+def open_checked(data: bytes, limit: int = MAX_IMAGE_PIXELS):
+  """A Pillow image of `data`, its size checked against `limit` first."""
+  check_pixels(data, limit)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with _no_pillow_limit():
+    return Image.open(io.BytesIO(data))
 
 
 def tf():
@@ -16,9 +77,33 @@ def tf():
   return tensorflow
 
 
-def decode(data):
-  """Encoded image bytes (JPEG, PNG, BMP, GIF) -> (H, W, 3) uint8 tensor."""
-  return tf().io.decode_image(data, channels=3, expand_animations=False)
+def decode(data, limit: int = MAX_IMAGE_PIXELS):
+  """Encoded image bytes (JPEG, PNG, BMP, GIF) -> (H, W, 3) uint8 tensor.
+
+  The header's pixel count is checked against `limit` first: eagerly (bytes
+  in) raising ImageTooLarge; in a tf.data graph as an assertion whose message
+  starts with TOO_LARGE and carries the count (see `too_large_message`).
+  """
+  t = tf()
+  if isinstance(data, bytes):
+    check_pixels(data, limit)
+  elif limit:
+    pixels = t.numpy_function(lambda d: np.int64(header_pixels(bytes(d))),
+                              [data], t.int64, stateful=False)
+    check = t.debugging.Assert(pixels <= limit, [TOO_LARGE, pixels])
+    with t.control_dependencies([check]):
+      data = t.identity(data)
+  return t.io.decode_image(data, channels=3, expand_animations=False)
+
+
+TOO_LARGE = 'image-too-large'
+
+
+def too_large_message(error_text: str, limit: int):
+  """The one-line message for a tf.data error from `decode`'s check, or
+  None when the error is something else."""
+  found = re.search(TOO_LARGE + r'\] \[(\d+)\]', error_text)
+  return too_large(int(found.group(1)), limit) if found else None
 
 
 def resize_and_crop(image, image_size: int):
@@ -41,8 +126,9 @@ def resize_and_crop(image, image_size: int):
   return t.ensure_shape(image, (image_size, image_size, 3))
 
 
-def example(example, image_size: int):
+def example(example, image_size: int, limit: int = MAX_IMAGE_PIXELS):
   """A tfds record {'image': encoded bytes, 'label'} -> preprocessed tensors."""
   t = tf()
-  return {'image': resize_and_crop(decode(example['image']), image_size),
+  return {'image': resize_and_crop(decode(example['image'], limit),
+                                   image_size),
           'label': t.cast(example['label'], t.int32)}

@@ -133,8 +133,11 @@ def finetune_source(config) -> Optional[Dict[str, Any]]:
     config.augment.scale = saved.augment.scale
     stats_path = os.path.join(workdir, features.STATS_FILE)
     if os.path.exists(stats_path):
-      with np.load(stats_path) as f:
-        stats = {k: f[k] for k in ('mean', 'eigvals', 'eigvecs')}
+      try:
+        stats = features.read_stats(stats_path)
+      except errors.UserError as e:
+        raise errors.ConfigError(f'finetune.init_from: {e}') from e
+      stats = {k: stats[k] for k in ('mean', 'eigvals', 'eigvecs')}
   logging.info('Fine-tuning from %s (step %d): re-initialising %s, freezing '
                '%s.', workdir, step, list(ft.reinit) or 'nothing',
                list(ft.freeze) or 'nothing')
@@ -702,6 +705,7 @@ SAFE_TO_CHANGE = (
     'distributed.coordinator_address', 'distributed.num_processes',
     'distributed.process_id', 'distributed.timeout_seconds', 'data_dir',
     'manual_dir', 'store.dir', 'input.workers', 'input.prefetch',
+    'max_image_pixels',
     'finetune.init_from',
     # Retired keys (the input before the prepared store).
     'cache_resized', 'shuffle_buffer')

@@ -27,6 +27,10 @@ def get_config() -> ml_collections.ConfigDict:
   # (alexnet_jax.datasets.store): shorter side resized to image_size, centre
   # crop image_size x image_size, kept as uint8 (paper: 256).
   config.image_size = 256
+  # Images whose header declares more pixels are refused before decoding
+  # (image_folder skips and reports them; other datasets and the features
+  # command stop with one line). Pillow's default; 0 removes the limit.
+  config.max_image_pixels = 89_478_485
   config.store = ml_collections.ConfigDict()
   # How the store keeps pixels: 'raw' uint8 (196,608 bytes an image at 256;
   # the fastest to read) or 'jpeg' at jpeg_quality (several times smaller,

@@ -195,3 +195,80 @@ def test_ensemble_averages_the_members_softmax(run, tmp_path):
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert json.loads(proc.stdout)['top1_err'] == both['members'][1]['top1_err']
+
+
+class Payload:
+  """A pickle that runs a shell command when it is loaded."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (os.system, (f'touch {self.marker}',))
+
+
+def test_nothing_in_a_workdir_is_executed(run, tmp_path):
+  # Restoring a workdir unpickles nothing: payloads beside the checkpoints
+  # stay inert, and a stats.npz carrying one is refused in one line.
+  import pickle  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(run[0], workdir)
+  marker = tmp_path / 'pwned'
+  step = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))[-1]
+  for where in ('payload.pkl', os.path.join('checkpoints', 'payload.pkl'),
+                os.path.join('checkpoints', step, 'payload.pkl')):
+    with open(os.path.join(workdir, where), 'wb') as f:
+      pickle.dump(Payload(marker), f)
+  net = features.load(workdir)
+  assert net.extract(np.zeros((1, 72, 72, 3), np.uint8)).shape[0] == 1
+  np.savez(os.path.join(workdir, 'stats.npz'),
+           mean=np.array([Payload(marker)], dtype=object))
+  with pytest.raises(features.FeaturesError, match='not loaded'):
+    features.load(workdir)
+  assert not marker.exists()
+
+
+def test_a_decompression_bomb_is_refused_with_bounded_memory(run, tmp_path):
+  # A PNG of about 110 kB declaring 30000 x 30000 pixels: the features
+  # command refuses it from its header, in one line, without the gigabytes
+  # decoding would take; --max_image_pixels changes the limit.
+  from tests.image_folder_test import bomb_png  # pylint: disable=g-import-not-at-top
+  images = tmp_path / 'images'
+  images.mkdir()
+  (images / 'bomb.png').write_bytes(bomb_png())
+  measure = ('import resource, runpy, sys; sys.argv = sys.argv[1:]\n'
+             'try:\n'
+             "  runpy.run_module('alexnet_jax.features', run_name='__main__')\n"
+             'except SystemExit as e:\n'
+             '  code = e.code\n'
+             'print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n'
+             'sys.exit(code)\n')
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', XLA_FLAGS='')
+  args = [sys.executable, '-c', measure, 'features', '--workdir', run[0],
+          '--images', str(images), '--out', str(tmp_path / 'f.npz')]
+  proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].endswith(
+      'bomb.png: 900,000,000 pixels is above the limit of 89,478,485 '
+      '(max_image_pixels to raise it).')
+  peak_mb = int(proc.stdout.split()[-1]) / 1024
+  # The same command on an ordinary image: decoding the bomb would add
+  # 2,700 MB (30000 x 30000 x 3 bytes) to that.
+  normal = tmp_path / 'normal'
+  normal.mkdir()
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image.new('RGB', (500, 375)).save(normal / 'photo.png')
+  ok = subprocess.run(args[:-4] + ['--images', str(normal), '--out',
+                                   str(tmp_path / 'f.npz')],
+                      cwd=ROOT, env=env, capture_output=True, text=True,
+                      timeout=300, check=False)
+  assert ok.returncode == 0, ok.stderr[-2000:]
+  baseline_mb = int(ok.stdout.split()[-1]) / 1024
+  assert peak_mb < baseline_mb + 500, (peak_mb, baseline_mb)
+  proc = subprocess.run(args + ['--max_image_pixels=1000'], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert 'above the limit of 1,000' in proc.stderr

@@ -26,6 +26,14 @@ def encode(rng, mode='RGB', fmt='JPEG', size=(40, 56)):
   return buf.getvalue()
 
 
+def bomb_png(side=30000):
+  """A PNG of about 110 kB that declares side x side pixels (900 M)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  buf = io.BytesIO()
+  Image.new('1', (side, side)).save(buf, format='PNG')
+  return buf.getvalue()
+
+
 def make_folder(root):
   rng = np.random.RandomState(0)
   for split, n in (('train', 5), ('val', 2)):
@@ -43,11 +51,12 @@ def make_folder(root):
       'truncated.jpg': good[:len(good) // 2],    # unreadable
       'empty.jpg': b'',                          # unreadable
       'notes.txt': b'not an image at all',       # unreadable
+      'bomb.png': bomb_png(),                    # 900 Mpixels: refused
   }
   for name, data in files.items():
     with open(os.path.join(odd, name), 'wb') as f:
       f.write(data)
-  return 3  # Unreadable files.
+  return 4  # Unreadable or refused files.
 
 
 @pytest.fixture(scope='module')
@@ -77,8 +86,11 @@ def test_bad_images_are_converted_or_skipped(folder):
   report = image_folder.skipped_report(builder)
   assert report['train']['count'] == bad and report['validation']['count'] == 0
   names = ' '.join(report['train']['files'])
-  for name in ('truncated.jpg', 'empty.jpg', 'notes.txt'):
+  for name in ('truncated.jpg', 'empty.jpg', 'notes.txt', 'bomb.png'):
     assert name in names
+  # The decompression bomb is refused from its header, naming the limit.
+  assert ('900,000,000 pixels is above the limit of 89,478,485 '
+          '(max_image_pixels to raise it)') in names
   images = store.get(small_config(root)).split('train').read(range(18))
   assert images['image'].shape == (18, 72, 72, 3)
 

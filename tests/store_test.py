@@ -127,3 +127,53 @@ def test_damaged_store_is_one_line_and_prepare_rewrites_it(digits_dir,
     store_lib.Split(path)
   assert len(store_lib.get(config).split('train')) == 1438
   assert os.path.exists(data)
+
+
+class FakeSource:
+  """A tfds-like builder of two encoded images, one a decompression bomb."""
+
+  name, version = 'fake', '1.0.0'
+
+  def __init__(self, data_dir, images):
+    import types  # pylint: disable=g-import-not-at-top
+    self.data_dir = data_dir
+    self.images = images
+    self.info = types.SimpleNamespace(
+        splits={'train': types.SimpleNamespace(num_examples=len(images))},
+        features={})
+
+  def as_dataset(self, split, **kwargs):
+    del split, kwargs
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf.data.Dataset.from_tensor_slices(
+        {'image': self.images, 'label': list(range(len(self.images)))})
+
+
+def test_a_decompression_bomb_in_any_dataset_stops_prepare_in_one_line(
+    tmp_path):
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from tests.image_folder_test import bomb_png  # pylint: disable=g-import-not-at-top
+  photo = io.BytesIO()
+  Image.new('RGB', (500, 375), (200, 10, 10)).save(photo, format='JPEG')
+  config = tiny_config(str(tmp_path))
+  builder = FakeSource(str(tmp_path / 'fake'), [photo.getvalue(), bomb_png()])
+  with pytest.raises(errors.DataError) as e:
+    store_lib.prepare(builder, config, ['train'])
+  assert str(e.value) == (
+      'fake train: an image of 900,000,000 pixels is above the limit of '
+      '89,478,485 (max_image_pixels to raise it); set '
+      '--config.max_image_pixels=N, or remove the image from the dataset.')
+  # Nothing that looks prepared; a lower limit refuses the photo too, and
+  # without the bomb the photo is prepared.
+  assert not os.path.exists(os.path.join(store_lib.directory(builder, config),
+                                         'train'))
+  config.max_image_pixels = 1000
+  with pytest.raises(errors.DataError, match='187,500 pixels'):
+    store_lib.prepare(FakeSource(builder.data_dir, [photo.getvalue()]),
+                      config, ['train'])
+  config.max_image_pixels = 89_478_485
+  split = store_lib.prepare(FakeSource(builder.data_dir, [photo.getvalue()]),
+                            config, ['train']).split('train')
+  pixel = split.read([0])['image'][0, 36, 36].astype(int)
+  assert np.abs(pixel - [200, 10, 10]).max() <= 3, pixel  # JPEG's loss.

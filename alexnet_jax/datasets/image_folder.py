@@ -23,6 +23,8 @@ from typing import List
 from absl import logging
 import tensorflow_datasets as tfds
 
+from alexnet_jax import preprocess
+
 SPLIT_DIRS = {'train': 'train', 'validation': 'val'}
 LAYOUT = ('DATA_DIR/train/<class>/<images> and DATA_DIR/val/<class>/<images>')
 SHOW_SKIPPED = 5
@@ -52,10 +54,12 @@ def class_names(root: str) -> List[str]:
   return names
 
 
-def to_rgb_jpeg(data: bytes) -> bytes:
-  """Any image Pillow can read -> RGB JPEG bytes; raises on unreadable data."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  with Image.open(io.BytesIO(data)) as image:
+def to_rgb_jpeg(data: bytes,
+                max_pixels: int = preprocess.MAX_IMAGE_PIXELS) -> bytes:
+  """Any image Pillow can read -> RGB JPEG bytes; raises on unreadable data
+  and (preprocess.ImageTooLarge) on more than `max_pixels` pixels, from the
+  header, before decoding."""
+  with preprocess.open_checked(data, max_pixels) as image:
     image.load()  # Decodes fully: truncated files fail here.
     if image.format == 'JPEG' and image.mode == 'RGB':
       return data  # Already what we store: keep the original bytes.
@@ -71,8 +75,10 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First version.'}
 
-  def __init__(self, *, root_dir: str, **kwargs):
+  def __init__(self, *, root_dir: str,
+               max_pixels: int = preprocess.MAX_IMAGE_PIXELS, **kwargs):
     self._root_dir = os.path.abspath(root_dir)
+    self._max_pixels = max_pixels
     self._classes = class_names(self._root_dir)
     kwargs.setdefault('data_dir', os.path.join(self._root_dir, '.tfds'))
     super().__init__(**kwargs)
@@ -112,7 +118,7 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           continue
         try:
           with open(path, 'rb') as f:
-            data = to_rgb_jpeg(f.read())
+            data = to_rgb_jpeg(f.read(), self._max_pixels)
         except Exception as e:  # pylint: disable=broad-except
           skipped.append(f'{path} ({type(e).__name__}: {e})')
           continue

@@ -31,7 +31,8 @@ def get_builder(config):
       raise errors.DataError('dataset image_folder needs --config.data_dir='
                              f'DATA_DIR holding {image_folder.LAYOUT}.')
     try:
-      builder = image_folder.ImageFolder(root_dir=config.data_dir)
+      builder = image_folder.ImageFolder(root_dir=config.data_dir,
+                                         max_pixels=max_pixels(config))
     except image_folder.LayoutError as e:
       raise errors.DataError(str(e)) from e
   else:
@@ -76,6 +77,11 @@ def _check_imagenet_tars(manual_dir, data_dir):
         f'{expected} as downloaded from image-net.org.')
 
 
+def max_pixels(config) -> int:
+  """config.max_image_pixels (configs saved before it existed: the default)."""
+  return int(config.get('max_image_pixels', preprocess.MAX_IMAGE_PIXELS))
+
+
 def num_examples(builder, split: str) -> int:
   try:
     return builder.info.splits[split].num_examples
@@ -103,7 +109,7 @@ def encoded(builder, split):
 
 
 def preprocessed(builder, split: str, image_size: int, batch_size: int = 128,
-                 threads: int = 0):
+                 threads: int = 0, limit: int = preprocess.MAX_IMAGE_PIXELS):
   """A split in stored order through the host preprocessing, as numpy batches.
 
   Decoding and resizing run on `threads` tf.data threads (0: every core), in
@@ -114,6 +120,6 @@ def preprocessed(builder, split: str, image_size: int, batch_size: int = 128,
   if threads:
     options.threading.private_threadpool_size = threads
   ds = encoded(builder, split).with_options(options).map(
-      lambda e: preprocess.example(e, image_size),
+      lambda e: preprocess.example(e, image_size, limit),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.batch(batch_size).prefetch(2).as_numpy_iterator()

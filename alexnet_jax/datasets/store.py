@@ -228,8 +228,9 @@ def _gb(n: float) -> str:
 def _encoded(builder, config, split):
   """The split's preprocessed images in stored order, as record payloads."""
   tf = preprocess.tf()
+  limit = source.max_pixels(config)
   ds = source.encoded(builder, split).map(
-      lambda e: preprocess.example(e, config.image_size),
+      lambda e: preprocess.example(e, config.image_size, limit),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if options(config).format == 'jpeg':
     quality = int(options(config).jpeg_quality)
@@ -238,6 +239,20 @@ def _encoded(builder, config, split):
                            'label': e['label']},
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.batch(256).prefetch(2).as_numpy_iterator()
+
+
+def _too_large_is_one_line(batches, where, limit):
+  """tf.data reports preprocess's pixel check as its own error: one line."""
+  tf = preprocess.tf()
+  try:
+    yield from batches
+  except tf.errors.OpError as e:
+    message = preprocess.too_large_message(str(e), limit)
+    if not message:
+      raise
+    raise errors.DataError(
+        f'{where}: an image of {message}; set --config.max_image_pixels=N, or '
+        'remove the image from the dataset.') from None
 
 
 def _payloads(batch, fmt) -> List[bytes]:
@@ -264,7 +279,9 @@ def _write_split(builder, config, split: str, path: str):
     raise errors.DataError(
         f'cannot write the store in {os.path.dirname(path)} ({e.strerror}); '
         'set --config.store.dir=DIR to a writable directory.') from e
-  batches = _encoded(builder, config, split)
+  batches = _too_large_is_one_line(_encoded(builder, config, split),
+                                   f'{builder.name} {split}',
+                                   source.max_pixels(config))
   start = time.time()
   first = next(batches, None)
   payloads = _payloads(first, fmt) if first is not None else []
