@@ -128,26 +128,48 @@ class Split:
     self.num_examples = self.meta['num_examples']
     self.classes = self.meta.get('classes')
     self.bytes_per_image = self.meta['bytes'] / max(self.num_examples, 1)
-    self._source = None
+    counts = [e['num_records'] for e in self.meta['files']]
+    self._ends = np.cumsum(counts)
+    self._starts = self._ends - counts
+    self._readers = [None] * len(counts)
     self._lock = threading.Lock()
     self.records_read = 0
 
   def __len__(self) -> int:
     return self.num_examples
 
-  def _records(self):
-    if self._source is None:
-      from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top
+  def _reader(self, f: int):
+    """File f's reader, opened on first use (safe to share between threads,
+    as grain shares them)."""
+    if self._readers[f] is None:
+      from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
       with self._lock:
-        if self._source is None:
-          self._source = array_record_data_source.ArrayRecordDataSource(
-              [os.path.join(self.path, e['name']) for e in self.meta['files']])
-    return self._source
+        if self._readers[f] is None:
+          self._readers[f] = array_record_module.ArrayRecordReader(
+              os.path.join(self.path, self.meta['files'][f]['name']),
+              'readahead_buffer_size:0', file_reader_buffer_size=32768)
+    return self._readers[f]
+
+  def _records(self, indices: np.ndarray) -> List[bytes]:
+    # Straight to each file's reader: array_record's data source would start
+    # a thread pool for every call that touches several files.
+    if len(indices) and (indices.min() < 0 or
+                         indices.max() >= self.num_examples):
+      raise IndexError(f'{self.path}: index out of range [0, '
+                       f'{self.num_examples}).')
+    files = np.searchsorted(self._ends, indices, side='right')
+    records = [b''] * len(indices)
+    for f in np.unique(files):
+      where = np.flatnonzero(files == f)
+      got = self._reader(f).read(
+          [int(p) for p in indices[where] - self._starts[f]])
+      for k, record in zip(where, got):
+        records[k] = record
+    return records
 
   def read(self, indices: Sequence[int]) -> Dict[str, np.ndarray]:
     """{'image': (k, S, S, 3) uint8, 'label': (k,) int32} for `indices`."""
-    indices = [int(i) for i in indices]
-    records = self._records().__getitems__(indices) if indices else []
+    records = self._records(np.asarray(indices, np.int64).reshape(-1))
     with self._lock:
       self.records_read += len(records)
     s = self.image_size
