@@ -37,6 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
   # decoded on every read). README "Data" gives the measurements.
   config.store.format = 'raw'
   config.store.jpeg_quality = 95
+  # About how many bytes each store file holds.
+  config.store.file_bytes = 1 << 30
   # Where stores are written (None: beside the tfds dataset's records).
   config.store.dir = config_dict.placeholder(str)
   # Host input: threads that read (and for 'jpeg' decode) batches, 0 for every

@@ -26,7 +26,7 @@ Expected time per epoch (1,281,167 images): the paper's run took five to six
 days for about 90 epochs on two NVIDIA GTX 580 3GB GPUs, about 1.3 to 1.6
 hours an epoch (Section 5). Not yet run here: no accelerator was lent to the
 development machines, so there is no measured time of ours. The host input
-reads the prepared store at about 3,100 images/s per CPU core (raw) or 880
+reads the prepared store at about 3,100 images/s per CPU core (raw) or 920
 (jpeg) (README "Performance", measured on a 2-core CPU), so it is not the
 bound on a modern GPU given a disk fast enough (2 GB/s per 10,000 images/s
 raw): about 4 minutes an epoch would need 5,300 images/s, e.g. 2 cores reading

@@ -179,13 +179,13 @@ def test_a_decompression_bomb_in_any_dataset_stops_prepare_in_one_line(
   assert np.abs(pixel - [200, 10, 10]).max() <= 3, pixel  # JPEG's loss.
 
 
-def test_a_split_in_many_files_reads_the_same(digits_dir, tmp_path,
-                                              monkeypatch):
+def test_a_split_in_many_files_reads_the_same(digits_dir, tmp_path):
   # ImageNet's raw store is hundreds of files: reads that cross them give
   # the same examples as one file does.
   one = store_lib.get(config_in(digits_dir, tmp_path / 'one')).split('train')
-  monkeypatch.setattr(store_lib, 'SHARD_BYTES', 100 * 72 * 72 * 3)
-  many = store_lib.get(config_in(digits_dir, tmp_path / 'many')).split('train')
+  config = config_in(digits_dir, tmp_path / 'many')
+  config.store.file_bytes = 100 * 72 * 72 * 3
+  many = store_lib.get(config).split('train')
   assert len(one.meta['files']) == 1 and len(many.meta['files']) == 15
   order = np.random.RandomState(0).permutation(1438)
   for got, want in ((many.read(order), one.read(order)),

@@ -49,7 +49,7 @@ FORMATS = ('raw', 'jpeg')
 SPLIT_FILE = 'split.json'
 STATS_FILE = 'stats.npz'
 LABEL_BYTES = 4  # int32, little-endian, before the image bytes.
-SHARD_BYTES = 1 << 30  # About 1 GiB per file.
+SHARD_BYTES = 1 << 30  # About 1 GiB per file (store.file_bytes).
 WRITER_OPTIONS = 'group_size:1,uncompressed'
 PREPARE_COMMAND = 'python -m alexnet_jax.datasets.prepare --config CONFIG'
 INCOMPLETE = '.incomplete'
@@ -323,7 +323,8 @@ def _write_split(builder, config, split: str, path: str):
         f'the {split} split needs about {_gb(estimate)} in {path} but only '
         f'{_gb(free)} is free; free space, or set --config.store.dir=DIR on a '
         f'larger disk{smaller}.')
-  per_shard = max(1, int(SHARD_BYTES // per_record))
+  per_shard = max(1, int(options(config).get('file_bytes', SHARD_BYTES) //
+                         per_record))
   files, written, total_bytes = [], 0, 0
   writer = None
 
