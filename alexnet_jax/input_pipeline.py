@@ -173,9 +173,13 @@ def prefetch_to_device(batches, mesh, size: int = 2,
           return
     except Exception as e:  # Surface errors in the consumer.
       put(e)
+    finally:
+      if hasattr(batches, 'close'):  # grain's reading threads.
+        batches.close()
     put(sentinel)
 
-  threading.Thread(target=producer, daemon=True).start()
+  thread = threading.Thread(target=producer, daemon=True)
+  thread.start()
   try:
     while True:
       item = q.get()
@@ -186,3 +190,6 @@ def prefetch_to_device(batches, mesh, size: int = 2,
       yield item
   finally:
     stop.set()
+    # Wait for the thread to leave jax and the reader: a thread still inside
+    # them when the interpreter exits can abort it.
+    thread.join(timeout=60)
