@@ -63,11 +63,15 @@ def check_pixels(data: bytes, limit: int = MAX_IMAGE_PIXELS) -> int:
 
 
 def open_checked(data: bytes, limit: int = MAX_IMAGE_PIXELS):
-  """A Pillow image of `data`, its size checked against `limit` first."""
-  check_pixels(data, limit)
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  with _no_pillow_limit():
-    return Image.open(io.BytesIO(data))
+  """A Pillow image of `data` (opened, not decoded), refused with
+  ImageTooLarge when its size is above `limit` (0: no limit)."""
+  with _no_pillow_limit() as image_lib:
+    image = image_lib.open(io.BytesIO(data))
+  pixels = image.size[0] * image.size[1]
+  if limit and pixels > limit:
+    image.close()
+    raise ImageTooLarge(too_large(pixels, limit))
+  return image
 
 
 def tf():

@@ -108,18 +108,18 @@ def encoded(builder, split):
       read_config=tfds.ReadConfig(interleave_cycle_length=1))
 
 
-def preprocessed(builder, split: str, image_size: int, batch_size: int = 128,
-                 threads: int = 0, limit: int = preprocess.MAX_IMAGE_PIXELS):
-  """A split in stored order through the host preprocessing, as numpy batches.
-
-  Decoding and resizing run on `threads` tf.data threads (0: every core), in
-  order; the last batch may be short.
-  """
+def preprocessed_dataset(builder, split: str, image_size: int,
+                         limit: int = preprocess.MAX_IMAGE_PIXELS):
+  """A split in stored order through the host preprocessing (tf.data;
+  decoding and resizing on every core, in order)."""
   tf = preprocess.tf()
-  options = tf.data.Options()
-  if threads:
-    options.threading.private_threadpool_size = threads
-  ds = encoded(builder, split).with_options(options).map(
+  return encoded(builder, split).map(
       lambda e: preprocess.example(e, image_size, limit),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.batch(batch_size).prefetch(2).as_numpy_iterator()
+
+
+def preprocessed(builder, split: str, image_size: int, batch_size: int = 128,
+                 limit: int = preprocess.MAX_IMAGE_PIXELS):
+  """preprocessed_dataset as numpy batches; the last may be short."""
+  return preprocessed_dataset(builder, split, image_size, limit).batch(
+      batch_size).prefetch(2).as_numpy_iterator()

@@ -250,10 +250,8 @@ def _gb(n: float) -> str:
 def _encoded(builder, config, split):
   """The split's preprocessed images in stored order, as record payloads."""
   tf = preprocess.tf()
-  limit = source.max_pixels(config)
-  ds = source.encoded(builder, split).map(
-      lambda e: preprocess.example(e, config.image_size, limit),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = source.preprocessed_dataset(builder, split, config.image_size,
+                                   source.max_pixels(config))
   if options(config).format == 'jpeg':
     quality = int(options(config).jpeg_quality)
     ds = ds.map(lambda e: {'image': tf.io.encode_jpeg(e['image'],
