@@ -68,6 +68,7 @@ class FourLayerCNN(nn.Module):
   activation: str = 'relu'
   init_scheme: str = 'paper'
   dtype: Any = jnp.float32
+  matmul_precision: Optional[str] = None  # See model.PRECISIONS.
   # What the training loop asks of a model (see model.AlexNet).
   towers: int = 1
   lrn_across_towers: bool = False
@@ -85,6 +86,7 @@ class FourLayerCNN(nn.Module):
     in_features = 3
     for name, features, std in CONVS:
       conv = nn.Conv(features, (5, 5), padding=2, dtype=self.dtype,
+                     precision=self.matmul_precision,
                      kernel_init=_kernel_init(self.init_scheme, std,
                                               25 * in_features),
                      name=name)
@@ -96,7 +98,9 @@ class FourLayerCNN(nn.Module):
       feats[name] = x
       in_features = features
     x = x.reshape(x.shape[0], -1)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype,
+    # float32 logits: the product accumulates and returns float32.
+    logits = nn.Dense(self.num_classes, dtype=jnp.float32,
+                      precision=self.matmul_precision,
                       kernel_init=_kernel_init(self.init_scheme, FC_INIT_STD,
                                                x.shape[-1], fc=True),
                       name='fc')(x).astype(jnp.float32)

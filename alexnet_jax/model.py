@@ -52,8 +52,15 @@ ARCHS = ('alexnet', 'four_layer_cnn')
 LAYOUTS = ('two_towers', 'one_tower_half', 'single_tower')
 INITS = ('paper', 'caffe', 'he')
 ACTIVATIONS = {'relu': nn.relu, 'tanh': jnp.tanh}
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
-          'float16': jnp.float16}
+# Compute dtypes. Parameters, optimiser state, the loss and the gradients'
+# all-reduce stay float32 whatever this is; float16 is refused (it would need
+# loss scaling, which bfloat16's float32-sized exponent does not).
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# model.matmul_precision: lax.Precision names. 'default' lets the backend
+# choose (TF32 for float32 on Ampere and Hopper GPUs, one bfloat16 pass on
+# TPU, full float32 on CPU); 'highest' asks for full float32 everywhere.
+PRECISIONS = ('default', 'high', 'highest', 'bfloat16', 'tensorfloat32',
+              'float32')
 CONV_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 FC_LAYERS = ('fc6', 'fc7', 'fc8')
 # Layers whose bias the paper initialises to 1 (Section 5).
@@ -145,6 +152,7 @@ class TowerConv(nn.Module):
   in_features: int
   init_scheme: str
   dtype: Any
+  precision: Optional[str] = None
 
   @nn.compact
   def __call__(self, x):
@@ -154,7 +162,8 @@ class TowerConv(nn.Module):
     kernel = self.param('kernel', k_init, (self.towers, s.kernel, s.kernel,
                                            self.in_features, s.features))
     bias = self.param('bias', b_init, (self.towers, s.features))
-    y = ops.per_tower_conv(x, kernel.astype(self.dtype), s.stride, s.padding)
+    y = ops.per_tower_conv(x, kernel.astype(self.dtype), s.stride, s.padding,
+                           self.precision)
     return y + bias.astype(self.dtype)[:, None, None, None, :]
 
 
@@ -163,6 +172,7 @@ class TowerDense(nn.Module):
 
   `out_features` is the number of units held here: the spec's, or a slice of
   them when the units are split over devices (the one-weird-trick scheme).
+  `out_dtype` (fc8: float32) is the product's accumulation and output dtype.
   """
   spec: LayerSpec
   towers: int
@@ -170,6 +180,8 @@ class TowerDense(nn.Module):
   init_scheme: str
   dtype: Any
   out_features: int
+  precision: Optional[str] = None
+  out_dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
@@ -179,8 +191,10 @@ class TowerDense(nn.Module):
                         (self.towers, self.in_features, self.out_features))
     bias = self.param('bias', b_init, (self.towers, self.out_features))
     # x is the full (gathered) input (B, in) read by every tower.
-    y = jnp.einsum('bi,tio->tbo', x, kernel.astype(self.dtype))
-    return y + bias.astype(self.dtype)[:, None, :]
+    out_dtype = self.out_dtype or self.dtype
+    y = jnp.einsum('bi,tio->tbo', x, kernel.astype(self.dtype),
+                   precision=self.precision, preferred_element_type=out_dtype)
+    return y + bias.astype(out_dtype)[:, None, :]
 
 
 class AlexNet(nn.Module):
@@ -218,6 +232,8 @@ class AlexNet(nn.Module):
   dropout_rate: float = 0.5
   init_scheme: str = 'paper'
   dtype: Any = jnp.float32
+  # None / 'default': the backend's own; see PRECISIONS.
+  matmul_precision: Optional[str] = None
   tower_axis: Optional[str] = None
   tower_axis_size: int = 1
   fc_axis: Optional[str] = None
@@ -350,14 +366,18 @@ class AlexNet(nn.Module):
 
     def conv(spec, y, in_features):
       return TowerConv(spec, towers, in_features, self.init_scheme, self.dtype,
-                       name=spec.name)(y)
+                       self.matmul_precision, name=spec.name)(y)
 
     def dense(spec, y, in_features):
       out = spec.features
       if self.fc_split(spec):
         out //= self.fc_axis_size
+      # The logits are accumulated and returned in float32 whatever the
+      # compute dtype: the softmax and loss need their precision.
       return TowerDense(spec, towers, in_features, self.init_scheme, self.dtype,
-                        out, name=spec.name)(y)
+                        out, self.matmul_precision,
+                        jnp.float32 if spec.name == 'fc8' else None,
+                        name=spec.name)(y)
 
     def fc_input(spec, y):
       """The previous fc layer's output as the next one reads it."""
@@ -417,9 +437,18 @@ def create_model(config: ml_collections.ConfigDict, **overrides) -> AlexNet:
   arch = c.get('arch', 'alexnet')
   if arch not in ARCHS:
     raise ValueError(f'model.arch={arch!r} is unknown; use one of {ARCHS}.')
+  if c.dtype == 'float16':
+    raise ValueError("model.dtype='float16' is not supported: it needs loss "
+                     "scaling, which this code does not do; use 'bfloat16' "
+                     '(the same speed on GPUs since Ampere, and on TPUs).')
   if c.dtype not in DTYPES:
     raise ValueError(f'model.dtype={c.dtype!r} is unknown; use one of '
                      f'{tuple(DTYPES)}.')
+  precision = c.get('matmul_precision', 'default')
+  if precision not in PRECISIONS:
+    raise ValueError(f'model.matmul_precision={precision!r} is unknown; use '
+                     f'one of {PRECISIONS}.')
+  precision = None if precision == 'default' else precision
   if c.activation not in ACTIVATIONS:
     raise ValueError(f'model.activation={c.activation!r} is unknown; use one '
                      f'of {tuple(ACTIVATIONS)}.')
@@ -429,7 +458,7 @@ def create_model(config: ml_collections.ConfigDict, **overrides) -> AlexNet:
                        f'CNN; use one of {four_layer_cnn.INITS}.')
     kwargs = dict(num_classes=c.num_classes, input_size=c.input_size,
                   activation=c.activation, init_scheme=c.init,
-                  dtype=DTYPES[c.dtype])
+                  dtype=DTYPES[c.dtype], matmul_precision=precision)
     kwargs.update(overrides)
     return four_layer_cnn.FourLayerCNN(**kwargs)
   tower_count(c.layout)
@@ -446,7 +475,7 @@ def create_model(config: ml_collections.ConfigDict, **overrides) -> AlexNet:
       lrn_across_towers=c.lrn.get('across_towers', False),
       pool_window=c.pool_window,
       pool_stride=c.pool_stride, dropout_rate=c.dropout_rate, init_scheme=c.init,
-      dtype=DTYPES[c.dtype])
+      dtype=DTYPES[c.dtype], matmul_precision=precision)
   kwargs.update(overrides)
   model = AlexNet(**kwargs)
   _, _, _, p5 = ops.feature_sizes(model.input_size, model.padding1,

@@ -44,23 +44,31 @@ def _window_sum(x: jax.Array, n: int) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def _lrn(x, n, k, alpha, beta):
-  return _lrn_fwd(x, n, k, alpha, beta)[0]
+  return _lrn_terms(x, n, k, alpha, beta)[0]
 
 
-def _lrn_fwd(x, n, k, alpha, beta):
+def _lrn_terms(x, n, k, alpha, beta):
+  """(y, d, r): the output, the denominator's base d and r = d ** -beta."""
   xf = x.astype(jnp.float32)
   d = k + alpha * _window_sum(xf * xf, n)
   r = jnp.exp(-beta * jnp.log(d))  # d ** -beta, computed once.
-  return (xf * r).astype(x.dtype), (x, d, r)
+  return (xf * r).astype(x.dtype), d, r
 
 
-def _lrn_bwd(n, k, alpha, beta, res, g):
+def _lrn_fwd(x, n, k, alpha, beta):
+  # Only the input is kept for the backward pass (in its own dtype), which
+  # recomputes d and r: an elementwise window sum that fuses, cheaper than
+  # writing two more float32 arrays of the activations' size to memory and
+  # reading them back.
+  return _lrn_terms(x, n, k, alpha, beta)[0], x
+
+
+def _lrn_bwd(n, k, alpha, beta, x, g):
   # y_i = x_i r_i with r = d^-beta, d_i = k + alpha sum_{j in W(i)} x_j^2:
   # dx_j = g_j r_j - 2 alpha beta x_j sum_{i in W(j)} g_i x_i r_i / d_i.
   # Written by hand because autodiff of the pow recomputes it several times;
   # this halves the cost of LRN's backward pass on CPU.
-  del k
-  x, d, r = res
+  _, d, r = _lrn_terms(x, n, k, alpha, beta)
   xf, gf = x.astype(jnp.float32), g.astype(jnp.float32)
   t = _window_sum(gf * xf * r / d, n)
   dx = gf * r - (2.0 * alpha * beta) * xf * t
@@ -83,7 +91,8 @@ def local_response_norm(x: jax.Array,
   alpha' = alpha as printed in the paper otherwise. The window is clipped at the
   ends of the channel axis, so applied to a tower's activations it never crosses
   into the other tower, as on the paper's GPUs. Computed in float32 whatever
-  the input dtype; has a hand-written VJP.
+  the input dtype; has a hand-written VJP that keeps only `x` for the
+  backward pass (the denominator is recomputed there).
 
   Args:
     x: activations, channels last; any leading axes (tower, batch, H, W).
@@ -100,27 +109,33 @@ def local_response_norm(x: jax.Array,
               float(beta))
 
 
-def _lax_conv(x, kernel, stride, padding):
+def _lax_conv(x, kernel, stride, padding, precision=None):
   return lax.conv_general_dilated(
       x, kernel, window_strides=(stride, stride),
       padding=((padding, padding), (padding, padding)),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv(x, kernel, stride, padding):
-  return _conv_fwd(x, kernel, stride, padding)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, kernel, stride, padding, precision):
+  return _conv_fwd(x, kernel, stride, padding, precision)[0]
 
 
-def _conv_fwd(x, kernel, stride, padding):
-  if jax.default_backend() == 'cpu' and stride > 1:
-    y = _strided_conv_as_matmul(x, kernel, stride, padding)
-  else:
-    y = _lax_conv(x, kernel, stride, padding)
-  return y, (x, kernel)
+def _conv_fwd(x, kernel, stride, padding, precision):
+  # The platform is chosen when the computation is lowered, not when it is
+  # traced (lax.platform_dependent): a step traced on a CPU host but lowered
+  # for an accelerator gets XLA's convolution, and only the chosen branch
+  # is in the compiled program.
+  xla = functools.partial(_lax_conv, stride=stride, padding=padding,
+                          precision=precision)
+  if stride == 1:
+    return xla(x, kernel), (x, kernel)
+  cpu = functools.partial(_strided_conv_as_matmul, stride=stride,
+                          padding=padding, precision=precision)
+  return lax.platform_dependent(x, kernel, cpu=cpu, default=xla), (x, kernel)
 
 
-def _strided_conv_as_matmul(x, kernel, stride, padding):
+def _strided_conv_as_matmul(x, kernel, stride, padding, precision=None):
   """A strided convolution as matmuls over space-to-depth windows, on CPU.
 
   XLA:CPU's own convolution reaches about a third of the matmul peak on
@@ -137,6 +152,7 @@ def _strided_conv_as_matmul(x, kernel, stride, padding):
   def one(_, xc):
     windows = _windows(xc, h, w, kh, kw, stride, padding)
     return None, jnp.einsum('bhwkc,kco->bhwo', windows, kmat,
+                            precision=precision,
                             preferred_element_type=jnp.float32
                             ).astype(x.dtype)
 
@@ -144,7 +160,21 @@ def _strided_conv_as_matmul(x, kernel, stride, padding):
   return _over_chunks(one, None, chunk, x)[1]
 
 
-def _conv_bwd(stride, padding, res, g):
+def _conv_bwd(stride, padding, precision, res, g):
+  x, kernel = res
+  return lax.platform_dependent(
+      x, kernel, g,
+      cpu=functools.partial(_cpu_conv_grads, stride, padding, precision),
+      default=functools.partial(_xla_conv_grads, stride, padding, precision))
+
+
+def _xla_conv_grads(stride, padding, precision, x, kernel, g):
+  """XLA's transposed convolutions (vendor libraries on accelerators)."""
+  return jax.vjp(lambda v, k: _lax_conv(v, k, stride, padding, precision),
+                 x, kernel)[1](g)
+
+
+def _cpu_conv_grads(stride, padding, precision, x, kernel, g):
   """Both gradients as matrix products over chunks of the batch, on CPU.
 
   Kernel gradient: dK[i, j] = sum_{b,h,w} x_pad[b, i + s h, j + s w] g[b, h, w],
@@ -158,16 +188,8 @@ def _conv_bwd(stride, padding, res, g):
   189 ms, conv2's 545 -> 276 ms and its input gradient 383 -> 232 ms) because
   the batch is walked in chunks whose stacked windows stay in the CPU's cache
   (`_batch_chunk`); the same matmuls over the whole batch were slower than
-  XLA's. Accelerators keep XLA's own gradients (vendor libraries).
+  XLA's. Accelerators keep XLA's own gradients (`_xla_conv_grads`).
   """
-  x, kernel = res
-
-  def xla_grads():
-    return jax.vjp(lambda v, k: _lax_conv(v, k, stride, padding),
-                   x, kernel)[1](g)
-
-  if jax.default_backend() != 'cpu':
-    return xla_grads()
   kh, kw, cin, cout = kernel.shape
   b, h, w, _ = g.shape
   kq, kr = -(-kh // stride), -(-kw // stride)
@@ -175,6 +197,7 @@ def _conv_bwd(stride, padding, res, g):
   def kernel_grad(acc, xc, gc):
     windows = _windows(xc, h, w, kh, kw, stride, padding)
     return acc + jnp.einsum('bhwkc,bhwo->kco', windows, gc,
+                            precision=precision,
                             preferred_element_type=jnp.float32), None
 
   dk = jnp.zeros((kq * kr, stride * stride * cin, cout), jnp.float32)
@@ -187,13 +210,13 @@ def _conv_bwd(stride, padding, res, g):
   if stride != 1:
     # Only conv1 has a stride, and its input (the image) needs no gradient:
     # XLA removes this unused transposed convolution.
-    return xla_grads()[0], dk
+    return _xla_conv_grads(stride, padding, precision, x, kernel, g)[0], dk
 
   hp, wp = h + kh - 1, w + kw - 1  # = the padded input's size.
   kmat = kernel.reshape(kh * kw, cin, cout)
 
   def input_grad(_, gc):
-    cols = jnp.einsum('bhwo,kco->bhwkc', gc, kmat,
+    cols = jnp.einsum('bhwo,kco->bhwkc', gc, kmat, precision=precision,
                       preferred_element_type=jnp.float32)
     zero = jnp.array(0, cols.dtype)
     dxp = sum(lax.pad(cols[:, :, :, i * kw + j], zero,
@@ -289,13 +312,15 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1,
-           padding: int = 0) -> jax.Array:
+           padding: int = 0, precision=None) -> jax.Array:
   """NHWC x HWIO convolution with symmetric integer padding.
 
   On CPU both gradients, and the forward pass of a strided convolution, are
   computed as matrix products over batch chunks of stacked input windows
   (`_conv_fwd`, `_conv_bwd`): the same sums, faster there than XLA:CPU's
-  convolutions. Elsewhere all three are XLA's convolutions.
+  convolutions. Elsewhere all three are XLA's convolutions. The choice is
+  made for the platform the computation is lowered for.
+  `precision`: a `lax.Precision` or its name (None: the backend's default).
   """
   kernel = kernel.astype(x.dtype)
   # Inside shard_map the kernel is replicated over axes the data varies on:
@@ -305,11 +330,15 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1,
                   jax.typeof(kernel).manual_axis_type.varying)
   if missing:
     kernel = lax.pcast(kernel, missing, to='varying')
-  return _conv(x, kernel, stride, padding)
+  return _conv(x, kernel, stride, padding, _precision(precision))
+
+
+def _precision(precision):
+  return None if precision is None else lax.Precision(precision)
 
 
 def per_tower_conv(x: jax.Array, kernel: jax.Array, stride: int = 1,
-                   padding: int = 0) -> jax.Array:
+                   padding: int = 0, precision=None) -> jax.Array:
   """Runs each tower as its own convolution.
 
   Mathematically this is a grouped convolution (`feature_group_count` = towers),
@@ -325,6 +354,7 @@ def per_tower_conv(x: jax.Array, kernel: jax.Array, stride: int = 1,
       that every tower reads in full (conv1's image, conv3's gathered maps).
     kernel: `(towers, kh, kw, C, out_per_tower)`.
     stride, padding: as in the paper's layer table.
+    precision: see `conv2d`.
 
   Returns:
     `(towers, B, H', W', out_per_tower)`.
@@ -337,9 +367,9 @@ def per_tower_conv(x: jax.Array, kernel: jax.Array, stride: int = 1,
     # One convolution with every tower's kernels side by side: the input's
     # windows are gathered once, and wider matmuls run faster.
     merged = jnp.concatenate([kernel[t] for t in range(towers)], axis=-1)
-    y = conv2d(x, merged, stride, padding)
+    y = conv2d(x, merged, stride, padding, precision)
     return jnp.stack(jnp.split(y, towers, axis=-1))
-  return jnp.stack([conv2d(x[t], kernel[t], stride, padding)
+  return jnp.stack([conv2d(x[t], kernel[t], stride, padding, precision)
                     for t in range(towers)])
 
 

@@ -212,5 +212,19 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA))
 
 
+def vary(tree, axes):
+  """Inside shard_map: marks each leaf as varying over `axes`.
+
+  For parameters replicated over the batch axes, this is where their
+  gradients are summed over those axes (the cast's transpose is a psum), in
+  the leaf's own dtype.
+  """
+  def cast(x):
+    missing = tuple(a for a in axes
+                    if a not in jax.typeof(x).manual_axis_type.varying)
+    return jax.lax.pcast(x, missing, to='varying') if missing else x
+  return jax.tree.map(cast, tree)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())

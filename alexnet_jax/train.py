@@ -244,6 +244,11 @@ class Steps:
     global_batch = config.batch_size
 
     def local_loss(params, images, labels, stats, step, key):
+      # Parameters meet the data varying over the batch axes, in float32:
+      # the transpose of this cast is the data-parallel gradient psum, so it
+      # sums float32 gradients even when the model computes in bfloat16
+      # (cast after it).
+      params = parallel.vary(params, self.batch_axes)
       b = images.shape[0]
       ids = step * global_batch + self._shard_index() * b + jnp.arange(b)
       aug_key, drop_key = jax.random.split(jax.random.fold_in(key, step))

@@ -93,7 +93,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.pool_stride = 2
   config.model.dropout_rate = 0.5  # On fc6 and fc7, training only.
   config.model.init = 'paper'  # | 'caffe' | 'he'
-  config.model.dtype = 'float32'  # Compute dtype; parameters stay float32.
+  # Compute dtype: 'float32' or 'bfloat16'. Parameters, optimiser state, the
+  # logits, loss and the gradients' all-reduce stay float32 either way.
+  config.model.dtype = 'float32'
+  # Convolutions and matmuls: 'default' is the backend's choice (for float32:
+  # TF32 on Ampere and Hopper GPUs, one bfloat16 pass on TPU, full float32 on
+  # CPU); 'highest' forces full float32 (slower on accelerators).
+  config.model.matmul_precision = 'default'
 
   # ---- Devices --------------------------------------------------------------
   # Mesh ('data', 'model'). model=2 puts one tower on each device, as on the

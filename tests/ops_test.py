@@ -1,8 +1,11 @@
 """Each op against an independent reference, values and gradients."""
 
+import contextlib
+import io
 import itertools
 
 import jax
+import jax.ad_checkpoint  # pylint: disable=unused-import
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
@@ -65,6 +68,19 @@ def test_lrn_gradient_matches_autodiff_of_naive(n):
   got = jax.grad(lambda v: (ops.local_response_norm(v, *args) * g).sum())(x)
   want = jax.grad(lambda v: (naive_lrn_jnp(v, *args) * g).sum())(x)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_lrn_saves_only_its_input_for_the_backward_pass(dtype):
+  x = jax.random.normal(jax.random.key(0), (2, 3, 4, 4, 16)).astype(dtype)
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    jax.ad_checkpoint.print_saved_residuals(
+        lambda v: ops.local_response_norm(v).astype(jnp.float32).sum(), x)
+  # The input itself, in its own dtype; nothing of its size in float32.
+  name = 'bf16' if dtype == jnp.bfloat16 else 'f32'
+  assert out.getvalue().splitlines() == [
+      f'{name}[2,3,4,4,16] from the argument v'], out.getvalue()
 
 
 def test_lrn_window_stays_inside_a_tower():

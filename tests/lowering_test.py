@@ -1,0 +1,179 @@
+"""The train step as it would run on an accelerator, checked on this CPU.
+
+The programs are inspected as lowered (StableHLO, `.lower(...).as_text()`),
+not compiled: XLA:CPU's compiler upcasts bfloat16 collectives to float32,
+which would hide a bfloat16 gradient all-reduce. Lowering for 'cuda' or
+'tpu' needs neither the device nor its plugin.
+"""
+
+import collections
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alexnet_jax import input_pipeline
+from alexnet_jax import model as model_lib
+from alexnet_jax import optim
+from alexnet_jax import parallel
+from alexnet_jax import train
+from tests.conftest import tiny_config
+from tests.parallel_test import STATS
+
+NUM_CLASSES = 10  # fc8: 5 units per tower, a width no other layer has.
+
+
+def _steps(mesh_shape, dtype='bfloat16', scheme='towers', precision=None):
+  config = tiny_config()
+  config.model.dtype = dtype
+  config.model.num_classes = NUM_CLASSES
+  if precision:
+    config.model.matmul_precision = precision
+  config.mesh.data, config.mesh.model = mesh_shape
+  config.mesh.scheme = scheme
+  mesh = parallel.create_mesh(*mesh_shape)
+  model = model_lib.create_model(config.model)
+  tx, _ = optim.create(config, steps_per_epoch=10)
+  steps = train.Steps(config, model, tx, mesh)
+  # Abstract arrays with the real shardings: nothing is computed.
+  abstract = jax.eval_shape(steps.init_state, jax.random.key(0))
+  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(
+      a.shape, a.dtype, sharding=s), abstract, steps.state_sharding)
+  size = config.image_size
+  batch = input_pipeline.to_global(
+      {'image': np.zeros((config.batch_size, size, size, 3), np.uint8),
+       'label': np.zeros((config.batch_size,), np.int32)}, mesh)
+  stats = jax.device_put(STATS(size), parallel.replicated(mesh))
+  return steps, (state, batch, stats, jax.random.key(1))
+
+
+@functools.lru_cache(maxsize=None)
+def _traced(mesh_shape, **kwargs):
+  steps, args = _steps(mesh_shape, **kwargs)
+  return steps.train_step.trace(*args), len(jax.tree.leaves(args[0]))
+
+
+def lowered_train_step(mesh_shape, platform=None, **kwargs) -> str:
+  traced, _ = _traced(mesh_shape, **kwargs)
+  lowered = (traced.lower(lowering_platforms=(platform,)) if platform
+             else traced.lower())
+  return lowered.as_text()
+
+
+def _element_types(types: str):
+  return tuple(re.findall(r'tensor<(?:[0-9]+x)*([a-z][a-z0-9]*)>', types))
+
+
+def collectives(text):
+  """(op, operand element types, replica groups) of every collective."""
+  out = []
+  for m in re.finditer(
+      r'"stablehlo\.(all_reduce|reduce_scatter|all_gather|all_to_all)"'
+      r'\(.*?\) <\{(.*?)\}>.*?: \((.*?)\) -> ', text, re.S):
+    op, attrs, types = m.groups()
+    groups = re.search(r'replica_groups = dense<(.*?)> :', attrs)
+    out.append((op, _element_types(types), groups and groups.group(1)))
+  return out
+
+
+def products(text):
+  """(op, operand element types, operand shapes) of every conv and dot."""
+  out = []
+  for m in re.finditer(r'stablehlo\.(dot_general|convolution)[^\n]*?'
+                       r': \((tensor<[^)]*)\) -> ', text):
+    out.append((m.group(1), _element_types(m.group(2)),
+                re.findall(r'tensor<([0-9x]*)x[a-z]', m.group(2))))
+  return out
+
+
+@pytest.mark.parametrize('mesh_shape,scheme', [
+    ((4, 1), 'towers'), ((2, 2), 'towers'), ((2, 2), 'one_weird_trick')])
+def test_bfloat16_gradients_are_all_reduced_in_float32(mesh_shape, scheme):
+  text = lowered_train_step(mesh_shape, scheme=scheme)
+  reduces = [c for c in collectives(text) if c[0] == 'all_reduce']
+  # 16 parameter gradients (8 layers' kernels and biases) and 3 metrics.
+  assert len(reduces) >= 19, collections.Counter(reduces)
+  assert all(types == ('f32',) for _, types, _ in reduces), (
+      collections.Counter(reduces))
+
+
+def test_bfloat16_convolutions_and_dots():
+  prods = products(lowered_train_step((4, 1)))
+  convs = [p for p in prods if p[0] == 'convolution']
+  assert convs and all(t == ('bf16', 'bf16') for _, t, _ in convs), convs
+  # Every dot is bfloat16 but fc8's backward pass, whose cotangent is the
+  # float32 logits' (fc8 has 5 units per tower; no other layer does).
+  dots = [p for p in prods if p[0] == 'dot_general']
+  f32 = [p for p in dots if p[1] != ('bf16', 'bf16')]
+  assert len(dots) > len(f32) > 0
+  assert all(any('5' in s.split('x') for s in shapes)
+             for _, _, shapes in f32), f32
+
+
+def test_bfloat16_keeps_loss_params_and_optimizer_state_float32():
+  steps, args = _steps((2, 1))
+  state, metrics = steps.train_step.trace(*args).out_info
+  floats = [x for x in jax.tree.leaves(state) if
+            jnp.issubdtype(x.dtype, jnp.floating)]
+  assert floats and all(x.dtype == jnp.float32 for x in floats)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(metrics))
+  # The logits are accumulated and returned in float32.
+  model = steps.model
+  params = args[0].params
+  logits = jax.eval_shape(model.apply, {'params': params},
+                          jnp.zeros((2, 64, 64, 3), jnp.bfloat16))
+  assert logits.dtype == jnp.float32
+  text = jax.jit(lambda p, x: model.apply({'params': p}, x)).lower(
+      params, jnp.zeros((2, 64, 64, 3), jnp.float32)).as_text()
+  fc8 = [l for l in text.splitlines() if 'stablehlo.dot_general' in l][-1]
+  # bfloat16 inputs, float32 accumulation and output.
+  assert re.search(r': \(tensor<[0-9x]*bf16>, tensor<[0-9x]*bf16>\) -> '
+                   r'tensor<[0-9x]*x5x[0-9x]*f32>$', fc8), fc8
+
+
+def test_float16_is_refused_with_one_line():
+  config = tiny_config()
+  config.model.dtype = 'float16'
+  with pytest.raises(ValueError, match=r"float16.*loss scaling.*'bfloat16'"
+                     ) as e:
+    model_lib.create_model(config.model)
+  assert '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('precision,expected', [
+    ('default', 'DEFAULT'), ('highest', 'HIGHEST')])
+def test_matmul_precision_reaches_every_product(precision, expected):
+  text = lowered_train_step((1, 1), dtype='float32', precision=precision)
+  configs = re.findall(r'precision(?:_config)? = \[([^\]]*)\]', text)
+  # Every convolution and dot of the forward and backward passes.
+  assert len(configs) >= 20
+  assert all(c.count(expected) == 2 for c in configs), collections.Counter(
+      configs)
+
+
+def test_unknown_matmul_precision_is_refused():
+  config = tiny_config()
+  config.model.matmul_precision = 'tf32'
+  with pytest.raises(ValueError, match='matmul_precision'):
+    model_lib.create_model(config.model)
+
+
+@pytest.mark.parametrize('platform', ['cuda', 'tpu'])
+def test_accelerator_lowering_has_no_cpu_kernels(platform):
+  text = lowered_train_step((2, 2), platform=platform)
+  assert 'stablehlo.while' not in text  # The CPU kernels' batch loops.
+  assert 'callback' not in text  # No host round trips.
+  assert 'select_and_scatter' not in text  # The max-pool's hand-made VJP.
+  # The whole state's buffers are donated: one alias per state leaf.
+  donated = len(re.findall(r'tf\.aliasing_output = \d+|jax\.buffer_donor',
+                           text))
+  assert donated == _traced((2, 2))[1] > 0
+
+
+def test_cpu_lowering_uses_the_cpu_kernels():
+  # The same step lowered for this CPU: the chunked convolution gradients'
+  # loops are there, so the choice above is made by the platform.
+  assert 'stablehlo.while' in lowered_train_step((2, 2), platform='cpu')
