@@ -1,20 +1,29 @@
 """Throughput and memory benchmarks; each prints one JSON object.
 
   python -m alexnet_jax.bench --config configs/ilsvrc2012.py [--config.k=v ...] \
-      [--vs-torch] [--steps 5]
+      [--dtype bfloat16] [--batch_sizes 128,256,512] [--vs-torch] [--steps 5]
+  python -m alexnet_jax.bench --sweep --config configs/ilsvrc2012.py
   python -m alexnet_jax.bench --pipeline --config CONFIG [--config.k=v ...] \
       [--batches 50]
 
 The first measures, on synthetic data of the config's shapes (so no dataset
-is needed): the jitted, sharded train step (`train_img_per_sec`), evaluation
-with the centre crop and with 10 crops, compile time, peak memory, and
-achieved GFLOP/s from the model's counted multiply-adds against a numpy
-float32 matmul measured in the same run. `--vs-torch` trains the same
-two-tower network (groups=2 convolutions, the paper's LRN per tower) in
-PyTorch eager in the same process; `train_speedup_vs_torch` is the median
-ratio of step times measured in alternation (JAX step, PyTorch step, ...), so
-both see the same machine load. Warm-up excluded; medians of `--steps` timed
-steps.
+is needed): the jitted, sharded train step (`train_img_per_sec`: `--steps`
+steps dispatched back to back and waited for once at the end, as training
+runs them), evaluation with the centre crop and with 10 crops, compile time,
+peak memory (the device's own count where its backend reports one, and the
+process's RSS), and achieved GFLOP/s from the model's counted multiply-adds
+against the device's peak: from a table of published peaks for known
+accelerators (`PEAK_TFLOPS`), else a matmul of the compute dtype measured in
+the same run (CPU). `--batch_sizes` measures several batches one after
+another (a list under "batches"). `--vs-torch` trains the same two-tower
+network (groups=2 convolutions, the paper's LRN per tower) in PyTorch eager in
+the same process, on CUDA when both frameworks see a GPU;
+`train_speedup_vs_torch` is the median ratio of step times measured in
+alternation (JAX step, PyTorch step, ...), so both see the same machine load.
+Warm-up and compilation are excluded.
+
+`--sweep` runs the train step over dtype x batch x mesh on every local device
+and writes the table to `experiments/results/bench/<device>.json` (`--out`).
 
 `--pipeline` measures the host input path on the config's real, prepared
 dataset, read from its store's files (`bench_pipeline`), beside the JPEG path
@@ -25,8 +34,10 @@ it replaced on the same images; e.g. with your own images:
 
 import json
 import os
+import re
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -46,12 +57,49 @@ from alexnet_jax import train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.')
-flags.DEFINE_integer('steps', 5, 'Timed steps (the median is reported).')
+flags.DEFINE_integer('steps', 5, 'Timed train steps, run back to back.')
 flags.DEFINE_integer('warmup', 1, 'Untimed steps after compilation.')
+flags.DEFINE_string('dtype', None, "Compute dtype, 'float32' or 'bfloat16' "
+                    '(default: the config\'s model.dtype).')
+flags.DEFINE_list('batch_sizes', None, 'Global batch sizes to measure, one '
+                  'after another (default: the config\'s batch_size).')
 flags.DEFINE_bool('vs_torch', False, 'Also train the same model in PyTorch.')
+flags.DEFINE_bool('sweep', False, 'dtype x batch x mesh table of the train '
+                  'step, written to experiments/results/bench/<device>.json.')
+flags.DEFINE_string('out', None, '--sweep: where to write the table.')
 flags.DEFINE_bool('pipeline', False, 'Measure only the host input pipeline '
                   "on the config's prepared dataset.")
 flags.DEFINE_integer('batches', 50, 'Batches timed by --pipeline.')
+
+# Dense peak TFLOP/s by device kind and compute dtype, from the vendors'
+# datasheets (NVIDIA H100/H200 SXM, A100 SXM, V100 SXM2; Google Cloud TPU
+# v4, v5e, v5p). float32 at the default matmul precision runs as TF32 on
+# Ampere and Hopper and as bfloat16 passes on TPU; 'float32_highest' is true
+# float32. Matched as substrings of `device.device_kind`, first match wins.
+PEAK_TFLOPS = (
+    ('H100 PCIe', {'bfloat16': 756.0, 'float32': 378.0,
+                   'float32_highest': 51.2}),
+    ('H100', {'bfloat16': 989.4, 'float32': 494.7, 'float32_highest': 66.9}),
+    ('H200', {'bfloat16': 989.4, 'float32': 494.7, 'float32_highest': 66.9}),
+    ('A100', {'bfloat16': 312.0, 'float32': 156.0, 'float32_highest': 19.5}),
+    ('V100', {'float32': 15.7, 'float32_highest': 15.7}),
+    ('TPU v4', {'bfloat16': 275.0, 'float32': 275.0}),
+    ('TPU v5 lite', {'bfloat16': 197.0, 'float32': 197.0}),
+    ('TPU v5e', {'bfloat16': 197.0, 'float32': 197.0}),
+    ('TPU v5p', {'bfloat16': 459.0, 'float32': 459.0}),
+    ('TPU v5', {'bfloat16': 459.0, 'float32': 459.0}),
+)
+
+
+def peak_tflops(device_kind: str, dtype: str, precision: str = 'default'):
+  """The table's peak for a device and dtype, or None if not known."""
+  key = dtype
+  if dtype == 'float32' and precision in ('highest', 'float32'):
+    key = 'float32_highest'
+  for kind, peaks in PEAK_TFLOPS:
+    if kind.lower() in device_kind.lower():
+      return peaks.get(key, peaks.get(dtype))
+  return None
 
 
 def _median_time(fn, steps, warmup):
@@ -65,12 +113,15 @@ def _median_time(fn, steps, warmup):
   return statistics.median(times)
 
 
-def matmul_peak_gflops(n=2048, repeats=5) -> float:
-  """numpy float32 matmul throughput: the machine's practical peak."""
-  a = np.random.rand(n, n).astype(np.float32)
-  b = np.random.rand(n, n).astype(np.float32)
-  a @ b
-  t = min(_timed(lambda: a @ b) for _ in range(repeats))
+def matmul_peak_gflops(dtype: str = 'float32', n: int = 2048,
+                       repeats: int = 5) -> float:
+  """A jitted n x n matmul in `dtype` on the default device: a practical
+  peak where no published one is known (CPUs)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+  f = jax.jit(lambda x, y: x @ y)
+  jax.block_until_ready(f(a, a))
+  t = min(_timed(lambda: jax.block_until_ready(f(a, a)))
+          for _ in range(repeats))
   return 2 * n ** 3 / t / 1e9
 
 
@@ -80,25 +131,49 @@ def _timed(fn):
   return time.perf_counter() - t
 
 
-def bench_jax(config, steps, warmup):
-  """Train and eval throughput of the jitted, sharded steps."""
-  mesh = parallel.create_mesh(config.mesh.data, config.mesh.model)
-  model = model_lib.create_model(config.model)
-  tx, _ = optim.create(config, steps_per_epoch=1000)
-  step_lib = train.Steps(config, model, tx, mesh)
-  state = step_lib.init_state(jax.random.key(0))
-  size, batch = config.image_size, config.batch_size
+def synthetic_batch(config, mesh, batch: int, mask: bool = False):
+  """Random uint8 images and labels of the config's shapes, on the mesh."""
   rng = np.random.RandomState(0)
+  size = config.image_size
   host = {'image': rng.randint(0, 256, (batch, size, size, 3), np.uint8),
           'label': rng.randint(0, config.model.num_classes, (batch,)
                                ).astype(np.int32)}
-  data = input_pipeline.to_global(host, mesh)
-  eigvecs, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-  stats = jax.device_put(
+  if mask:
+    host['mask'] = np.ones((batch,), np.float32)
+  return input_pipeline.to_global(host, mesh)
+
+
+def synthetic_stats(config, mesh):
+  size = config.image_size
+  eigvecs, _ = np.linalg.qr(np.random.RandomState(0).normal(size=(3, 3)))
+  return jax.device_put(
       {'mean': jnp.full((size, size, 3), 110.0, jnp.float32),
        'eigvals': jnp.array([0.2, 0.02, 0.005], jnp.float32),
        'eigvecs': jnp.asarray(eigvecs, jnp.float32)},
       parallel.replicated(mesh))
+
+
+def device_peak_memory_gb(mesh):
+  """The largest peak_bytes_in_use over the mesh's local devices, in GB
+  (None where the backend keeps no such count, e.g. CPU)."""
+  peaks = []
+  for d in mesh.local_devices:
+    stats = d.memory_stats() if hasattr(d, 'memory_stats') else None
+    if stats and 'peak_bytes_in_use' in stats:
+      peaks.append(stats['peak_bytes_in_use'])
+  return max(peaks) / 1e9 if peaks else None
+
+
+def bench_train(config, steps, warmup, devices=None):
+  """The train step: compiled, then `steps` back to back, blocked once."""
+  mesh = parallel.create_mesh(config.mesh.data, config.mesh.model, devices)
+  model = model_lib.create_model(config.model)
+  tx, _ = optim.create(config, steps_per_epoch=1000)
+  step_lib = train.Steps(config, model, tx, mesh)
+  state = step_lib.init_state(jax.random.key(0))
+  batch = config.batch_size
+  data = synthetic_batch(config, mesh, batch)
+  stats = synthetic_stats(config, mesh)
   key = jax.random.key(1)
 
   t = time.perf_counter()
@@ -106,15 +181,49 @@ def bench_jax(config, steps, warmup):
   compile_seconds = time.perf_counter() - t
   holder = {'state': state}
 
-  def train_once():
-    holder['state'], metrics = compiled(holder['state'], data, stats, key)
+  def run(n):
+    """n steps dispatched back to back; waits once, for the last."""
+    s = holder['state']
+    for _ in range(n):
+      s, metrics = compiled(s, data, stats, key)
+    holder['state'] = s
     jax.block_until_ready(metrics)
 
-  train_time = _median_time(train_once, steps, warmup)
-  result = {'_train_once': train_once}
+  run(max(warmup, 1))
+  seconds = _timed(lambda: run(steps))
+  train_rate = batch * steps / seconds
+  macs = model_lib.forward_macs(model)
+  # Training costs about three forward passes (forward, and the backward's
+  # two products: input and weight gradients).
+  gflops = train_rate * 3 * 2 * macs / 1e9
+  device = mesh.devices.flat[0]
+  peak = peak_tflops(device.device_kind, config.model.dtype,
+                     config.model.get('matmul_precision', 'default'))
+  result = dict(
+      batch=batch, dtype=config.model.dtype, mesh=dict(mesh.shape),
+      train_img_per_sec=train_rate,
+      train_step_ms=1000 * seconds / steps,
+      train_steps_timed=steps,
+      compile_seconds=compile_seconds,
+      forward_gmacs_per_image=macs / 1e9,
+      gflops_per_sec=gflops,
+      devices=f'{mesh.devices.size} x {device.device_kind}',
+      device_peak_memory_gb=device_peak_memory_gb(mesh))
+  if peak is not None:
+    # The table's peak is per device; the step runs on all of the mesh's.
+    total = peak * 1000 * mesh.devices.size
+    result.update(peak_gflops=total, peak_source='published (PEAK_TFLOPS)',
+                  fraction_of_peak=gflops / total)
+  return result, (step_lib, model, tx, mesh, holder, compiled, data, stats,
+                  key)
 
-  eval_data = input_pipeline.to_global(
-      dict(host, mask=np.ones((batch,), np.float32)), mesh)
+
+def bench_jax(config, steps, warmup):
+  """Train and eval throughput of the jitted, sharded steps."""
+  result, (step_lib, model, tx, mesh, holder, compiled, data, stats,
+           key) = bench_train(config, steps, warmup)
+  batch = config.batch_size
+  eval_data = synthetic_batch(config, mesh, batch, mask=True)
   for crops, name in ((1, 'eval_img_per_sec'), (10, 'eval10_img_per_sec')):
     eval_config = config.copy_and_resolve_references()
     eval_config.eval_crops = crops
@@ -126,19 +235,14 @@ def bench_jax(config, steps, warmup):
     result[name] = batch / _median_time(
         lambda: jax.block_until_ready(fn(params, eval_data, stats)),
         max(1, steps // 2), 0)
-  macs = model_lib.forward_macs(model)
-  train_rate = batch / train_time
+
+  def train_once():
+    holder['state'], metrics = compiled(holder['state'], data, stats, key)
+    jax.block_until_ready(metrics)
+
   result.update(
-      train_img_per_sec=train_rate,
-      compile_seconds=compile_seconds,
       num_params=model_lib.count_params(holder['state'].params),
-      forward_gmacs_per_image=macs / 1e9,
-      # Training costs about three forward passes (forward, and the
-      # backward's two products: input and weight gradients).
-      gflops_per_sec=train_rate * 3 * 2 * macs / 1e9,
-      mesh=dict(mesh.shape),
-      devices=f'{mesh.devices.size} x {jax.devices()[0].device_kind}',
-  )
+      _train_once=train_once)
   return result
 
 
@@ -245,28 +349,66 @@ def _pool5(model):
                            model.pool_window, model.pool_stride)[-1]
 
 
-def bench_torch(config, steps, warmup):
+def torch_device():
+  """'cuda' when PyTorch and jax both see an NVIDIA GPU, else 'cpu'."""
   import torch  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(os.cpu_count() or 1)
+  if torch.cuda.is_available() and jax.default_backend() == 'gpu':
+    return 'cuda'
+  return 'cpu'
+
+
+def bench_torch(config, steps, warmup):
+  """The PyTorch twin's train step, eager, on the same device kind.
+
+  On CUDA: bfloat16 through autocast when model.dtype is bfloat16, and TF32
+  for float32 products when model.matmul_precision is 'default' (as XLA
+  does on Ampere and Hopper). Each step is synchronised.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  device = torch_device()
+  if device == 'cpu':
+    torch.set_num_threads(os.cpu_count() or 1)
+  else:
+    tf32 = config.model.get('matmul_precision', 'default') == 'default'
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = True
   model = model_lib.create_model(config.model)
-  net = torch_alexnet(model)
+  net = torch_alexnet(model).to(device)
   opt = torch.optim.SGD(net.parameters(), lr=config.learning_rate,
                         momentum=config.momentum,
                         weight_decay=config.weight_decay)
   size, batch = config.model.input_size, config.batch_size
-  x = torch.randn(batch, 3, size, size)
-  y = torch.randint(0, config.model.num_classes, (batch,))
+  x = torch.randn(batch, 3, size, size, device=device)
+  y = torch.randint(0, config.model.num_classes, (batch,), device=device)
   loss_fn = torch.nn.CrossEntropyLoss()
+  bf16 = config.model.dtype == 'bfloat16'
 
   def train_once():
     opt.zero_grad(set_to_none=True)
-    loss = loss_fn(net(x), y)
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+      loss = loss_fn(net(x), y)
     loss.backward()
     opt.step()
+    if device == 'cuda':
+      torch.cuda.synchronize()
 
   return {'torch_train_img_per_sec':
               batch / _median_time(train_once, steps, warmup),
-          'torch_version': torch.__version__, '_train_once': train_once}
+          'torch_version': torch.__version__, 'torch_device': device,
+          '_train_once': train_once}
+
+
+def _with(config, dtype=None, batch=None, mesh=None):
+  config = config.copy_and_resolve_references()
+  if dtype:
+    config.model.dtype = dtype
+  if batch:
+    config.batch_size = int(batch)
+    config.eval_batch_size = int(batch)
+  if mesh:
+    config.mesh.data, config.mesh.model = mesh
+  return config
 
 
 def run(config, steps=5, warmup=1, vs_torch=False):
@@ -289,7 +431,7 @@ def run(config, steps=5, warmup=1, vs_torch=False):
       ratios.append(t_torch / t_jax)
     result['train_speedup_vs_torch'] = statistics.median(ratios)
     result['train_speedup_vs_torch_pairs'] = ratios
-  result['matmul_peak_gflops'] = matmul_peak_gflops()
+  result['matmul_peak_gflops'] = matmul_peak_gflops(config.model.dtype)
   result['gflops_fraction_of_matmul_peak'] = (
       result['gflops_per_sec'] / result['matmul_peak_gflops'])
   result['peak_rss_mb'] = resource.getrusage(
@@ -297,16 +439,96 @@ def run(config, steps=5, warmup=1, vs_torch=False):
   return result
 
 
+def sweep_meshes(num_devices: int):
+  """(data, model) over every device: data parallel, and towers split."""
+  meshes = [(num_devices, 1)]
+  if num_devices % 2 == 0:
+    meshes.append((num_devices // 2, 2))
+  return meshes
+
+
+def sweep(config, batch_sizes=None, dtypes=('float32', 'bfloat16'),
+          steps=5, warmup=1, log=print):
+  """The train step over dtype x batch x mesh, on synthetic data."""
+  device = jax.local_devices()[0]
+  accelerator = device.platform != 'cpu'
+  if not batch_sizes:
+    batch_sizes = (128, 256, 512, 1024) if accelerator else (32, 128)
+  rows = []
+  for mesh in sweep_meshes(jax.local_device_count()):
+    for dtype in dtypes:
+      for batch in batch_sizes:
+        c = _with(config, dtype, batch, mesh)
+        row = {'mesh': f'{mesh[0]}x{mesh[1]}', 'dtype': dtype,
+               'batch': int(batch)}
+        try:
+          result, _ = bench_train(c, steps, warmup)
+        except (errors.UserError, ValueError) as e:
+          row['error'] = str(e).splitlines()[0]
+        except jax.errors.JaxRuntimeError as e:  # Out of memory, mostly.
+          row['error'] = str(e).splitlines()[0][:300]
+        else:
+          row.update({k: result.get(k) for k in (
+              'train_img_per_sec', 'train_step_ms', 'compile_seconds',
+              'gflops_per_sec', 'fraction_of_peak', 'device_peak_memory_gb')})
+        rows.append(row)
+        log(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+                     for k, v in row.items()))
+  return {
+      'device_kind': device.device_kind, 'platform': device.platform,
+      'local_devices': jax.local_device_count(),
+      'jax_version': jax.__version__, 'commit': _commit(),
+      'layout': config.model.layout, 'input_size': config.model.input_size,
+      'matmul_precision': config.model.get('matmul_precision', 'default'),
+      'steps_timed': steps,
+      'peak_tflops_per_device': {d: peak_tflops(device.device_kind, d)
+                                 for d in dtypes},
+      'rows': rows}
+
+
+def _commit():
+  try:
+    return subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True,
+                          text=True, check=True, timeout=10,
+                          cwd=os.path.dirname(__file__)).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def device_file_name(device_kind: str) -> str:
+  """'NVIDIA H100 80GB HBM3' -> 'nvidia_h100_80gb_hbm3'."""
+  return re.sub(r'[^a-z0-9]+', '_', device_kind.lower()).strip('_') or 'device'
+
+
 def main(argv):
   del argv
-  if FLAGS.pipeline:
-    try:
-      result = bench_pipeline(FLAGS.config, FLAGS.batches)
-    except errors.UserError as e:
-      print(f'alexnet_jax: error: {e}', file=sys.stderr)
-      sys.exit(2)
-  else:
-    result = run(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.vs_torch)
+  config = FLAGS.config
+  try:
+    if FLAGS.dtype:
+      config = _with(config, dtype=FLAGS.dtype)
+    if FLAGS.pipeline:
+      result = bench_pipeline(config, FLAGS.batches)
+    elif FLAGS.sweep:
+      result = sweep(config, FLAGS.batch_sizes,
+                     (FLAGS.dtype,) if FLAGS.dtype else ('float32', 'bfloat16'),
+                     FLAGS.steps, FLAGS.warmup,
+                     log=lambda line: print(line, file=sys.stderr, flush=True))
+      out = FLAGS.out or os.path.join(
+          'experiments', 'results', 'bench',
+          device_file_name(result['device_kind']) + '.json')
+      os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
+      with open(out, 'w') as f:
+        json.dump(result, f, indent=1)
+      print(f'wrote {out}', file=sys.stderr)
+    elif FLAGS.batch_sizes:
+      result = {'batches': [run(_with(config, batch=b), FLAGS.steps,
+                                FLAGS.warmup, FLAGS.vs_torch)
+                            for b in FLAGS.batch_sizes]}
+    else:
+      result = run(config, FLAGS.steps, FLAGS.warmup, FLAGS.vs_torch)
+  except (errors.UserError, ValueError) as e:
+    print(f'alexnet_jax: error: {str(e).splitlines()[0]}', file=sys.stderr)
+    sys.exit(2)
   print(json.dumps(result, indent=1, sort_keys=True))
 
 

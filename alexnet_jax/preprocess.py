@@ -16,6 +16,8 @@ import re
 
 import numpy as np
 
+from alexnet_jax import errors
+
 # Pillow's own default (about 89 megapixels): a PNG under 1 MB can declare
 # 30000 x 30000 pixels and take gigabytes once decoded. ImageNet's largest
 # photos are far below it.
@@ -74,9 +76,19 @@ def open_checked(data: bytes, limit: int = MAX_IMAGE_PIXELS):
   return image
 
 
+class MissingTensorFlow(errors.UserError, ImportError):
+  """TensorFlow is not installed (setup.cfg leaves it to the `cpu` extra)."""
+
+
 def tf():
   """TensorFlow for host work only (tf.data, image ops), kept off any GPU."""
-  import tensorflow  # pylint: disable=g-import-not-at-top
+  try:
+    import tensorflow  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise MissingTensorFlow(
+        'TensorFlow is needed for the input pipeline (tf.data and image '
+        "decoding) but is not installed: pip install -e '.[cpu]' (or "
+        f'tensorflow-cpu) ({e})') from e
   tensorflow.config.set_visible_devices([], 'GPU')
   return tensorflow
 

@@ -20,7 +20,7 @@ except ImportError:
   HAVE_TORCH = False
 
 FIELDS = {'train_img_per_sec', 'eval_img_per_sec', 'eval10_img_per_sec',
-          'compile_seconds',
+          'compile_seconds', 'train_step_ms',
           'peak_rss_mb', 'num_params', 'gflops_per_sec', 'matmul_peak_gflops',
           'batch', 'mesh', 'devices'}
 
@@ -69,10 +69,60 @@ def test_bench_command_prints_json():
   for k in FIELDS - {'mesh', 'devices'}:
     assert result[k] > 0, k
   assert result['batch'] == 8 and result['mesh'] == {'data': 1, 'model': 1}
+  # CPU: no device memory count, no published peak (the matmul is measured).
+  assert result['device_peak_memory_gb'] is None
+  assert 'fraction_of_peak' not in result
   assert ('train_speedup_vs_torch' in result) == HAVE_TORCH
   if HAVE_TORCH:
     pairs = result['train_speedup_vs_torch_pairs']
     assert len(pairs) == 1 and result['train_speedup_vs_torch'] == pairs[0] > 0
+
+
+def test_peak_table():
+  assert bench.peak_tflops('NVIDIA H100 80GB HBM3', 'bfloat16') == 989.4
+  assert bench.peak_tflops('NVIDIA H100 PCIe', 'bfloat16') == 756.0
+  # float32 runs as TF32 by default on Ampere; 'highest' is true float32.
+  assert bench.peak_tflops('NVIDIA A100-SXM4-40GB', 'float32') == 156.0
+  assert bench.peak_tflops('NVIDIA A100-SXM4-40GB', 'float32',
+                           'highest') == 19.5
+  assert bench.peak_tflops('TPU v5 lite', 'bfloat16') == 197.0
+  assert bench.peak_tflops('cpu', 'float32') is None
+  assert bench.device_file_name('NVIDIA H100 80GB HBM3') == (
+      'nvidia_h100_80gb_hbm3')
+
+
+def test_sweep_writes_a_dtype_batch_mesh_table(tmp_path):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  out = tmp_path / 'cpu.json'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.bench', '--sweep', '--config',
+       'configs/digits.py', '--config.model.width=0.0625',
+       '--config.image_size=72', '--config.model.input_size=64',
+       '--batch_sizes=8', '--steps=2', f'--out={out}'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  table = json.loads(out.read_text())
+  assert table['platform'] == 'cpu' and table['local_devices'] == 2
+  got = {(r['mesh'], r['dtype'], r['batch']) for r in table['rows']}
+  assert got == {(m, d, 8) for m in ('2x1', '1x2')
+                 for d in ('float32', 'bfloat16')}
+  for row in table['rows']:
+    assert 'error' not in row, row
+    assert row['train_img_per_sec'] > 0 and row['train_step_ms'] > 0
+  assert len(proc.stderr.strip().splitlines()) >= 4  # A line per row.
+
+
+def test_bench_refuses_float16_with_one_line():
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', XLA_FLAGS='')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.bench', '--config',
+       'configs/digits.py', '--dtype=float16'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert "use 'bfloat16'" in proc.stderr.strip().splitlines()[-1]
 
 
 PIPELINE_FIELDS = {'pipeline_img_per_sec', 'pipeline_cores',

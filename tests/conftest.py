@@ -2,14 +2,49 @@
 
 Eight simulated CPU devices, so mesh tests run in-process; this must be set
 before jax is first imported, which is why it lives here.
+
+On a machine with a GPU or TPU (and its jax plugin) the suite runs unchanged:
+the CPU is made jax's default platform, so `jax.devices()` (and every mesh a
+test builds) is the simulated CPU devices, and the accelerator is second, for
+the tests marked `accelerator` (`accelerator_devices`).
 """
 
+import importlib.util
 import os
 import sys
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+def _has_module(name: str) -> bool:
+  try:
+    return importlib.util.find_spec(name) is not None
+  except ImportError:  # A missing parent package.
+    return False
+
+
+def platforms_for_tests(environ=os.environ) -> str:
+  """JAX_PLATFORMS for the tests: 'cpu' first, then an installed accelerator.
+
+  jax makes the first platform of the list its default. It skips 'cuda' by
+  itself where no NVIDIA GPU is visible; 'tpu' is listed only where a TPU
+  device file exists, since jax would fail without one.
+  """
+  if environ.get('JAX_PLATFORMS'):
+    return environ['JAX_PLATFORMS']
+  platforms = ['cpu']
+  if any(_has_module(f'jax_plugins.xla_cuda{v}') or
+         _has_module(f'jax_cuda{v}_plugin') for v in (12, 13)):
+    platforms.append('cuda')
+  if _has_module('libtpu') and (os.path.exists('/dev/accel0') or
+                                os.path.exists('/dev/vfio/0')):
+    platforms.append('tpu')
+  return ','.join(platforms)
+
+
+os.environ['JAX_PLATFORMS'] = platforms_for_tests()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
@@ -25,6 +60,18 @@ def compilation_cache(tmp_path_factory):
                     str(tmp_path_factory.mktemp('jax_cache')))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
   yield
+
+
+@pytest.fixture
+def accelerator_devices():
+  """The GPU or TPU devices, for tests marked `accelerator`; else skips."""
+  import jax  # pylint: disable=g-import-not-at-top
+  for platform in ('cuda', 'rocm', 'tpu'):
+    try:
+      return jax.devices(platform)
+    except RuntimeError:
+      continue
+  pytest.skip('no accelerator (GPU or TPU with its jax plugin) here')
 
 
 def shrink(config, batch_size=16, eval_batch_size=40):

@@ -177,3 +177,16 @@ def test_cpu_lowering_uses_the_cpu_kernels():
   # The same step lowered for this CPU: the chunked convolution gradients'
   # loops are there, so the choice above is made by the platform.
   assert 'stablehlo.while' in lowered_train_step((2, 2), platform='cpu')
+
+
+def test_tests_keep_the_cpu_as_default_platform(monkeypatch):
+  # With a GPU plugin installed the suite still builds its meshes from the
+  # simulated CPU devices; the accelerator comes second (conftest.py).
+  from tests import conftest  # pylint: disable=g-import-not-at-top
+  assert jax.default_backend() == 'cpu' and len(jax.devices()) == 8
+  monkeypatch.setattr(conftest, '_has_module', lambda name: False)
+  assert conftest.platforms_for_tests({}) == 'cpu'
+  assert conftest.platforms_for_tests({'JAX_PLATFORMS': 'cuda'}) == 'cuda'
+  monkeypatch.setattr(conftest, '_has_module',
+                      lambda name: name == 'jax_plugins.xla_cuda12')
+  assert conftest.platforms_for_tests({}) == 'cpu,cuda'

@@ -59,3 +59,23 @@ def test_imagenet_config_says_how_data_will_come(tmp_path):
   proc = run_cli(['--config', 'configs/ilsvrc2012.py', '--workdir',
                   str(tmp_path)])
   assert_one_line_error(proc, 'imagenet2012', 'manual_dir')
+
+
+def test_missing_tensorflow_is_one_line(tmp_path):
+  # setup.cfg leaves TensorFlow to the `cpu` extra (Colab has its own).
+  code = '\n'.join([
+      'import runpy, sys',
+      'class NoTensorFlow:',
+      '  def find_spec(self, name, path=None, target=None):',
+      "    if name.split('.')[0] == 'tensorflow':",
+      "      raise ImportError(f'No module named {name!r}', name=name)",
+      'sys.meta_path.insert(0, NoTensorFlow())',
+      "sys.argv = ['main'] + sys.argv[1:]",
+      "runpy.run_module('alexnet_jax.main', run_name='__main__')"])
+  env = dict(os.environ, XLA_FLAGS='', TF_CPP_MIN_LOG_LEVEL='2')
+  proc = subprocess.run(
+      [sys.executable, '-c', code, '--config', 'configs/digits.py',
+       '--workdir', str(tmp_path / 'w'), f'--config.data_dir={tmp_path}'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert_one_line_error(proc, 'TensorFlow is needed', "'.[cpu]'")

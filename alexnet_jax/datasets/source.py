@@ -21,6 +21,7 @@ IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 
 def get_builder(config):
   """The prepared tfds builder for `config.dataset` (prepares it if needed)."""
+  preprocess.tf()  # tfds needs it: one line naming the fix if it is missing.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   name = config.dataset
   if name == 'digits':
