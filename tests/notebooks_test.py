@@ -50,3 +50,45 @@ def test_notebooks_run_top_to_bottom(digits_dir, tmp_path, monkeypatch):
   assert images(book) == 4
   for png in ('conv1_kernels', 'top5', 'retrieval', 'curves'):
     assert os.path.exists(os.path.join(workdir, 'figures', f'{png}.png'))
+
+
+def install_cell(name):
+  book = nbformat.read(os.path.join(ROOT, 'experiments', f'{name}.ipynb'),
+                       as_version=4)
+  cells = [c.source for c in book.cells if c.cell_type == 'code' and
+           'ALEXNET_JAX_SRC' in c.source]
+  assert len(cells) == 1, name
+  return cells[0]
+
+
+@pytest.mark.parametrize('name', ['quickstart', 'feature_extraction',
+                                  'paper_figures'])
+def test_install_cell_installs_an_uploaded_zip(name, tmp_path, monkeypatch):
+  # As on a fresh Colab: alexnet_jax not importable, the repository uploaded
+  # as a .zip. The cell unpacks it and pip-installs that folder (pip itself
+  # is recorded, not run); no guessed URL anywhere.
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import zipfile  # pylint: disable=g-import-not-at-top
+  source = install_cell(name)
+  assert 'http' not in source and 'git+' not in source
+  archive = tmp_path / 'alexnet_jax-main.zip'
+  with zipfile.ZipFile(archive, 'w') as z:
+    z.writestr('alexnet_jax-main/setup.cfg', '[metadata]\n')
+  calls = []
+  real_find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, 'find_spec', lambda n, *a: None if
+                      n == 'alexnet_jax' else real_find_spec(n, *a))
+  monkeypatch.setattr(subprocess, 'check_call', calls.append)
+  monkeypatch.setattr(sys, 'path', list(sys.path))
+  monkeypatch.setenv('ALEXNET_JAX_SRC', str(archive))
+  exec(source, {})  # pylint: disable=exec-used
+  folder = str(tmp_path / 'alexnet_jax-main')
+  assert calls == [[sys.executable, '-m', 'pip', 'install', '-q', '-e',
+                    folder]]  # TensorFlow is installed here: no extra.
+  assert sys.path[0] == folder
+  # Nothing uploaded: one clear error naming what to do.
+  monkeypatch.setenv('ALEXNET_JAX_SRC', str(tmp_path / 'nothing'))
+  with pytest.raises(FileNotFoundError, match='upload it'):
+    exec(source, {})  # pylint: disable=exec-used
