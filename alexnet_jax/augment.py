@@ -56,7 +56,9 @@ def pca_lighting(images: jax.Array, keys: jax.Array, eigvals: jax.Array,
   shift is scaled by 255 for images in pixel values.
   """
   alphas = jax.vmap(lambda k: jax.random.normal(k, (3,)))(keys) * std
-  shift = 255.0 * (alphas * eigvals) @ eigvecs.T  # (B, 3)
+  # (B, 3): a 3x3 product written as a sum, so it is exact float32 whatever
+  # model.matmul_precision says (no matmul unit is worth it here).
+  shift = 255.0 * ((alphas * eigvals)[:, None, :] * eigvecs[None]).sum(-1)
   return images + shift[:, None, None, :].astype(images.dtype)
 
 

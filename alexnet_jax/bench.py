@@ -70,6 +70,7 @@ flags.DEFINE_string('out', None, '--sweep: where to write the table.')
 flags.DEFINE_bool('pipeline', False, 'Measure only the host input pipeline '
                   "on the config's prepared dataset.")
 flags.DEFINE_integer('batches', 50, 'Batches timed by --pipeline.')
+flags.register_validator('steps', lambda n: n >= 1, '--steps must be >= 1')
 
 # Dense peak TFLOP/s by device kind and compute dtype, from the vendors'
 # datasheets (NVIDIA H100/H200 SXM, A100 SXM, V100 SXM2; Google Cloud TPU
@@ -79,6 +80,7 @@ flags.DEFINE_integer('batches', 50, 'Batches timed by --pipeline.')
 PEAK_TFLOPS = (
     ('H100 PCIe', {'bfloat16': 756.0, 'float32': 378.0,
                    'float32_highest': 51.2}),
+    ('H100 NVL', {}),  # Not in the table: no fraction rather than a wrong one.
     ('H100', {'bfloat16': 989.4, 'float32': 494.7, 'float32_highest': 66.9}),
     ('H200', {'bfloat16': 989.4, 'float32': 494.7, 'float32_highest': 66.9}),
     ('A100', {'bfloat16': 312.0, 'float32': 156.0, 'float32_highest': 19.5}),
@@ -96,9 +98,11 @@ def peak_tflops(device_kind: str, dtype: str, precision: str = 'default'):
   key = dtype
   if dtype == 'float32' and precision in ('highest', 'float32'):
     key = 'float32_highest'
+  elif dtype == 'float32' and precision != 'default':
+    key = 'float32_' + precision  # Not in the table: unknown.
   for kind, peaks in PEAK_TFLOPS:
     if kind.lower() in device_kind.lower():
-      return peaks.get(key, peaks.get(dtype))
+      return peaks.get(key)
   return None
 
 
@@ -113,10 +117,12 @@ def _median_time(fn, steps, warmup):
   return statistics.median(times)
 
 
-def matmul_peak_gflops(dtype: str = 'float32', n: int = 2048,
+def matmul_peak_gflops(dtype: str = 'float32', n: int = 0,
                        repeats: int = 5) -> float:
   """A jitted n x n matmul in `dtype` on the default device: a practical
-  peak where no published one is known (CPUs)."""
+  peak where no published one is known (CPUs). n: 2048 on CPU, 8192 on an
+  accelerator (a small one would not fill it)."""
+  n = n or (2048 if jax.default_backend() == 'cpu' else 8192)
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
   f = jax.jit(lambda x, y: x @ y)
   jax.block_until_ready(f(a, a))
@@ -180,6 +186,7 @@ def bench_train(config, steps, warmup, devices=None):
   compiled = step_lib.train_step.lower(state, data, stats, key).compile()
   compile_seconds = time.perf_counter() - t
   holder = {'state': state}
+  memory = compiled.memory_analysis()
 
   def run(n):
     """n steps dispatched back to back; waits once, for the last."""
@@ -193,9 +200,7 @@ def bench_train(config, steps, warmup, devices=None):
   seconds = _timed(lambda: run(steps))
   train_rate = batch * steps / seconds
   macs = model_lib.forward_macs(model)
-  # Training costs about three forward passes (forward, and the backward's
-  # two products: input and weight gradients).
-  gflops = train_rate * 3 * 2 * macs / 1e9
+  gflops = train_rate * 2 * model_lib.train_macs(model) / 1e9
   device = mesh.devices.flat[0]
   peak = peak_tflops(device.device_kind, config.model.dtype,
                      config.model.get('matmul_precision', 'default'))
@@ -208,6 +213,13 @@ def bench_train(config, steps, warmup, devices=None):
       forward_gmacs_per_image=macs / 1e9,
       gflops_per_sec=gflops,
       devices=f'{mesh.devices.size} x {device.device_kind}',
+      # What the compiled step needs on one device (XLA's own account):
+      # its arguments, outputs and temporaries, less the donated buffers.
+      step_memory_gb=(None if memory is None else (
+          memory.argument_size_in_bytes + memory.output_size_in_bytes +
+          memory.temp_size_in_bytes - memory.alias_size_in_bytes) / 1e9),
+      # The backend's peak over the process so far (not reset between
+      # measurements); None where it keeps none (CPU).
       device_peak_memory_gb=device_peak_memory_gb(mesh))
   if peak is not None:
     # The table's peak is per device; the step runs on all of the mesh's.
@@ -361,15 +373,17 @@ def bench_torch(config, steps, warmup):
   """The PyTorch twin's train step, eager, on the same device kind.
 
   On CUDA: bfloat16 through autocast when model.dtype is bfloat16, and TF32
-  for float32 products when model.matmul_precision is 'default' (as XLA
-  does on Ampere and Hopper). Each step is synchronised.
+  for float32 products unless model.matmul_precision is 'highest' (as XLA
+  does on Ampere and Hopper). Each step is synchronised. (main() keeps jax
+  from preallocating the GPU's memory when --vs-torch is given.)
   """
   import torch  # pylint: disable=g-import-not-at-top
   device = torch_device()
   if device == 'cpu':
     torch.set_num_threads(os.cpu_count() or 1)
   else:
-    tf32 = config.model.get('matmul_precision', 'default') == 'default'
+    tf32 = config.model.get('matmul_precision', 'default') in (
+        'default', 'high', 'tensorfloat32')
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True
@@ -448,13 +462,27 @@ def sweep_meshes(num_devices: int):
 
 
 def sweep(config, batch_sizes=None, dtypes=('float32', 'bfloat16'),
-          steps=5, warmup=1, log=print):
-  """The train step over dtype x batch x mesh, on synthetic data."""
+          steps=5, warmup=1, log=print, out=None):
+  """The train step over dtype x batch x mesh, on synthetic data.
+
+  The table is rewritten to `out` (a JSON path) after every row, so a run
+  cut short keeps what it measured.
+  """
   device = jax.local_devices()[0]
   accelerator = device.platform != 'cpu'
   if not batch_sizes:
     batch_sizes = (128, 256, 512, 1024) if accelerator else (32, 128)
+  precision = config.model.get('matmul_precision', 'default')
   rows = []
+  table = {
+      'device_kind': device.device_kind, 'platform': device.platform,
+      'local_devices': jax.local_device_count(),
+      'jax_version': jax.__version__, 'commit': _commit(),
+      'layout': config.model.layout, 'input_size': config.model.input_size,
+      'matmul_precision': precision, 'steps_timed': steps,
+      'peak_tflops_per_device': {d: peak_tflops(device.device_kind, d,
+                                                precision) for d in dtypes},
+      'rows': rows}
   for mesh in sweep_meshes(jax.local_device_count()):
     for dtype in dtypes:
       for batch in batch_sizes:
@@ -470,20 +498,20 @@ def sweep(config, batch_sizes=None, dtypes=('float32', 'bfloat16'),
         else:
           row.update({k: result.get(k) for k in (
               'train_img_per_sec', 'train_step_ms', 'compile_seconds',
-              'gflops_per_sec', 'fraction_of_peak', 'device_peak_memory_gb')})
+              'gflops_per_sec', 'fraction_of_peak', 'step_memory_gb')})
         rows.append(row)
         log(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
                      for k, v in row.items()))
-  return {
-      'device_kind': device.device_kind, 'platform': device.platform,
-      'local_devices': jax.local_device_count(),
-      'jax_version': jax.__version__, 'commit': _commit(),
-      'layout': config.model.layout, 'input_size': config.model.input_size,
-      'matmul_precision': config.model.get('matmul_precision', 'default'),
-      'steps_timed': steps,
-      'peak_tflops_per_device': {d: peak_tflops(device.device_kind, d)
-                                 for d in dtypes},
-      'rows': rows}
+        if out:
+          _write_json(out, table)
+  return table
+
+
+def _write_json(path, obj):
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(obj, f, indent=1)
+  os.replace(path + '.tmp', path)
 
 
 def _commit():
@@ -503,27 +531,35 @@ def device_file_name(device_kind: str) -> str:
 def main(argv):
   del argv
   config = FLAGS.config
+  if FLAGS.vs_torch:
+    # PyTorch shares the GPU: jax takes memory as it needs it instead of
+    # 75% of it up front (read when jax first starts the GPU, after this).
+    os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   try:
     if FLAGS.dtype:
       config = _with(config, dtype=FLAGS.dtype)
     if FLAGS.pipeline:
       result = bench_pipeline(config, FLAGS.batches)
     elif FLAGS.sweep:
+      out = FLAGS.out or os.path.join(
+          'experiments', 'results', 'bench',
+          device_file_name(jax.local_devices()[0].device_kind) + '.json')
       result = sweep(config, FLAGS.batch_sizes,
                      (FLAGS.dtype,) if FLAGS.dtype else ('float32', 'bfloat16'),
                      FLAGS.steps, FLAGS.warmup,
-                     log=lambda line: print(line, file=sys.stderr, flush=True))
-      out = FLAGS.out or os.path.join(
-          'experiments', 'results', 'bench',
-          device_file_name(result['device_kind']) + '.json')
-      os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
-      with open(out, 'w') as f:
-        json.dump(result, f, indent=1)
+                     log=lambda line: print(line, file=sys.stderr, flush=True),
+                     out=out)
       print(f'wrote {out}', file=sys.stderr)
     elif FLAGS.batch_sizes:
-      result = {'batches': [run(_with(config, batch=b), FLAGS.steps,
-                                FLAGS.warmup, FLAGS.vs_torch)
-                            for b in FLAGS.batch_sizes]}
+      result = {'batches': []}
+      for b in FLAGS.batch_sizes:  # One failing batch keeps the others.
+        try:
+          row = run(_with(config, batch=b), FLAGS.steps, FLAGS.warmup,
+                    FLAGS.vs_torch)
+        except (jax.errors.JaxRuntimeError, RuntimeError) as e:
+          row = {'batch': int(b), 'error': str(e).splitlines()[0][:300]}
+        result['batches'].append(row)
+        print(json.dumps(row, sort_keys=True), file=sys.stderr, flush=True)
     else:
       result = run(config, FLAGS.steps, FLAGS.warmup, FLAGS.vs_torch)
   except (errors.UserError, ValueError) as e:

@@ -98,7 +98,8 @@ class FourLayerCNN(nn.Module):
       feats[name] = x
       in_features = features
     x = x.reshape(x.shape[0], -1)
-    # float32 logits: the product accumulates and returns float32.
+    # The small fc layer computes in float32 (its bfloat16 inputs promoted):
+    # float32 logits for the softmax and loss.
     logits = nn.Dense(self.num_classes, dtype=jnp.float32,
                       precision=self.matmul_precision,
                       kernel_init=_kernel_init(self.init_scheme, FC_INIT_STD,

@@ -497,6 +497,17 @@ def count_params(tree) -> int:
   return int(sum(np.prod(l.shape) for l in jax.tree.leaves(tree)))
 
 
+def train_macs(model: AlexNet) -> int:
+  """Multiply-adds of one training step per image: the forward pass and the
+  backward pass's two products per layer (input and weight gradients), less
+  conv1's input gradient, which is never computed (the image needs none)."""
+  c1 = ops.feature_sizes(model.input_size, model.padding1, model.pool_window,
+                         model.pool_stride)[0]
+  s1 = model.specs()[0]
+  conv1 = c1 * c1 * s1.kernel * s1.kernel * 3 * model.towers * s1.features
+  return 3 * forward_macs(model) - conv1
+
+
 def forward_macs(model: AlexNet) -> int:
   """Multiply-adds of one forward pass of one image (convs and fc layers).
 

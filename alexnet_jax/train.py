@@ -120,7 +120,10 @@ def finetune_source(config) -> Optional[Dict[str, Any]]:
   if ft.copy_model:
     keep_classes = config.model.num_classes
     for key, value in saved.model.items():
-      if key not in config.model or key == 'init':  # Ours: for reinit layers.
+      # Ours: init (for reinit layers) and how to compute (dtype,
+      # matmul_precision): they do not change what the weights mean.
+      if key not in config.model or key in ('init', 'dtype',
+                                            'matmul_precision'):
         continue
       if isinstance(config.model[key], ml_collections.ConfigDict):
         config.model[key].update(value.to_dict())
@@ -710,7 +713,7 @@ SAFE_TO_CHANGE = (
     'distributed.coordinator_address', 'distributed.num_processes',
     'distributed.process_id', 'distributed.timeout_seconds', 'data_dir',
     'manual_dir', 'store.dir', 'input.workers', 'input.prefetch',
-    'max_image_pixels',
+    'max_image_pixels', 'model.dtype', 'model.matmul_precision',
     'finetune.init_from',
     # Retired keys (the input before the prepared store).
     'cache_resized', 'shuffle_buffer')

@@ -71,6 +71,7 @@ def test_bench_command_prints_json():
   assert result['batch'] == 8 and result['mesh'] == {'data': 1, 'model': 1}
   # CPU: no device memory count, no published peak (the matmul is measured).
   assert result['device_peak_memory_gb'] is None
+  assert result['step_memory_gb'] > 0
   assert 'fraction_of_peak' not in result
   assert ('train_speedup_vs_torch' in result) == HAVE_TORCH
   if HAVE_TORCH:
@@ -111,6 +112,7 @@ def test_sweep_writes_a_dtype_batch_mesh_table(tmp_path):
   for row in table['rows']:
     assert 'error' not in row, row
     assert row['train_img_per_sec'] > 0 and row['train_step_ms'] > 0
+    assert row['step_memory_gb'] > 0
   assert len(proc.stderr.strip().splitlines()) >= 4  # A line per row.
 
 

@@ -4,9 +4,12 @@ Eight simulated CPU devices, so mesh tests run in-process; this must be set
 before jax is first imported, which is why it lives here.
 
 On a machine with a GPU or TPU (and its jax plugin) the suite runs unchanged:
-the CPU is made jax's default platform, so `jax.devices()` (and every mesh a
-test builds) is the simulated CPU devices, and the accelerator is second, for
-the tests marked `accelerator` (`accelerator_devices`).
+in this process the CPU is made jax's default platform, so `jax.devices()`
+(and every mesh a test builds) is the simulated CPU devices, and the
+accelerator is second, for the tests marked `accelerator`
+(`accelerator_devices`). The commands the tests start as subprocesses get
+JAX_PLATFORMS=cpu: a TPU can be held by one process only, and each process
+on a GPU would take its own share of the memory.
 """
 
 import importlib.util
@@ -44,7 +47,13 @@ def platforms_for_tests(environ=os.environ) -> str:
   return ','.join(platforms)
 
 
-os.environ['JAX_PLATFORMS'] = platforms_for_tests()
+_PLATFORMS = platforms_for_tests()
+os.environ['JAX_PLATFORMS'] = _PLATFORMS.split(',')[0]  # For subprocesses.
+os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+jax.config.update('jax_platforms', _PLATFORMS)  # Before any backend starts.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
@@ -66,7 +75,7 @@ def compilation_cache(tmp_path_factory):
 def accelerator_devices():
   """The GPU or TPU devices, for tests marked `accelerator`; else skips."""
   import jax  # pylint: disable=g-import-not-at-top
-  for platform in ('cuda', 'rocm', 'tpu'):
+  for platform in ('cuda', 'tpu'):
     try:
       return jax.devices(platform)
     except RuntimeError:

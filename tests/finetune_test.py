@@ -41,6 +41,8 @@ def test_finetune_from_a_run_onto_an_image_folder(digits_dir, tmp_path):
   ft.data_dir = folder
   ft.model.num_classes = 3
   ft.finetune.init_from = source
+  # How to compute is the new run's own (the source trained in float32).
+  ft.model.dtype, ft.model.matmul_precision = 'bfloat16', 'highest'
   ft.num_train_steps = 6
   ft.log_every_steps = 3
   ft.checkpoint_every_steps = 3
@@ -49,6 +51,7 @@ def test_finetune_from_a_run_onto_an_image_folder(digits_dir, tmp_path):
   assert result['num_examples'] > 0
   assert ft.image_size == 72 and ft.model.input_size == 64
   assert ft.augment.scale == 255.0
+  assert (ft.model.dtype, ft.model.matmul_precision) == ('bfloat16', 'highest')
 
   before, after = final_params(source), final_params(workdir)
   for layer in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5'):  # Frozen.

@@ -89,10 +89,13 @@ def products(text):
   return out
 
 
-@pytest.mark.parametrize('mesh_shape,scheme', [
-    ((4, 1), 'towers'), ((2, 2), 'towers'), ((2, 2), 'one_weird_trick')])
-def test_bfloat16_gradients_are_all_reduced_in_float32(mesh_shape, scheme):
-  text = lowered_train_step(mesh_shape, scheme=scheme)
+@pytest.mark.parametrize('mesh_shape,scheme,platform', [
+    ((4, 1), 'towers', None), ((2, 2), 'towers', None),
+    ((2, 2), 'one_weird_trick', None), ((4, 1), 'towers', 'cuda'),
+    ((2, 2), 'towers', 'tpu')])
+def test_bfloat16_gradients_are_all_reduced_in_float32(mesh_shape, scheme,
+                                                       platform):
+  text = lowered_train_step(mesh_shape, platform, scheme=scheme)
   reduces = [c for c in collectives(text) if c[0] == 'all_reduce']
   # 16 parameter gradients (8 layers' kernels and biases) and 3 metrics.
   assert len(reduces) >= 19, collections.Counter(reduces)
@@ -100,8 +103,11 @@ def test_bfloat16_gradients_are_all_reduced_in_float32(mesh_shape, scheme):
       collections.Counter(reduces))
 
 
-def test_bfloat16_convolutions_and_dots():
-  prods = products(lowered_train_step((4, 1)))
+@pytest.mark.parametrize('platform', [None, 'cuda'])
+def test_bfloat16_convolutions_and_dots(platform):
+  # On CPU the convolution gradients are dots (the CPU kernels); lowered for
+  # a GPU they are XLA's transposed convolutions: bfloat16 either way.
+  prods = products(lowered_train_step((4, 1), platform))
   convs = [p for p in prods if p[0] == 'convolution']
   assert convs and all(t == ('bf16', 'bf16') for _, t, _ in convs), convs
   # Every dot is bfloat16 but fc8's backward pass, whose cotangent is the

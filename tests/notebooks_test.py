@@ -75,7 +75,9 @@ def test_install_cell_installs_an_uploaded_zip(name, tmp_path, monkeypatch):
   assert 'http' not in source and 'git+' not in source
   archive = tmp_path / 'alexnet_jax-main.zip'
   with zipfile.ZipFile(archive, 'w') as z:
+    z.writestr('__MACOSX/alexnet_jax-main/._setup.cfg', '')  # First entry.
     z.writestr('alexnet_jax-main/setup.cfg', '[metadata]\n')
+    z.writestr('alexnet_jax-main/configs/setup.cfg', '')  # Deeper: not it.
   calls = []
   real_find_spec = importlib.util.find_spec
   monkeypatch.setattr(importlib.util, 'find_spec', lambda n, *a: None if
@@ -84,10 +86,17 @@ def test_install_cell_installs_an_uploaded_zip(name, tmp_path, monkeypatch):
   monkeypatch.setattr(sys, 'path', list(sys.path))
   monkeypatch.setenv('ALEXNET_JAX_SRC', str(archive))
   exec(source, {})  # pylint: disable=exec-used
-  folder = str(tmp_path / 'alexnet_jax-main')
+  folder = str(tmp_path / 'alexnet_jax-main' / 'alexnet_jax-main')
   assert calls == [[sys.executable, '-m', 'pip', 'install', '-q', '-e',
                     folder]]  # TensorFlow is installed here: no extra.
   assert sys.path[0] == folder
+  # Without TensorFlow (not Colab), the `cpu` extra brings it.
+  calls.clear()
+  monkeypatch.setattr(importlib.util, 'find_spec', lambda n, *a: None if
+                      n in ('alexnet_jax', 'tensorflow') else
+                      real_find_spec(n, *a))
+  exec(source, {})  # pylint: disable=exec-used
+  assert calls[0][-1] == folder + '[cpu]'
   # Nothing uploaded: one clear error naming what to do.
   monkeypatch.setenv('ALEXNET_JAX_SRC', str(tmp_path / 'nothing'))
   with pytest.raises(FileNotFoundError, match='upload it'):
