@@ -31,7 +31,7 @@ Initialisation (`init`):
          N(0, 0.005); biases 0.1 where the paper has 1. Caffe's authors changed
          the biases because 1 left the loss flat at the start.
   he     weights N(0, 2 / fan_in) (He et al. 2015), fc8 N(0, 1 / fan_in);
-         biases 0. Small datasets train from it in minutes (DESIGN §4).
+         biases 0. Small datasets train from it in minutes (configs/digits.py).
 """
 
 import dataclasses
@@ -88,7 +88,7 @@ def layer_specs(layout: str = 'two_towers', num_classes: int = 1000,
                 width: float = 1.0, conv1_padding: int = 2,
                 conv_features: Optional[Sequence[int]] = None,
                 fc_features: int = 4096) -> Tuple[LayerSpec, ...]:
-  """The per-tower layer table (DESIGN §2) for a layout.
+  """The per-tower layer table of a layout (paper: Section 3.5, Figure 2).
 
   Args:
     layout: one of LAYOUTS.
@@ -511,8 +511,8 @@ def train_macs(model: AlexNet) -> int:
 def forward_macs(model: AlexNet) -> int:
   """Multiply-adds of one forward pass of one image (convs and fc layers).
 
-  The paper's two-tower net at 224 does about 724M (DESIGN §2); LRN, pooling
-  and the activations are not counted.
+  The paper's two-tower net at 224 does about 724M (tests/bench_test.py);
+  LRN, pooling and the activations are not counted.
   """
   specs = model.specs()
   c1, p1, p2, _ = ops.feature_sizes(model.input_size, model.padding1,

@@ -343,10 +343,10 @@ def per_tower_conv(x: jax.Array, kernel: jax.Array, stride: int = 1,
 
   Mathematically this is a grouped convolution (`feature_group_count` = towers),
   but XLA:CPU runs a grouped convolution, and `vmap` over towers which lowers to
-  one, about 3.4x slower than separate convolutions (DESIGN §4, JAX issue
-  #13800). A Python loop over the (static, small) tower axis gives XLA one
-  ordinary convolution per tower; towers that read the same input are one
-  convolution with their kernels side by side.
+  one, about 3.4x slower than separate convolutions (measured on the
+  development machine; JAX issue #13800). A Python loop over the (static,
+  small) tower axis gives XLA one ordinary convolution per tower; towers that
+  read the same input are one convolution with their kernels side by side.
 
   Args:
     x: either per-tower inputs `(towers, B, H, W, C)` (the tower reads only its

@@ -14,7 +14,7 @@ What differs from the paper and why:
   * model.width=0.5: half the kernels in every layer, the full two-tower
     topology (LRN, overlapping pooling, dropout, the inter-tower connections).
   * model.init='he': the paper's N(0, 0.01) weights with biases 1 left the loss
-    flat at chance for 12 epochs on this small problem (DESIGN §4); He-style
+    flat at chance for 12 epochs on this small problem (measured here); He-style
     scaled weights train in minutes.
   * No horizontal flips, and centre-crop evaluation instead of 10 crops (which
     include mirror images): a mirrored digit is another symbol.

@@ -1,4 +1,4 @@
-"""The model's structure against the paper's table (DESIGN §2)."""
+"""The model's structure against the paper (Section 3.5 and Figure 2)."""
 
 import jax
 import jax.numpy as jnp

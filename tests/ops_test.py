@@ -169,7 +169,7 @@ def test_max_pool_matches_naive(window, stride):
 
 
 def test_overlapping_pool_sizes_match_paper():
-  # 224 input, conv1 padding 2 -> 55 -> 27 -> 13 -> 6 (DESIGN §2).
+  # 224 input, conv1 padding 2 -> 55 -> 27 -> 13 -> 6 (the paper's Figure 2).
   assert tuple(ops.feature_sizes(224, 2, 3, 2)) == (55, 27, 13, 6)
   assert tuple(ops.feature_sizes(227, 0, 3, 2)) == (55, 27, 13, 6)
 
