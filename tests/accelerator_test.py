@@ -11,39 +11,17 @@ import numpy as np
 import pytest
 
 from alexnet_jax import bench
-from alexnet_jax import input_pipeline
-from alexnet_jax import model as model_lib
-from alexnet_jax import optim
-from alexnet_jax import parallel
-from alexnet_jax import train
 from tests.conftest import tiny_config
-from tests.parallel_test import STATS
+from tests.parallel_test import run_steps
 
 pytestmark = pytest.mark.accelerator
 
 
-def _losses(devices, dtype='float32', precision='highest', steps=3):
+def _losses(devices, dtype='float32', precision='highest'):
   config = tiny_config()
   config.model.dtype = dtype
   config.model.matmul_precision = precision
-  config.augment.flip = True
-  mesh = parallel.create_mesh(1, 1, devices[:1])
-  model = model_lib.create_model(config.model)
-  tx, _ = optim.create(config, steps_per_epoch=10)
-  step_lib = train.Steps(config, model, tx, mesh)
-  state = step_lib.init_state(jax.random.key(0))
-  stats = jax.device_put(STATS(config.image_size), parallel.replicated(mesh))
-  rng = np.random.RandomState(0)
-  size = config.image_size
-  losses = []
-  for _ in range(steps):
-    batch = {'image': rng.randint(0, 256, (config.batch_size, size, size, 3),
-                                  dtype=np.uint8),
-             'label': rng.randint(0, 10, (config.batch_size,)).astype(np.int32)}
-    state, metrics = step_lib.train_step(
-        state, input_pipeline.to_global(batch, mesh), stats, jax.random.key(1))
-    losses.append(float(metrics['loss']))
-  return np.array(losses)
+  return np.array(run_steps((1, 1), config, devices=devices[:1])[0])
 
 
 def test_train_step_matches_cpu(accelerator_devices):

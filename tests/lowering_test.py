@@ -15,13 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import input_pipeline
+from alexnet_jax import bench
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import parallel
 from alexnet_jax import train
 from tests.conftest import tiny_config
-from tests.parallel_test import STATS
 
 NUM_CLASSES = 10  # fc8: 5 units per tower, a width no other layer has.
 
@@ -42,11 +41,8 @@ def _steps(mesh_shape, dtype='bfloat16', scheme='towers', precision=None):
   abstract = jax.eval_shape(steps.init_state, jax.random.key(0))
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(
       a.shape, a.dtype, sharding=s), abstract, steps.state_sharding)
-  size = config.image_size
-  batch = input_pipeline.to_global(
-      {'image': np.zeros((config.batch_size, size, size, 3), np.uint8),
-       'label': np.zeros((config.batch_size,), np.int32)}, mesh)
-  stats = jax.device_put(STATS(size), parallel.replicated(mesh))
+  batch = bench.synthetic_batch(config, mesh, config.batch_size)
+  stats = bench.synthetic_stats(config, mesh)
   return steps, (state, batch, stats, jax.random.key(1))
 
 

@@ -29,14 +29,15 @@ def STATS(size):  # pylint: disable=invalid-name
           'eigvecs': jnp.asarray(eigvecs, jnp.float32)}
 
 
-def run_steps(mesh_shape, config=None, scheme='towers', num_classes=10):
+def run_steps(mesh_shape, config=None, scheme='towers', num_classes=10,
+              devices=None):
   config = config or tiny_config()
   config.mesh.scheme = scheme
   config.model.num_classes = num_classes
   config.eval_crops = 10
   config.augment.flip = True
   config.mesh.data, config.mesh.model = mesh_shape
-  mesh = parallel.create_mesh(*mesh_shape)
+  mesh = parallel.create_mesh(*mesh_shape, devices=devices)
   model = model_lib.create_model(config.model)
   tx, _ = optim.create(config, steps_per_epoch=10)
   steps = train.Steps(config, model, tx, mesh)
