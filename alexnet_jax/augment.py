@@ -105,9 +105,9 @@ def train_views(images, key, example_ids, stats, config):
   return x / a.scale
 
 
-def eval_views(images, stats, config):
+def eval_views(images, stats, config, crops: int):
   """Evaluation views `(crops, B, crop, crop, 3)`: centre crop or 10 crops."""
   x = normalize(images, stats['mean'], config.augment.scale)
-  if config.eval_crops == 10:
+  if crops == 10:
     return ten_crops(x, config.model.input_size)
   return center_crop(x, config.model.input_size)[None]

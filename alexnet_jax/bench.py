@@ -32,6 +32,7 @@ it replaced on the same images; e.g. with your own images:
 --config.model.num_classes=N`.
 """
 
+import functools
 import json
 import os
 import re
@@ -53,7 +54,7 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import parallel
-from alexnet_jax import train
+from alexnet_jax import steps as steps_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.')
@@ -175,7 +176,7 @@ def bench_train(config, steps, warmup, devices=None):
   mesh = parallel.create_mesh(config.mesh.data, config.mesh.model, devices)
   model = model_lib.create_model(config.model)
   tx, _ = optim.create(config, steps_per_epoch=1000)
-  step_lib = train.Steps(config, model, tx, mesh)
+  step_lib = steps_lib.Steps(config, model, tx, mesh)
   state = step_lib.init_state(jax.random.key(0))
   batch = config.batch_size
   data = synthetic_batch(config, mesh, batch)
@@ -226,27 +227,22 @@ def bench_train(config, steps, warmup, devices=None):
     total = peak * 1000 * mesh.devices.size
     result.update(peak_gflops=total, peak_source='published (PEAK_TFLOPS)',
                   fraction_of_peak=gflops / total)
-  return result, (step_lib, model, tx, mesh, holder, compiled, data, stats,
-                  key)
+  return result, (step_lib, model, mesh, holder, compiled, data, stats, key)
 
 
 def bench_jax(config, steps, warmup):
   """Train and eval throughput of the jitted, sharded steps."""
-  result, (step_lib, model, tx, mesh, holder, compiled, data, stats,
+  result, (step_lib, model, mesh, holder, compiled, data, stats,
            key) = bench_train(config, steps, warmup)
   batch = config.batch_size
   eval_data = synthetic_batch(config, mesh, batch, mask=True)
+  params = holder['state'].params
   for crops, name in ((1, 'eval_img_per_sec'), (10, 'eval10_img_per_sec')):
-    eval_config = config.copy_and_resolve_references()
-    eval_config.eval_crops = crops
-    eval_steps = train.Steps(eval_config, model, tx, mesh)
-    eval_steps.state_sharding = step_lib.state_sharding
-    fn = eval_steps.eval_step
-    params = holder['state'].params
-    jax.block_until_ready(fn(params, eval_data, stats))
+    run = functools.partial(step_lib.eval_step, params, eval_data, stats,
+                            crops=crops)
+    jax.block_until_ready(run())
     result[name] = batch / _median_time(
-        lambda: jax.block_until_ready(fn(params, eval_data, stats)),
-        max(1, steps // 2), 0)
+        lambda: jax.block_until_ready(run()), max(1, steps // 2), 0)
 
   def train_once():
     holder['state'], metrics = compiled(holder['state'], data, stats, key)
@@ -321,18 +317,18 @@ def torch_alexnet(model: model_lib.AlexNet):
   t = model.towers
   s1, s2, s3, s4, s5, s6, s7, s8 = model.specs()
   # torch divides alpha by n: pass alpha * n for the paper's formula.
-  alpha = model.lrn_alpha if model.lrn_alpha_over_n else model.lrn_alpha * model.lrn_n
+  lrn = model.lrn
+  alpha = lrn.alpha if lrn.alpha_over_n else lrn.alpha * lrn.n
 
   class TowerLRN(nn.Module):
     """LRN whose window stays inside each tower's channels."""
 
     def __init__(self):
       super().__init__()
-      self.lrn = nn.LocalResponseNorm(model.lrn_n, alpha, model.lrn_beta,
-                                      model.lrn_k)
+      self.lrn = nn.LocalResponseNorm(lrn.n, alpha, lrn.beta, lrn.k)
 
     def forward(self, x):
-      if not model.lrn:
+      if not lrn.enabled:
         return x
       return torch.cat([self.lrn(c) for c in x.chunk(t, dim=1)], dim=1)
 

@@ -25,6 +25,9 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy
 from alexnet_jax import errors
 
 
+CHECKPOINTS = 'checkpoints'  # Under the workdir (see workdir.py).
+
+
 class CheckpointError(errors.UserError):
   """Checkpoints that cannot be read or written."""
 
@@ -34,7 +37,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int = 3):
     self.workdir = os.path.abspath(workdir)
-    self.directory = os.path.join(self.workdir, 'checkpoints')
+    self.directory = os.path.join(self.workdir, CHECKPOINTS)
     options = ocp.CheckpointManagerOptions(
         preservation_policy=preservation_policy.LatestN(n=max(1, keep)),
         create=True)

@@ -20,7 +20,6 @@ right):
 """
 
 import json
-import logging as std_logging
 import os
 import sys
 from typing import Dict, List, Optional, Sequence, Union
@@ -36,73 +35,24 @@ from alexnet_jax import errors
 from alexnet_jax import model as model_lib
 from alexnet_jax import ops
 from alexnet_jax import preprocess
+from alexnet_jax import workdir as workdir_lib
 
-LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'pool5', 'fc6', 'fc7',
-          'logits', 'probs')
+# Every layer whose output can be extracted, input to output.
+LAYERS = (model_lib.CONV_LAYERS + ('pool5',) + model_lib.FC_LAYERS[:2] +
+          ('logits', 'probs'))
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.ppm',
                     '.tif', '.tiff')
-STATS_FILE = 'stats.npz'  # Written into every workdir by training.
 
 
 class FeaturesError(errors.UserError):
   """A checkpoint, image or argument the feature extractor cannot use."""
 
 
-def locate(path: str):
-  """(workdir, step) for a workdir (newest checkpoint) or one checkpoint."""
-  path = os.path.abspath(path)
-  ckpts = os.path.join(path, 'checkpoints')
-  if os.path.isdir(ckpts):
-    steps = [int(d) for d in os.listdir(ckpts) if d.isdigit() and
-             os.path.isdir(os.path.join(ckpts, d, 'state'))]
-    if not steps:
-      raise FeaturesError(f'{ckpts} holds no checkpoint yet; train first or '
-                          'pass another workdir.')
-    return path, max(steps)
-  parent = os.path.dirname(path)
-  if (os.path.isdir(os.path.join(path, 'state')) and
-      os.path.basename(parent) == 'checkpoints' and
-      os.path.basename(path).isdigit()):
-    return os.path.dirname(parent), int(os.path.basename(path))
-  raise FeaturesError(
-      f'{path} is neither a workdir (with checkpoints/) nor a checkpoint '
-      '(WORKDIR/checkpoints/STEP); pass the --workdir of a training run or of '
-      'a pretrained import.')
-
-
-def read_checkpoint(workdir: str, step: int, device=None):
-  """(params, meta) of one checkpoint, the params on `device`."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  step_dir = os.path.join(workdir, 'checkpoints', str(step))
-  device = device or jax.devices()[0]
-  # orbax warns that the step-level metadata is not inside state/: harmless.
-  quiet = std_logging.getLogger('absl')
-  level = quiet.level
-  quiet.setLevel(std_logging.ERROR)
-  try:
-    meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
-        os.path.join(step_dir, 'meta'))
-    checkpointer = ocp.StandardCheckpointer()
-    tree = checkpointer.metadata(os.path.join(step_dir, 'state')).item_metadata
-    sharding = jax.sharding.SingleDeviceSharding(device)
-    # Onto one device whatever mesh wrote it: shapes from the checkpoint's
-    # own metadata, placement from here.
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(
-        m.shape, m.dtype, sharding=sharding), tree)
-    state = checkpointer.restore(os.path.join(step_dir, 'state'), target)
-  except Exception as e:  # pylint: disable=broad-except
-    raise FeaturesError(f'cannot read checkpoint {step_dir} ('
-                        f'{type(e).__name__}: {str(e).splitlines()[0][:200]})'
-                        '; pass another checkpoint.') from e
-  finally:
-    quiet.setLevel(level)
-  return state['params'], meta
-
-
 def load_stats(workdir: str, config) -> Dict[str, np.ndarray]:
-  path = os.path.join(workdir, STATS_FILE)
+  """The mean image the network was trained with (from its workdir)."""
+  path = os.path.join(workdir, workdir_lib.STATS_FILE)
   if os.path.exists(path):
-    return read_stats(path)
+    return workdir_lib.read_stats(path)
   if config.augment.mean == 'none':
     size = config.image_size
     return {'mean': np.zeros((size, size, 3), np.float32)}
@@ -110,18 +60,6 @@ def load_stats(workdir: str, config) -> Dict[str, np.ndarray]:
       f'{path} is missing: the mean image the network was trained with. '
       'Rerun the training command on this workdir once (it writes the file '
       'and changes nothing else) or copy it from the training machine.')
-
-
-def read_stats(path: str) -> Dict[str, np.ndarray]:
-  """A stats.npz of plain arrays; never unpickles (files may come from
-  elsewhere)."""
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      return {k: f[k] for k in f.files}
-  except (ValueError, OSError) as e:
-    raise FeaturesError(
-        f'{path} is not a numpy .npz of plain arrays ({str(e)[:120]}); it '
-        'was not loaded. Copy stats.npz from the training run.') from e
 
 
 def image_files(directory: str) -> List[str]:
@@ -286,12 +224,9 @@ class Features:
 
 def load(path: str, device=None) -> Features:
   """The network of a workdir (its newest checkpoint) or of one checkpoint."""
-  workdir, step = locate(path)
-  params, meta = read_checkpoint(workdir, step, device)
-  if 'config' not in meta:
-    raise FeaturesError(f'checkpoint {step} in {workdir} records no config; '
-                        'it was not written by alexnet_jax.')
-  config = ml_collections.ConfigDict(meta['config'])
+  workdir, step = workdir_lib.locate(path)
+  params, meta = workdir_lib.read_params(workdir, step, device)
+  config = workdir_lib.saved_config(meta, f'checkpoint {step} in {workdir}')
   stats = load_stats(workdir, config)
   logging.info('Loaded %s step %d (%s, %d parameters).', workdir, step,
                config.model.layout, model_lib.count_params(params))

@@ -71,7 +71,6 @@ class FourLayerCNN(nn.Module):
   matmul_precision: Optional[str] = None  # See model.PRECISIONS.
   # What the training loop asks of a model (see model.AlexNet).
   towers: int = 1
-  lrn_across_towers: bool = False
 
   @nn.compact
   def __call__(self, images, *, train: bool = False,

@@ -47,15 +47,9 @@ def host_cores() -> int:
     return os.cpu_count() or 1
 
 
-def _option(config, key, default):
-  # Configs saved before the prepared store (ensemble, features) lack `input`.
-  section = config.get('input')
-  return section.get(key, default) if section else default
-
-
 def workers(config) -> int:
   """Reading threads: input.workers, or every core of the host (0)."""
-  return int(_option(config, 'workers', 0)) or host_cores()
+  return int(config.input.workers) or host_cores()
 
 
 @functools.lru_cache(maxsize=4)
@@ -71,7 +65,7 @@ def _iterate(read, start: int, stop: int, config) -> Iterator:
   ds = grain.MapDataset.range(start, stop).map(read)
   return iter(ds.to_iter_dataset(grain.ReadOptions(
       num_threads=n_workers,
-      prefetch_buffer_size=max(int(_option(config, 'prefetch', 4)),
+      prefetch_buffer_size=max(int(config.input.prefetch),
                                n_workers))))
 
 

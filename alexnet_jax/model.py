@@ -47,8 +47,6 @@ import numpy as np
 from alexnet_jax import four_layer_cnn
 from alexnet_jax import ops
 
-# model.arch: the paper's AlexNet, or Figure 1's four-layer CIFAR-10 net.
-ARCHS = ('alexnet', 'four_layer_cnn')
 LAYOUTS = ('two_towers', 'one_tower_half', 'single_tower')
 INITS = ('paper', 'caffe', 'he')
 ACTIVATIONS = {'relu': nn.relu, 'tanh': jnp.tanh}
@@ -63,6 +61,7 @@ PRECISIONS = ('default', 'high', 'highest', 'bfloat16', 'tensorfloat32',
               'float32')
 CONV_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 FC_LAYERS = ('fc6', 'fc7', 'fc8')
+LAYERS = CONV_LAYERS + FC_LAYERS  # Every parameterised layer, input to output.
 # Layers whose bias the paper initialises to 1 (Section 5).
 ONE_BIAS_LAYERS = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
 
@@ -76,6 +75,17 @@ class LayerSpec:
   stride: int = 1
   padding: int = 0
   reads_all_towers: bool = False  # True where the paper's GPUs talk.
+
+
+def units_split(units: int, axis_size: int) -> bool:
+  """Whether a fully connected layer's `units` (per tower) are split over a
+  model axis of `axis_size` devices (the one-weird-trick scheme).
+
+  Only when they divide evenly: fc8 of a 10-class net on 4 devices stays
+  whole and is computed, replicated, on each of them. parallel.param_spec
+  places the parameters by the same rule.
+  """
+  return axis_size > 1 and units % axis_size == 0
 
 
 def tower_count(layout: str) -> int:
@@ -217,16 +227,7 @@ class AlexNet(nn.Module):
   input_size: int = 224
   conv1_padding: int = -1
   activation: str = 'relu'
-  lrn: bool = True
-  lrn_n: int = 5
-  lrn_k: float = 2.0
-  lrn_alpha: float = 1e-4
-  lrn_beta: float = 0.75
-  lrn_alpha_over_n: bool = False
-  # False: each tower normalises its own maps (the paper: each GPU's). True:
-  # the window runs across both towers' maps (Caffe's bvlc_alexnet, whose
-  # norm layers see all 96 / 256 channels).
-  lrn_across_towers: bool = False
+  lrn: ops.LRN = ops.LRN()
   pool_window: int = 3
   pool_stride: int = 2
   dropout_rate: float = 0.5
@@ -278,13 +279,9 @@ class AlexNet(nn.Module):
     return ops.merge_towers(x)
 
   def fc_split(self, spec: LayerSpec) -> bool:
-    """Whether a fully connected layer's units are split over `fc_axis`.
-
-    Only when they divide evenly (e.g. fc8 of a 10-class net on 4 devices
-    stays whole and is computed, replicated, on each of them).
-    """
-    return (self.fc_axis is not None and self.fc_axis_size > 1 and
-            spec.features % self.fc_axis_size == 0)
+    """Whether a fully connected layer's units are split over `fc_axis`."""
+    return self.fc_axis is not None and units_split(spec.features,
+                                                    self.fc_axis_size)
 
   def _fc_gather(self, x, axis):
     """All of the `fc_axis` group's rows (axis 0) or units (axis -1)."""
@@ -347,12 +344,10 @@ class AlexNet(nn.Module):
     use_dropout = train and self.dropout_rate > 0
 
     def lrn(y):
-      if not self.lrn:
+      if not self.lrn.enabled:
         return y
-      norm = lambda v: ops.local_response_norm(
-          v, self.lrn_n, self.lrn_k, self.lrn_alpha, self.lrn_beta,
-          self.lrn_alpha_over_n)
-      if not self.lrn_across_towers or all_t == 1:
+      norm = self.lrn
+      if not self.lrn.across_towers or all_t == 1:
         return norm(y)
       if towers != all_t:
         raise ValueError('model.lrn.across_towers needs every tower on one '
@@ -431,12 +426,44 @@ class AlexNet(nn.Module):
     return logits
 
 
-def create_model(config: ml_collections.ConfigDict, **overrides) -> AlexNet:
-  """Builds the module from `config.model` (see configs/default.py)."""
+def _alexnet(c, common, overrides) -> AlexNet:
+  tower_count(c.layout)
+  if c.init not in INITS:
+    raise ValueError(f'model.init={c.init!r} is unknown; use one of {INITS}.')
+  conv_features = tuple(c.conv_features) if c.get('conv_features') else None
+  kwargs = dict(
+      common, layout=c.layout, width=c.width, conv_features=conv_features,
+      fc_features=c.fc_features, conv1_padding=c.conv1_padding,
+      lrn=ops.LRN(**c.lrn),
+      pool_window=c.pool_window, pool_stride=c.pool_stride,
+      dropout_rate=c.dropout_rate)
+  model = AlexNet(**dict(kwargs, **overrides))
+  _, _, _, p5 = ops.feature_sizes(model.input_size, model.padding1,
+                                  model.pool_window, model.pool_stride)
+  if p5 < 1:
+    raise ValueError(f'model.input_size={model.input_size} is too small for '
+                     'three poolings; use at least 63 (paper: 224).')
+  return model
+
+
+def _four_layer_cnn(c, common, overrides) -> four_layer_cnn.FourLayerCNN:
+  if c.init not in four_layer_cnn.INITS:
+    raise ValueError(f'model.init={c.init!r} is unknown for the four-layer '
+                     f'CNN; use one of {four_layer_cnn.INITS}.')
+  return four_layer_cnn.FourLayerCNN(**dict(common, **overrides))
+
+
+# model.arch -> how to build it from config.model.
+ARCHS = {'alexnet': _alexnet, 'four_layer_cnn': _four_layer_cnn}
+
+
+def create_model(config: ml_collections.ConfigDict, **overrides) -> nn.Module:
+  """Builds the module `config.model.arch` names (see configs/default.py)."""
   c = config
   arch = c.get('arch', 'alexnet')
   if arch not in ARCHS:
-    raise ValueError(f'model.arch={arch!r} is unknown; use one of {ARCHS}.')
+    raise ValueError(f'model.arch={arch!r} is unknown; use one of '
+                     f'{tuple(ARCHS)}.')
   if c.dtype == 'float16':
     raise ValueError("model.dtype='float16' is not supported: it needs loss "
                      "scaling, which this code does not do; use 'bfloat16' "
@@ -448,42 +475,36 @@ def create_model(config: ml_collections.ConfigDict, **overrides) -> AlexNet:
   if precision not in PRECISIONS:
     raise ValueError(f'model.matmul_precision={precision!r} is unknown; use '
                      f'one of {PRECISIONS}.')
-  precision = None if precision == 'default' else precision
   if c.activation not in ACTIVATIONS:
     raise ValueError(f'model.activation={c.activation!r} is unknown; use one '
                      f'of {tuple(ACTIVATIONS)}.')
-  if arch == 'four_layer_cnn':
-    if c.init not in four_layer_cnn.INITS:
-      raise ValueError(f'model.init={c.init!r} is unknown for the four-layer '
-                       f'CNN; use one of {four_layer_cnn.INITS}.')
-    kwargs = dict(num_classes=c.num_classes, input_size=c.input_size,
-                  activation=c.activation, init_scheme=c.init,
-                  dtype=DTYPES[c.dtype], matmul_precision=precision)
-    kwargs.update(overrides)
-    return four_layer_cnn.FourLayerCNN(**kwargs)
-  tower_count(c.layout)
-  if c.init not in INITS:
-    raise ValueError(f'model.init={c.init!r} is unknown; use one of {INITS}.')
-  conv_features = tuple(c.conv_features) if c.get('conv_features') else None
-  kwargs = dict(
-      num_classes=c.num_classes, layout=c.layout, width=c.width,
-      conv_features=conv_features, fc_features=c.fc_features,
-      input_size=c.input_size, conv1_padding=c.conv1_padding,
-      activation=c.activation, lrn=c.lrn.enabled, lrn_n=c.lrn.n,
-      lrn_k=c.lrn.k, lrn_alpha=c.lrn.alpha, lrn_beta=c.lrn.beta,
-      lrn_alpha_over_n=c.lrn.alpha_over_n,
-      lrn_across_towers=c.lrn.get('across_towers', False),
-      pool_window=c.pool_window,
-      pool_stride=c.pool_stride, dropout_rate=c.dropout_rate, init_scheme=c.init,
-      dtype=DTYPES[c.dtype], matmul_precision=precision)
-  kwargs.update(overrides)
-  model = AlexNet(**kwargs)
-  _, _, _, p5 = ops.feature_sizes(model.input_size, model.padding1,
-                                  model.pool_window, model.pool_stride)
-  if p5 < 1:
-    raise ValueError(f'model.input_size={model.input_size} is too small for '
-                     'three poolings; use at least 63 (paper: 224).')
-  return model
+  # The arguments every architecture takes.
+  common = dict(num_classes=c.num_classes, input_size=c.input_size,
+                activation=c.activation, init_scheme=c.init,
+                dtype=DTYPES[c.dtype],
+                matmul_precision=None if precision == 'default' else precision)
+  return ARCHS[arch](c, common, overrides)
+
+
+def run_once(jitted, *args, platform: str):
+  """Compiles and runs a jitted function that runs once, such as an
+  initialisation.
+
+  On CPU it is compiled unoptimised: XLA's optimising backend spends tens of
+  seconds on the initialisers' random-number hashing (over 20 s for AlexNet
+  on a 2-core machine) in a program that runs once, and about a second
+  without optimisation. The values differ from the optimised build's in the
+  last bit at most (tests/model_test.py).
+  """
+  options = {'xla_backend_optimization_level': 0} if platform == 'cpu' else None
+  return jitted.lower(*args).compile(options)(*args)
+
+
+def init_params(model: nn.Module, key, platform: Optional[str] = None):
+  """`model.init`'s parameters, as one program on the default device."""
+  x = jnp.zeros((1, model.input_size, model.input_size, 3))
+  return run_once(jax.jit(lambda k: model.init(k, x)['params']), key,
+                  platform=platform or jax.devices()[0].platform)
 
 
 def param_shapes(model: AlexNet):

@@ -1,7 +1,10 @@
-"""The paper's special operations as pure jnp functions.
+"""The paper's special operations: LRN, per-tower convolution, overlapping
+pooling, and the sizes they produce.
 
-Everything here is plain `jax.numpy` / `jax.lax` so it can be jitted, differentiated
-and tested against independent references (tests/ops_test.py).
+Plain `jax.numpy` / `jax.lax`, jitted, differentiated and tested against
+independent references (tests/ops_test.py). Three have hand-written
+gradients, each saying why; on CPU the convolution's are matrix products
+from cpu_kernels.py, chosen when the computation is lowered for CPU.
 
 Tower convention: activations of a split layer carry a leading *tower* axis,
 ``(towers, batch, height, width, channels)``, and so do their kernels,
@@ -10,12 +13,15 @@ tower lived on its own device; here the tower axis is sharded over the mesh's
 ``model`` axis or kept whole on one device (see `alexnet_jax.parallel`).
 """
 
+import dataclasses
 import functools
 from typing import Sequence
 
 import jax
 from jax import lax
 import jax.numpy as jnp
+
+from alexnet_jax import cpu_kernels
 
 # Named LRN conventions. The paper (Section 3.3) writes
 #   b = a / (k + alpha * sum_{window of n maps} a^2) ** beta,  k=2, n=5, alpha=1e-4, beta=0.75.
@@ -28,6 +34,29 @@ LRN_CONVENTIONS = {
     'caffe': dict(n=5, k=1.0, alpha=1e-4, beta=0.75, alpha_over_n=True),
     'pytorch': dict(n=5, k=1.0, alpha=1e-4, beta=0.75, alpha_over_n=True),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class LRN:
+  """A network's local response normalisation: the `model.lrn` config keys.
+
+  `enabled` and `across_towers` say where it runs (model.py): with
+  across_towers False each tower normalises its own maps (the paper: each
+  GPU's); True runs the window across both towers' maps (Caffe's
+  bvlc_alexnet, whose norm layers see all 96 / 256 channels). The rest are
+  `local_response_norm`'s arguments (paper: n=5, k=2, alpha=1e-4, beta=0.75).
+  """
+  enabled: bool = True
+  n: int = 5
+  k: float = 2.0
+  alpha: float = 1e-4
+  beta: float = 0.75
+  alpha_over_n: bool = False
+  across_towers: bool = False
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return local_response_norm(x, self.n, self.k, self.alpha, self.beta,
+                               self.alpha_over_n)
 
 
 def _window_sum(x: jax.Array, n: int) -> jax.Array:
@@ -66,8 +95,9 @@ def _lrn_fwd(x, n, k, alpha, beta):
 def _lrn_bwd(n, k, alpha, beta, x, g):
   # y_i = x_i r_i with r = d^-beta, d_i = k + alpha sum_{j in W(i)} x_j^2:
   # dx_j = g_j r_j - 2 alpha beta x_j sum_{i in W(j)} g_i x_i r_i / d_i.
-  # Written by hand because autodiff of the pow recomputes it several times;
-  # this halves the cost of LRN's backward pass on CPU.
+  # Written by hand on every backend: autodiff of the pow recomputes it
+  # several times and keeps d and r (two float32 arrays of the activations'
+  # size) for the backward pass; this keeps only x and does one pow.
   _, d, r = _lrn_terms(x, n, k, alpha, beta)
   xf, gf = x.astype(jnp.float32), g.astype(jnp.float32)
   t = _window_sum(gf * xf * r / d, n)
@@ -122,42 +152,22 @@ def _conv(x, kernel, stride, padding, precision):
 
 
 def _conv_fwd(x, kernel, stride, padding, precision):
-  # The platform is chosen when the computation is lowered, not when it is
-  # traced (lax.platform_dependent): a step traced on a CPU host but lowered
-  # for an accelerator gets XLA's convolution, and only the chosen branch
-  # is in the compiled program.
+  # A custom VJP only so that CPU programs can use cpu_kernels (XLA:CPU's
+  # strided and transposed convolutions are slow); on accelerators both
+  # directions are XLA's own convolutions. The platform is chosen when the
+  # computation is lowered, not when it is traced (lax.platform_dependent): a
+  # step traced on a CPU host but lowered for an accelerator gets XLA's
+  # convolution, and only the chosen branch is in the compiled program.
   xla = functools.partial(_lax_conv, stride=stride, padding=padding,
                           precision=precision)
   if stride == 1:
     return xla(x, kernel), (x, kernel)
-  cpu = functools.partial(_strided_conv_as_matmul, stride=stride,
-                          padding=padding, precision=precision)
+  out_size = (output_size(x.shape[1], kernel.shape[0], stride, padding),
+              output_size(x.shape[2], kernel.shape[1], stride, padding))
+  cpu = functools.partial(cpu_kernels.strided_conv, stride=stride,
+                          padding=padding, out_size=out_size,
+                          precision=precision)
   return lax.platform_dependent(x, kernel, cpu=cpu, default=xla), (x, kernel)
-
-
-def _strided_conv_as_matmul(x, kernel, stride, padding, precision=None):
-  """A strided convolution as matmuls over space-to-depth windows, on CPU.
-
-  XLA:CPU's own convolution reaches about a third of the matmul peak on
-  conv1 (11x11, stride 4, 3 input channels); this is the same sum as one
-  matmul per batch chunk (`_windows`), 1.4x faster for conv1's two towers
-  at batch 128 on a 2-core x86 CPU.
-  """
-  kh, kw, cin, _ = kernel.shape
-  b, hin, win, _ = x.shape
-  h, w = (output_size(hin, kh, stride, padding),
-          output_size(win, kw, stride, padding))
-  kmat = _kernel_to_space_to_depth(kernel, stride)
-
-  def one(_, xc):
-    windows = _windows(xc, h, w, kh, kw, stride, padding)
-    return None, jnp.einsum('bhwkc,kco->bhwo', windows, kmat,
-                            precision=precision,
-                            preferred_element_type=jnp.float32
-                            ).astype(x.dtype)
-
-  chunk = _batch_chunk(b, _window_bytes(h, w, kh, kw, stride, cin))
-  return _over_chunks(one, None, chunk, x)[1]
 
 
 def _conv_bwd(stride, padding, precision, res, g):
@@ -168,144 +178,17 @@ def _conv_bwd(stride, padding, precision, res, g):
       default=functools.partial(_xla_conv_grads, stride, padding, precision))
 
 
+def _cpu_conv_grads(stride, padding, precision, x, kernel, g):
+  dx, dk = cpu_kernels.conv_grads(stride, padding, precision, x, kernel, g)
+  if dx is None:  # Strided (conv1): XLA's, which XLA drops (see conv_grads).
+    dx = _xla_conv_grads(stride, padding, precision, x, kernel, g)[0]
+  return dx, dk
+
+
 def _xla_conv_grads(stride, padding, precision, x, kernel, g):
   """XLA's transposed convolutions (vendor libraries on accelerators)."""
   return jax.vjp(lambda v, k: _lax_conv(v, k, stride, padding, precision),
                  x, kernel)[1](g)
-
-
-def _cpu_conv_grads(stride, padding, precision, x, kernel, g):
-  """Both gradients as matrix products over chunks of the batch, on CPU.
-
-  Kernel gradient: dK[i, j] = sum_{b,h,w} x_pad[b, i + s h, j + s w] g[b, h, w],
-  the input windows of every kernel offset, stacked, contracted with g in one
-  matmul (`_windows`). Input gradient (stride 1): each output position's
-  g times the kernel gives its contribution to every input position of its
-  window, and the kh * kw shifted contributions are added (col2im). Both are
-  the sums XLA's transposed convolutions compute, in another order (the ops
-  tests compare them). On XLA:CPU they are much faster (the paper's shapes,
-  batch 128, one tower, on a 2-core x86 CPU: conv1's kernel gradient 659 ->
-  189 ms, conv2's 545 -> 276 ms and its input gradient 383 -> 232 ms) because
-  the batch is walked in chunks whose stacked windows stay in the CPU's cache
-  (`_batch_chunk`); the same matmuls over the whole batch were slower than
-  XLA's. Accelerators keep XLA's own gradients (`_xla_conv_grads`).
-  """
-  kh, kw, cin, cout = kernel.shape
-  b, h, w, _ = g.shape
-  kq, kr = -(-kh // stride), -(-kw // stride)
-
-  def kernel_grad(acc, xc, gc):
-    windows = _windows(xc, h, w, kh, kw, stride, padding)
-    return acc + jnp.einsum('bhwkc,bhwo->kco', windows, gc,
-                            precision=precision,
-                            preferred_element_type=jnp.float32), None
-
-  dk = jnp.zeros((kq * kr, stride * stride * cin, cout), jnp.float32)
-  varying = tuple(jax.typeof(g).manual_axis_type.varying)
-  if varying:  # Inside shard_map the loop's sum varies as the data does.
-    dk = lax.pcast(dk, varying, to='varying')
-  chunk = _batch_chunk(b, _window_bytes(h, w, kh, kw, stride, cin))
-  dk = _over_chunks(kernel_grad, dk, chunk, x, g)[0]
-  dk = _kernel_from_space_to_depth(dk, kh, kw, stride).astype(kernel.dtype)
-  if stride != 1:
-    # Only conv1 has a stride, and its input (the image) needs no gradient:
-    # XLA removes this unused transposed convolution.
-    return _xla_conv_grads(stride, padding, precision, x, kernel, g)[0], dk
-
-  hp, wp = h + kh - 1, w + kw - 1  # = the padded input's size.
-  kmat = kernel.reshape(kh * kw, cin, cout)
-
-  def input_grad(_, gc):
-    cols = jnp.einsum('bhwo,kco->bhwkc', gc, kmat, precision=precision,
-                      preferred_element_type=jnp.float32)
-    zero = jnp.array(0, cols.dtype)
-    dxp = sum(lax.pad(cols[:, :, :, i * kw + j], zero,
-                      ((0, 0, 0), (i, kh - 1 - i, 0), (j, kw - 1 - j, 0),
-                       (0, 0, 0)))
-              for i in range(kh) for j in range(kw))
-    dx = dxp[:, padding:hp - padding, padding:wp - padding]
-    return None, dx.astype(x.dtype)
-
-  chunk = _batch_chunk(b, _window_bytes(h, w, kh, kw, 1, cin))
-  return _over_chunks(input_grad, None, chunk, g)[1], dk
-
-
-def _windows(x, h, w, kh, kw, stride, padding):
-  """Every kernel offset's input window, stacked: `(b, h, w, offsets, c)`.
-
-  Gathered after a space-to-depth rearrangement (each stride x stride block of
-  pixels becomes one pixel with stride^2 times the channels), so a strided
-  convolution's windows are ceil(kh / stride)^2 slices of wide rows rather
-  than kh * kw slices of `cin` values: for conv1 (11x11, stride 4, 3
-  channels) 9 slices of 48 instead of 121 of 3, about 2x faster to gather.
-  The kernel is zero-padded to whole strides to match
-  (`_kernel_to_space_to_depth`); for stride 1 this is plain im2col.
-  """
-  b, hin, win, cin = x.shape
-  s = stride
-  kq, kr = -(-kh // s), -(-kw // s)
-  hs, ws = h - 1 + kq, w - 1 + kr  # Space-to-depth size of the input.
-  xp = jnp.pad(x, ((0, 0), (padding, max(0, hs * s - hin - padding)),
-                   (padding, max(0, ws * s - win - padding)), (0, 0)))
-  xp = xp[:, :hs * s, :ws * s]
-  if s > 1:
-    xp = xp.reshape(b, hs, s, ws, s, cin).transpose(0, 1, 3, 2, 4, 5)
-    xp = xp.reshape(b, hs, ws, s * s * cin)
-  return jnp.stack([lax.slice_in_dim(lax.slice_in_dim(xp, i, i + h, axis=1),
-                                     j, j + w, axis=2)
-                    for i in range(kq) for j in range(kr)], axis=-2)
-
-
-def _kernel_to_space_to_depth(kernel, stride):
-  """HWIO kernel -> `(offsets, stride^2 * cin, cout)`, matching `_windows`."""
-  kh, kw, cin, cout = kernel.shape
-  s = stride
-  kq, kr = -(-kh // s), -(-kw // s)
-  k = jnp.pad(kernel, ((0, kq * s - kh), (0, kr * s - kw), (0, 0), (0, 0)))
-  k = k.reshape(kq, s, kr, s, cin, cout).transpose(0, 2, 1, 3, 4, 5)
-  return k.reshape(kq * kr, s * s * cin, cout)
-
-
-def _kernel_from_space_to_depth(k, kh, kw, stride):
-  """The inverse of `_kernel_to_space_to_depth`, cropped to kh x kw."""
-  s = stride
-  kq, kr = -(-kh // s), -(-kw // s)
-  cin, cout = k.shape[1] // (s * s), k.shape[2]
-  k = k.reshape(kq, kr, s, s, cin, cout).transpose(0, 2, 1, 3, 4, 5)
-  return k.reshape(kq * s, kr * s, cin, cout)[:kh, :kw]
-
-
-def _over_chunks(fn, carry, chunk, *arrays):
-  """fn(carry, *chunks) -> (carry, y) over the batch's chunks, as a loop.
-
-  Returns the last carry and the y's joined along the batch. A loop rather
-  than one big op, so each chunk's temporaries are reused while in cache.
-  """
-  b = arrays[0].shape[0]
-  if chunk == b:
-    return fn(carry, *arrays)
-  split = [a.reshape((b // chunk, chunk) + a.shape[1:]) for a in arrays]
-  carry, ys = lax.scan(lambda c, xs: fn(c, *xs), carry, split)
-  if ys is not None:
-    ys = ys.reshape((b,) + ys.shape[2:])
-  return carry, ys
-
-
-# Per-chunk bytes of the stacked windows: half of this machine's 32 MiB L3
-# cache, measured best for the paper's layers at batch 128 (conv1: 2 images a
-# chunk, conv2: 4, conv3-5: 8).
-_CHUNK_BYTES = 16 * 2 ** 20
-
-
-def _window_bytes(h, w, kh, kw, stride, cin) -> int:
-  """float32 bytes of one example's stacked windows (`_windows`)."""
-  return h * w * -(-kh // stride) * -(-kw // stride) * stride ** 2 * cin * 4
-
-
-def _batch_chunk(batch: int, bytes_per_example: int) -> int:
-  """The largest divisor of `batch` whose windows fit in `_CHUNK_BYTES`."""
-  return max(c for c in range(1, batch + 1) if batch % c == 0 and (
-      c == 1 or c * bytes_per_example <= _CHUNK_BYTES))
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
@@ -316,10 +199,10 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1,
   """NHWC x HWIO convolution with symmetric integer padding.
 
   On CPU both gradients, and the forward pass of a strided convolution, are
-  computed as matrix products over batch chunks of stacked input windows
-  (`_conv_fwd`, `_conv_bwd`): the same sums, faster there than XLA:CPU's
-  convolutions. Elsewhere all three are XLA's convolutions. The choice is
-  made for the platform the computation is lowered for.
+  matrix products over batch chunks of stacked input windows (cpu_kernels):
+  the same sums, faster there than XLA:CPU's convolutions. Elsewhere all
+  three are XLA's convolutions. The choice is made for the platform the
+  computation is lowered for.
   `precision`: a `lax.Precision` or its name (None: the backend's default).
   """
   kernel = kernel.astype(x.dtype)
@@ -343,10 +226,10 @@ def per_tower_conv(x: jax.Array, kernel: jax.Array, stride: int = 1,
 
   Mathematically this is a grouped convolution (`feature_group_count` = towers),
   but XLA:CPU runs a grouped convolution, and `vmap` over towers which lowers to
-  one, about 3.4x slower than separate convolutions (measured on the
-  development machine; JAX issue #13800). A Python loop over the (static,
-  small) tower axis gives XLA one ordinary convolution per tower; towers that
-  read the same input are one convolution with their kernels side by side.
+  one, several times slower than separate convolutions (JAX issue #13800). A
+  Python loop over the (static, small) tower axis gives XLA one ordinary
+  convolution per tower on every backend; towers that read the same input are
+  one convolution with their kernels side by side.
 
   Args:
     x: either per-tower inputs `(towers, B, H, W, C)` (the tower reads only its
@@ -423,9 +306,13 @@ def _max_pool_bwd(window, stride, in_size, first, g):
   Input pixel (s u + a, s v + b) receives from the windows (u - q1, v - q2)
   whose element (s q1 + a, s q2 + b) it is. The input is computed as
   stride x stride blocks: a few shifted copies of g and `first`, compared and
-  summed in one elementwise loop that XLA fuses, then reshaped. (Padding each
-  window element's gradient into place and adding, or XLA's select-and-
-  scatter, were 2x and 4x slower on CPU.)
+  summed in one elementwise loop that XLA fuses, then reshaped.
+
+  Why by hand, on every backend: autodiff of reduce_window gives XLA's
+  select-and-scatter, which keeps the whole input for the backward pass and
+  is slow on CPU; on GPUs it scatters with atomic adds, whose order (and so
+  the sum's rounding) can change from run to run. This keeps an int8 index
+  and uses only slices, compares and adds, so it is deterministic everywhere.
   """
   s = stride
   lead = g.ndim - 3

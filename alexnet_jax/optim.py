@@ -23,8 +23,8 @@ import optax
 
 
 def paper_sgd(learning_rate: float, momentum: float = 0.9,
-              weight_decay: float = 5e-4,
-              decay_mask: Any = None) -> optax.GradientTransformation:
+              weight_decay: float = 5e-4, decay_mask: Any = None,
+              frozen: Sequence[str] = ()) -> optax.GradientTransformation:
   """The paper's momentum + coupled weight-decay update.
 
   Args:
@@ -32,12 +32,31 @@ def paper_sgd(learning_rate: float, momentum: float = 0.9,
       `set_learning_rate`.
     momentum: 0.9 in the paper.
     weight_decay: 5e-4 in the paper, applied inside the velocity.
-    decay_mask: pytree of bools or callable (params -> bools) choosing which
+    decay_mask: callable (params -> pytree of bools) choosing which
       parameters are decayed (None: all, as in the paper).
+    frozen: top-level layer names never updated (fine-tuning). Their
+      gradients are zeroed first, so they get no decay and no velocity, and
+      XLA drops the computation of their weight gradients.
   """
+  frozen = frozenset(frozen)
+
+  def is_frozen(params):
+    return {k: jax.tree.map(lambda _, f=k in frozen: f, v)
+            for k, v in params.items()}
+
+  def decayed(params):
+    mask = decay_mask(params) if decay_mask else jax.tree.map(
+        lambda _: True, params)
+    return jax.tree.map(lambda m, f: m and not f, mask, is_frozen(params))
+
   def chain(learning_rate, momentum, weight_decay):
+    # Runs without freezing keep the paper's three-part state, as every
+    # checkpoint before freezing existed has it.
+    freeze = [optax.masked(optax.set_to_zero(), is_frozen)] if frozen else []
     return optax.chain(
-        optax.add_decayed_weights(weight_decay, mask=decay_mask),
+        *freeze,
+        optax.add_decayed_weights(weight_decay,
+                                  mask=decayed if frozen else decay_mask),
         optax.scale_by_learning_rate(learning_rate),
         optax.trace(decay=momentum, nesterov=False),
     )
@@ -171,5 +190,6 @@ def create(config, steps_per_epoch: int):
       max_drops=config.max_lr_drops, milestones=tuple(config.lr_milestones),
       override=config.lr_override)
   mask = None if config.decay_biases else no_bias_decay_mask
-  tx = paper_sgd(lr, config.momentum, config.weight_decay, mask)
+  frozen = config.finetune.freeze if config.get('finetune') else ()
+  tx = paper_sgd(lr, config.momentum, config.weight_decay, mask, frozen)
   return tx, schedule

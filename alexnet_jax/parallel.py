@@ -23,6 +23,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 from alexnet_jax import errors
+from alexnet_jax import model as model_lib
 
 DATA, MODEL = 'data', 'model'
 
@@ -153,7 +154,6 @@ def create_mesh(data: int = -1, model: int = 1, devices=None) -> Mesh:
 
 
 SCHEMES = ('towers', 'one_weird_trick')
-FC_LAYERS = ('fc6', 'fc7', 'fc8')
 
 
 def check_scheme(scheme: str):
@@ -173,7 +173,7 @@ def param_spec(mesh: Mesh, x, path=(), scheme: str = 'towers') -> P:
     code needs no collective over `model` at all.
   one_weird_trick: convolutions replicated on every device (data parallel);
     a fully connected layer's units (its last axis) split over `model` when
-    they divide evenly (AlexNet.fc_split makes the same choice).
+    `model_lib.units_split` says so (the model computes by the same rule).
   Scalars (the optimiser's step count and learning rate) are replicated.
   """
   model = mesh.shape[MODEL]
@@ -182,7 +182,8 @@ def param_spec(mesh: Mesh, x, path=(), scheme: str = 'towers') -> P:
   if scheme == 'towers':
     return P(MODEL)
   names = _names(path)
-  if any(n in FC_LAYERS for n in names) and x.shape[-1] % model == 0:
+  if (any(n in model_lib.FC_LAYERS for n in names) and
+      model_lib.units_split(x.shape[-1], model)):
     return P(*([None] * (x.ndim - 1) + [MODEL]))
   return P()
 

@@ -34,14 +34,13 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax import errors
+from alexnet_jax import model as model_lib
 
 # bvlc_alexnet's mean pixel (Caffe's ilsvrc_2012_mean.npy averaged), BGR.
 CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
 # torchvision's ImageNet normalisation, RGB, for inputs in 0..1.
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
-CAFFE_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7',
-                'fc8')
 TORCHVISION_KEYS = {'conv1': 'features.0', 'conv2': 'features.3',
                     'conv3': 'features.6', 'conv4': 'features.8',
                     'conv5': 'features.10', 'fc6': 'classifier.1',
@@ -70,12 +69,12 @@ def _base_config() -> ml_collections.ConfigDict:
 def caffe_params(weights: Dict[str, Tuple[np.ndarray, np.ndarray]]):
   """(config, params) of the two-tower net from bvlc_alexnet.npy's dict."""
   what = 'bvlc_alexnet.npy'
-  missing = [l for l in CAFFE_LAYERS if l not in weights]
+  missing = [l for l in model_lib.LAYERS if l not in weights]
   if missing:
     raise WeightsError(f'{what}: no layer(s) {", ".join(missing)}; expected a '
-                       f'dict with {", ".join(CAFFE_LAYERS)}.')
+                       f'dict with {", ".join(model_lib.LAYERS)}.')
   w = {}
-  for name in CAFFE_LAYERS:
+  for name in model_lib.LAYERS:
     try:
       kernel, bias = (np.asarray(a, np.float32) for a in weights[name])
     except (TypeError, ValueError) as e:
@@ -119,9 +118,9 @@ def caffe_params(weights: Dict[str, Tuple[np.ndarray, np.ndarray]]):
 
   kernel1 = w['conv1'][0][:, :, ::-1, :]  # BGR -> RGB input channels.
   params = {'conv1': {'kernel': towers(kernel1)}}
-  for name in CAFFE_LAYERS[1:]:
+  for name in model_lib.LAYERS[1:]:
     params[name] = {'kernel': towers(w[name][0])}
-  for name in CAFFE_LAYERS:
+  for name in model_lib.LAYERS:
     params[name]['bias'] = towers(w[name][1])
   mean = np.array(CAFFE_MEAN_BGR[::-1], np.float32)  # RGB.
   return config, params, mean
@@ -141,7 +140,7 @@ def torchvision_params(state: Dict[str, np.ndarray]):
                np.asarray(state[f'{key}.bias'], np.float32))
   widths = []
   cin = 3
-  for name, k in zip(CAFFE_LAYERS[:5], (11, 5, 3, 3, 3)):
+  for name, k in zip(model_lib.CONV_LAYERS, (11, 5, 3, 3, 3)):
     cout = w[name][0].shape[0]
     _expect(name, w[name][0], (cout, cin, k, k), what)
     widths.append(cout)
@@ -163,7 +162,7 @@ def torchvision_params(state: Dict[str, np.ndarray]):
   config.augment.scale = 1.0
 
   params = {}
-  for name in CAFFE_LAYERS[:5]:  # OIHW -> HWIO, one tower.
+  for name in model_lib.CONV_LAYERS:  # OIHW -> HWIO, one tower.
     params[name] = {'kernel': w[name][0].transpose(2, 3, 1, 0)[None]}
   # x01 = x / 255; (x01 - mean) / std == (x - 255 mean) / (255 std): the
   # division goes into conv1's input channels (exact: the zero padding of a
@@ -176,7 +175,7 @@ def torchvision_params(state: Dict[str, np.ndarray]):
   params['fc6'] = {'kernel': k6.reshape(1, 36 * cin, fc)}
   params['fc7'] = {'kernel': w['fc7'][0].T[None]}
   params['fc8'] = {'kernel': w['fc8'][0].T[None]}
-  for name in CAFFE_LAYERS:
+  for name in model_lib.LAYERS:
     params[name]['bias'] = w[name][1][None]
   mean = 255.0 * np.array(TORCHVISION_MEAN, np.float32)
   return config, params, mean
@@ -267,9 +266,9 @@ def write_workdir(workdir: str, config, params, mean_pixel) -> str:
   """Checkpoint 0 (params + fresh optimiser state + config) and stats.npz."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   from alexnet_jax import optim  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   model = model_lib.create_model(config.model)
   expected = model_lib.param_shapes(model)
   got = jax.tree.map(np.shape, params)
@@ -283,8 +282,8 @@ def write_workdir(workdir: str, config, params, mean_pixel) -> str:
                        'into a new --workdir (nothing was changed).')
   params = jax.tree.map(jnp.asarray, params)
   tx, _ = optim.create(config, steps_per_epoch=1)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                           opt_state=tx.init(params))
+  state = steps_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                               opt_state=tx.init(params))
   ckpt.save(0, state, {'config': config.to_dict(), 'imported': True,
                        'schedule': {}, 'epoch': 0.0,
                        'data_position': {'epoch': 0, 'batch': 0}})
@@ -295,9 +294,8 @@ def write_workdir(workdir: str, config, params, mean_pixel) -> str:
                                    (size, size, 3)).copy(),
            'eigvals': np.zeros(3, np.float32),
            'eigvecs': np.eye(3, dtype=np.float32)}
-  np.savez(os.path.join(workdir, 'stats.npz'), **stats)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  workdir_lib.save_stats(workdir, stats)
+  workdir_lib.prepare(workdir, config)
   return ckpt.directory
 
 

@@ -21,7 +21,6 @@ import numpy as np
 
 from alexnet_jax import errors
 
-CLASSES_FILE = 'classes.json'  # Written into every workdir by training.
 
 
 def _plt():
@@ -185,20 +184,10 @@ def curves(metrics_path: str, path: str) -> str:
   return _save(fig, path)
 
 
-def class_names(workdir: str, num_classes: int) -> List[str]:
-  """The dataset's class names saved with the run, else 'class i'."""
-  path = os.path.join(workdir, CLASSES_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      names = json.load(f)
-    if len(names) == num_classes:
-      return names
-  return [f'class {i}' for i in range(num_classes)]
-
-
 def main(argv=None):
   import argparse  # pylint: disable=g-import-not-at-top
   from alexnet_jax import features  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(
       prog='python -m alexnet_jax.viz',
       description="The paper's figures for a trained AlexNet, as PNG files.")
@@ -216,7 +205,7 @@ def main(argv=None):
     workdir = net.path
     written = [conv1_kernels(net.params, os.path.join(args.out,
                                                       'conv1_kernels.png'))]
-    metrics = os.path.join(workdir, 'metrics.jsonl')
+    metrics = os.path.join(workdir, workdir_lib.METRICS_FILE)
     if os.path.exists(metrics):
       written.append(curves(metrics, os.path.join(args.out, 'curves.png')))
     if args.images:
@@ -224,7 +213,7 @@ def main(argv=None):
       size = net.config.image_size
       shown = [features.load_image(p, size) for p in paths]
       probs = net.extract(shown, layer='probs')
-      names = class_names(workdir, probs.shape[1])
+      names = workdir_lib.class_names(workdir, probs.shape[1])
       written.append(top5(shown, probs, names,
                           os.path.join(args.out, 'top5.png')))
       if args.gallery:

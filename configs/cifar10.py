@@ -13,7 +13,7 @@ development machines), so there is no measured result to expect.
 from configs import default
 
 
-def get_config():
+def get_config(arg=None):
   config = default.get_config()
   config.dataset = 'cifar10'
   config.eval_split = 'test'
@@ -27,4 +27,4 @@ def get_config():
   config.num_epochs = 40
   config.lr_schedule = 'milestones'
   config.lr_milestones = (25, 35)
-  return config
+  return default.with_arg(config, arg)

@@ -31,7 +31,7 @@ What differs from the paper and why:
 from configs import default
 
 
-def get_config():
+def get_config(arg=None):
   config = default.get_config()
   config.dataset = 'digits'
   config.image_size = 128
@@ -52,4 +52,4 @@ def get_config():
   config.eval_every_epochs = 2
   config.log_every_steps = 11
   config.checkpoint_every_steps = 200
-  return config
+  return default.with_arg(config, arg)

@@ -35,7 +35,7 @@ batches, which is what Figure 1 plots.
 from configs import default
 
 
-def get_config():
+def get_config(arg=None):
   config = default.get_config()
   config.dataset = 'cifar10'
   config.eval_split = 'test'  # CIFAR-10 has no validation split.
@@ -58,4 +58,4 @@ def get_config():
   config.eval_every_epochs = 5
   config.log_every_steps = 50_000 // 128  # One training record per epoch.
   config.checkpoint_every_steps = 5 * (50_000 // 128)
-  return config
+  return default.with_arg(config, arg)

@@ -20,10 +20,11 @@ per run): 5% training error after 7 epochs with ReLU at its fastest rate
 so on digits the paper's ReLU advantage does not show.
 """
 
+from configs import default
 from configs import figure1_cifar10
 
 
-def get_config():
+def get_config(arg=None):
   config = figure1_cifar10.get_config()
   config.dataset = 'digits'
   config.eval_split = 'validation'
@@ -31,4 +32,4 @@ def get_config():
   config.num_epochs = 20
   config.log_every_steps = 1438 // 128  # One training record per epoch.
   config.checkpoint_every_steps = 10 * config.log_every_steps
-  return config
+  return default.with_arg(config, arg)

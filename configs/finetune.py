@@ -19,7 +19,7 @@ suite fine-tunes a digits run on a small image folder.
 from configs import default
 
 
-def get_config():
+def get_config(arg=None):
   config = default.get_config()
   config.dataset = 'image_folder'
   config.finetune.init_from = None  # Required: --config.finetune.init_from.
@@ -31,4 +31,4 @@ def get_config():
   config.plateau_patience = 2
   config.num_epochs = 10
   config.augment.pca_lighting = 0.0
-  return config
+  return default.with_arg(config, arg)

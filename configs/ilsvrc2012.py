@@ -36,7 +36,7 @@ raw (1,281,167 / 5,300 s): arithmetic from those rates, not a measurement.
 from configs import default
 
 
-def get_config():
+def get_config(arg=None):
   config = default.get_config()
   config.dataset = 'imagenet2012'
-  return config
+  return default.with_arg(config, arg)

@@ -16,7 +16,7 @@ init, which needs ImageNet's scale to leave its initial plateau.
 from configs import default
 
 
-def get_config():
+def get_config(arg=None):
   config = default.get_config()
   config.dataset = 'image_folder'
   config.model.init = 'he'
@@ -24,4 +24,4 @@ def get_config():
   config.num_epochs = 30
   config.lr_schedule = 'plateau'
   config.plateau_patience = 3
-  return config
+  return default.with_arg(config, arg)

@@ -13,7 +13,7 @@ development machines), so there is no measured result to expect.
 from configs import default
 
 
-def get_config():
+def get_config(arg=None):
   config = default.get_config()
   config.dataset = 'imagenette/320px-v2'
   config.model.num_classes = 10
@@ -22,4 +22,4 @@ def get_config():
   config.num_epochs = 60
   config.lr_schedule = 'plateau'
   config.plateau_patience = 3
-  return config
+  return default.with_arg(config, arg)

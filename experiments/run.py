@@ -58,21 +58,66 @@ class Variant:
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-  """A base config and its variants.
-
-  kind 'ablation': each variant's final validation error against the base
-  variant's. kind 'training_speed' (Figure 1): epochs until the training
-  error (the mean over each epoch's batches, one metrics.jsonl record per
-  epoch) first reaches `target_train_err`; within each group the fastest
-  variant is compared, as the paper tuned each network's learning rate.
-  """
+  """A base config and its variants; each kind says what it measures."""
   description: str
   base: Callable[[], object]
   variants: Sequence[Variant]
   caveat: str = ''
-  kind: str = 'ablation'
-  target_train_err: float = 0.25
   paper_result: str = ''
+  # At toy size (--small): training records every this many steps (None:
+  # only at the end).
+  small_log_every = None
+
+  def row(self, workdir: str, result: Dict, seed: int) -> Dict:
+    """What one finished run contributes to the results."""
+    return {'seed': seed, 'top1_err': result['top1_err'],
+            'top5_err': result['top5_err'], 'workdir': workdir}
+
+  def summarise(self, chosen, rows):
+    raise NotImplementedError
+
+  def markdown(self, name, summary, command, seeds, small) -> str:
+    raise NotImplementedError
+
+  def plot(self, summary, path, name):
+    raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class Ablation(Experiment):
+  """Each variant's final validation error against the base variant's."""
+
+  def summarise(self, chosen, rows):
+    return _summarise(chosen, rows)
+
+  def markdown(self, name, summary, command, seeds, small):
+    return _markdown(name, self, summary, command, seeds, small)
+
+  def plot(self, summary, path, name):
+    _plot(summary, path, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSpeed(Experiment):
+  """Figure 1: epochs until the training error (the mean over each epoch's
+  batches, one metrics.jsonl record per epoch) first reaches
+  `target_train_err`; within each group the fastest variant is compared, as
+  the paper tuned each network's learning rate."""
+  target_train_err: float = 0.25
+  small_log_every = 1  # Several training records even at toy size.
+
+  def row(self, workdir, result, seed):
+    return dict(super().row(workdir, result, seed),
+                train_curve=_train_curve(workdir))
+
+  def summarise(self, chosen, rows):
+    return _summarise_speed(chosen, rows, self.target_train_err)
+
+  def markdown(self, name, summary, command, seeds, small):
+    return _markdown_speed(name, self, summary, command, seeds, small)
+
+  def plot(self, summary, path, name):
+    _plot_speed(summary, self, path, name)
 
 
 # Each activation's own learning-rate grid, bracketing its fastest rate on
@@ -114,7 +159,7 @@ def _ablation_base():
 
 
 EXPERIMENTS = {
-    'figure1': Experiment(
+    'figure1': TrainingSpeed(
         description=(
             "Figure 1 at small scale: the paper's four-layer CNN "
             '(cuda-convnet layers-80sec, alexnet_jax/four_layer_cnn.py) on the '
@@ -122,7 +167,6 @@ EXPERIMENTS = {
             'over a learning-rate sweep, no regularisation.'),
         base=_figure1_digits,
         variants=_figure1_variants(FIGURE1_RATES),
-        kind='training_speed',
         target_train_err=0.05,
         paper_result=FIGURE1_PAPER,
         caveat=(
@@ -135,7 +179,7 @@ EXPERIMENTS = {
             'target is 5%, not 25%, because both networks pass 25% within '
             'the first epochs, and one record per epoch (11 steps) limits '
             'the resolution to whole epochs.')),
-    'figure1_cifar10': Experiment(
+    'figure1_cifar10': TrainingSpeed(
         description=(
             "Figure 1 as in the paper: the four-layer CNN on CIFAR-10 "
             '(configs/figure1_cifar10.py), ReLU vs tanh, each over a '
@@ -143,10 +187,9 @@ EXPERIMENTS = {
             'target.'),
         base=_figure1_cifar10,
         variants=_figure1_variants(FIGURE1_RATES),
-        kind='training_speed',
         target_train_err=0.25,
         paper_result=FIGURE1_PAPER),
-    'ablations': Experiment(
+    'ablations': Ablation(
         description=(
             "The paper's ablations (Sections 3.3-3.5, 4.1, 4.2), each one "
             'change to one base config: configs/digits.py with PCA lighting '
@@ -184,29 +227,11 @@ PAPER_NOTE = {
 }
 
 
-def _set(config, key: str, value):
-  *parents, name = key.split('.')
-  node = config
-  for p in parents:
-    node = node[p]
-  node[name] = value
-
-
-# Toy size: tiny images and widths, for tests of the code (this runner, the
-# command line, the README's commands), never for results. The one definition.
-TOY = {'image_size': 72, 'model.input_size': 64, 'model.width': 1 / 16,
-       'model.fc_features': 256, 'batch_size': 16, 'eval_batch_size': 40}
-
-
-def toy_flags(**extra) -> List[str]:
-  """TOY (then `extra`) as --config.KEY=VALUE flags for the command line."""
-  return [f'--config.{k}={v}' for k, v in {**TOY, **extra}.items()]
-
-
 def shrink(config, steps: Optional[int] = 6, log_every: Optional[int] = None):
-  """TOY on a one-device mesh, `steps` long (None: keep the duration)."""
-  for key, value in TOY.items():
-    _set(config, key, value)
+  """Toy size (configs/default.py TOY) on a one-device mesh, `steps` long
+  (None: keep the duration)."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  default.with_arg(config, 'toy')
   config.mesh.data = config.mesh.model = 1
   if steps:
     config.num_train_steps = steps
@@ -257,29 +282,20 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
     for v in chosen:
       config = exp.base()
       if small:
-        # Training-speed experiments need several training records.
-        shrink(config, log_every=1 if exp.kind == 'training_speed' else None)
+        shrink(config, log_every=exp.small_log_every)
       config.seed = seed
       if data_dir:
         config.data_dir = data_dir
-      for key, value in v.overrides.items():
-        _set(config, key, value)
+      config.update_from_flattened_dict(dict(v.overrides))
       source = v.slug if not v.eval_only else 'base'
       workdir = os.path.join(workdir_root, name, source, f'seed{seed}')
       print(f'[{name}] {v.name}, seed {seed} -> {workdir}', flush=True)
       result = train.train_and_evaluate(config, workdir)
-      row = {'seed': seed, 'top1_err': result['top1_err'],
-             'top5_err': result['top5_err'], 'workdir': workdir}
-      if exp.kind == 'training_speed':
-        row['train_curve'] = _train_curve(workdir)
-      rows[v.slug].append(row)
+      rows[v.slug].append(exp.row(workdir, result, seed))
       with open(os.path.join(out, 'configs', f'{v.slug}_seed{seed}.json'),
                 'w') as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  if exp.kind == 'training_speed':
-    summary = _summarise_speed(chosen, rows, exp.target_train_err)
-  else:
-    summary = _summarise(chosen, rows)
+  summary = exp.summarise(chosen, rows)
   command = 'python -m experiments.run ' + ' '.join(argv or [name])
   with open(os.path.join(out, 'results.json'), 'w') as f:
     json.dump({'experiment': name, 'command': command, 'commit': _commit(),
@@ -290,14 +306,8 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
             f'{time.time() - start:.0f} s (runs finished earlier are reused, '
             'not trained again)\n')
   with open(os.path.join(out, 'results.md'), 'w') as f:
-    if exp.kind == 'training_speed':
-      f.write(_markdown_speed(name, exp, summary, command, seeds, small))
-    else:
-      f.write(_markdown(name, exp, summary, command, seeds, small))
-  if exp.kind == 'training_speed':
-    _plot_speed(summary, exp, os.path.join(out, 'results.png'), name)
-  else:
-    _plot(summary, os.path.join(out, 'results.png'), name)
+    f.write(exp.markdown(name, summary, command, seeds, small))
+  exp.plot(summary, os.path.join(out, 'results.png'), name)
   print(f'[{name}] wrote {out}/results.md')
   return summary
 

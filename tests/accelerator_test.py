@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from alexnet_jax import bench
-from tests.conftest import tiny_config
-from tests.parallel_test import run_steps
+from tests.helpers import run_steps
+from tests.helpers import tiny_config
 
 pytestmark = pytest.mark.accelerator
 

@@ -11,7 +11,7 @@ import pytest
 from alexnet_jax import bench
 from alexnet_jax import model as model_lib
 from configs import default
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 try:
   import torch  # pylint: disable=unused-import,g-import-not-at-top
@@ -57,9 +57,7 @@ def test_bench_command_prints_json():
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', XLA_FLAGS='')
   proc = subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.bench', '--config',
-       'configs/digits.py', '--config.model.width=0.0625',
-       '--config.image_size=72', '--config.model.input_size=64',
-       '--config.batch_size=8', '--steps=1'] + (
+       'configs/digits.py:toy', '--config.batch_size=8', '--steps=1'] + (
            ['--vs-torch'] if HAVE_TORCH else []),
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
       check=False)
@@ -98,9 +96,8 @@ def test_sweep_writes_a_dtype_batch_mesh_table(tmp_path):
   out = tmp_path / 'cpu.json'
   proc = subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.bench', '--sweep', '--config',
-       'configs/digits.py', '--config.model.width=0.0625',
-       '--config.image_size=72', '--config.model.input_size=64',
-       '--batch_sizes=8', '--steps=2', f'--out={out}'],
+       'configs/digits.py:toy', '--batch_sizes=8', '--steps=2',
+       f'--out={out}'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
       check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -12,7 +12,6 @@ import os
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT  # pylint: disable=unused-import
 
 PER_FILE, TEST = 40, 40
 CLASSES = ('airplane automobile bird cat deer dog frog horse ship '

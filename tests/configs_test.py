@@ -9,8 +9,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from alexnet_jax import model as model_lib
+from alexnet_jax import steps as steps_lib
 from alexnet_jax import train
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(
     os.path.join(ROOT, 'configs', '*.py')) if not p.endswith('__init__.py'))
@@ -50,5 +51,5 @@ def test_four_layer_cnn_is_data_parallel_only():
   net = model_lib.create_model(config.model)
   tx, _ = optim.create(config, 11)
   with pytest.raises(errors.ConfigError, match='data parallel only: set mesh'):
-    train.Steps(config, net, tx, parallel.create_mesh(1, 2))
-  train.Steps(config, net, tx, parallel.create_mesh(2, 1))  # Data parallel.
+    steps_lib.Steps(config, net, tx, parallel.create_mesh(1, 2))
+  steps_lib.Steps(config, net, tx, parallel.create_mesh(2, 1))  # Data parallel.

@@ -83,30 +83,12 @@ def accelerator_devices():
   pytest.skip('no accelerator (GPU or TPU with its jax plugin) here')
 
 
-def shrink(config, batch_size=16, eval_batch_size=40):
-  """Any config with tiny images and widths (experiments.run.TOY), 1x1 mesh."""
-  from experiments import run  # pylint: disable=g-import-not-at-top
-  run.shrink(config, steps=None)
-  config.batch_size = batch_size
-  config.eval_batch_size = eval_batch_size
-  return config
-
-
-def tiny_config(data_dir=None):
-  """The digits config shrunk so a train step takes milliseconds."""
-  from configs import digits  # pylint: disable=g-import-not-at-top
-  config = shrink(digits.get_config())
-  config.data_dir = data_dir
-  config.log_every_steps = 2
-  config.checkpoint_every_steps = 4
-  return config
-
-
 @pytest.fixture(scope='session')
 def digits_dir(tmp_path_factory):
   """A tfds data dir with the digits dataset and its store prepared once per
   session."""
   from alexnet_jax.datasets import store  # pylint: disable=g-import-not-at-top
+  from tests.helpers import tiny_config  # pylint: disable=g-import-not-at-top
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   store.get(tiny_config(data_dir))
   return data_dir

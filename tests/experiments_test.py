@@ -2,8 +2,8 @@
 
 import json
 import os
+from tests.helpers import ROOT
 
-from tests.conftest import ROOT  # pylint: disable=unused-import
 
 
 def test_ablations_runner_at_toy_size(digits_dir, tmp_path, monkeypatch):
@@ -40,8 +40,7 @@ def test_ablations_runner_at_toy_size(digits_dir, tmp_path, monkeypatch):
   base = run.EXPERIMENTS["ablations"].base()
   base.lock()  # Unknown keys raise.
   for v in run.EXPERIMENTS['ablations'].variants:
-    for key, value in v.overrides.items():
-      run._set(base, key, value)  # pylint: disable=protected-access
+    base.update_from_flattened_dict(dict(v.overrides))
 
 
 def test_figure1_runner_at_toy_size(digits_dir, tmp_path, monkeypatch):
@@ -118,8 +117,8 @@ def test_speed_headline_says_which_activation_is_faster():
               run.Variant('relu, lr 0.4', {'learning_rate': 0.4}, group='relu'),
               run.Variant('tanh, lr 0.1', {'learning_rate': 0.1}, group='tanh'),
               run.Variant('tanh, lr 0.3', {'learning_rate': 0.3}, group='tanh')]
-  exp = run.Experiment('d', base=None, variants=variants,
-                       kind='training_speed', target_train_err=0.25)
+  exp = run.TrainingSpeed('d', base=None, variants=variants,
+                          target_train_err=0.25)
   def headline(rows):
     summary = run._summarise_speed(variants, rows, 0.25)  # pylint: disable=protected-access
     return run._markdown_speed('d', exp, summary, 'cmd', 2, False)  # pylint: disable=protected-access
@@ -156,5 +155,4 @@ def test_documented_experiment_commands_name_real_experiments():
     base = exp.base()
     base.lock()
     for v in exp.variants:
-      for key, value in v.overrides.items():
-        run._set(base, key, value)  # pylint: disable=protected-access
+      base.update_from_flattened_dict(dict(v.overrides))

@@ -16,14 +16,14 @@ import pytest
 from alexnet_jax import checkpoint
 from alexnet_jax import errors
 from alexnet_jax import train
-from experiments.run import toy_flags
-from tests.conftest import ROOT
-from tests.conftest import tiny_config
-from tests.train_test import assert_same_run
-from tests.train_test import read_metrics
+from alexnet_jax import workdir
+from tests.helpers import ROOT
+from tests.helpers import assert_same_run
+from tests.helpers import read_metrics
+from tests.helpers import tiny_config
 
-TINY = toy_flags(**{'mesh.data': 1, 'log_every_steps': 1,
-                    'checkpoint_every_steps': 2, 'eval_every_epochs': 100})
+TINY = ['--config.mesh.data=1', '--config.log_every_steps=1',
+        '--config.checkpoint_every_steps=2', '--config.eval_every_epochs=100']
 
 
 def short_config(digits_dir, steps=6):
@@ -122,7 +122,7 @@ def cli(workdir, digits_dir, steps, cache_dir):
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.2')
   return subprocess.Popen(
       [sys.executable, '-m', 'alexnet_jax.main', '--config',
-       'configs/digits.py', '--workdir', workdir,
+       'configs/digits.py:toy', '--workdir', workdir,
        f'--config.data_dir={digits_dir}',
        f'--config.num_train_steps={steps}'] + TINY,
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -198,10 +198,29 @@ def test_keys_newer_than_a_checkpoint_are_fine_at_their_default():
   saved = json.loads(json.dumps(config.to_dict()))
   del saved['lr_scaling']  # Written before these keys existed.
   del saved['finetune']  # (Its defaults are tuples: [] in JSON.)
-  train.check_config_drift(_FakeCheckpoints(saved), config)
+  workdir.check_config_drift(_FakeCheckpoints(saved), config)
   config.lr_scaling = 'linear'  # Not the old behaviour: refused.
   with pytest.raises(errors.ConfigError, match='lr_scaling: None'):
-    train.check_config_drift(_FakeCheckpoints(saved), config)
+    workdir.check_config_drift(_FakeCheckpoints(saved), config)
+
+
+def test_a_key_newer_than_a_checkpoint_means_what_the_old_code_did():
+  # Checkpoints from before PCA lighting trained without it: today's default
+  # (0.1) would change their training, so resuming needs 0.0.
+  config = tiny_config()
+  saved = json.loads(json.dumps(config.to_dict()))
+  del saved['augment']['pca_lighting']
+  config.augment.pca_lighting = 0.1
+  with pytest.raises(errors.ConfigError, match='augment.pca_lighting'):
+    workdir.check_config_drift(_FakeCheckpoints(saved), config)
+  config.augment.pca_lighting = 0.0
+  workdir.check_config_drift(_FakeCheckpoints(saved), config)
+  # Readers of old checkpoints see the same values.
+  old = workdir.saved_config({'config': saved}, 'test')
+  assert old.augment.pca_lighting == 0.0
+  del saved['store'], saved['input']  # From before the prepared store.
+  old = workdir.saved_config({'config': saved}, 'test')
+  assert (old.store.format, old.input.workers) == ('raw', 0)
 
 
 def test_a_torn_metrics_line_is_repaired_on_resume(digits_dir, tmp_path):

@@ -11,11 +11,12 @@ import pytest
 
 from alexnet_jax import augment
 from alexnet_jax import features
-from alexnet_jax import input_pipeline
 from alexnet_jax import train
-from alexnet_jax.datasets import store
-from tests.conftest import ROOT
-from tests.conftest import tiny_config
+from alexnet_jax import workdir as workdir_lib
+from tests.helpers import ROOT
+from tests.helpers import bomb_png
+from tests.helpers import tiny_config
+from tests.helpers import validation
 
 
 @pytest.fixture(scope='module')
@@ -29,15 +30,6 @@ def run(digits_dir, tmp_path_factory):
   config.augment.pca_lighting = 0.1
   result = train.train_and_evaluate(config, workdir)
   return workdir, config, result
-
-
-def validation(config):
-  split = store.get(config).split(config.eval_split)
-  batches = list(input_pipeline.eval_batches(split, config))
-  keep = np.concatenate([b['mask'] for b in batches]) > 0
-  images = np.concatenate([b['image'] for b in batches])[keep]
-  labels = np.concatenate([b['label'] for b in batches])[keep]
-  return images, labels
 
 
 def test_probs_reproduce_the_runs_evaluation(run):
@@ -93,7 +85,7 @@ def test_every_layer_and_kind_of_input(run, tmp_path):
     net.extract(images, layer='fc9')
   with pytest.raises(features.FeaturesError, match='uint8'):
     net.extract(images.astype(np.float32))
-  with pytest.raises(features.FeaturesError, match='neither a workdir'):
+  with pytest.raises(workdir_lib.WorkdirError, match='neither a workdir'):
     features.load(str(tmp_path))
 
 
@@ -158,7 +150,7 @@ def test_figures(run, tmp_path):
     png = np.asarray(Image.open(out / f'{name}.png'))
     assert png.shape[0] > 100 and png.shape[1] > 100 and png.std() > 0, name
   # The run saved its class names for the top-5 labels.
-  assert viz.class_names(workdir, 10) == [str(i) for i in range(10)]
+  assert workdir_lib.class_names(workdir, 10) == [str(i) for i in range(10)]
 
   # Figure 3's grid: every kernel scaled to [0, 1] in its own cell.
   kernels = np.random.RandomState(0).randn(11, 11, 3, 48)
@@ -224,7 +216,7 @@ def test_nothing_in_a_workdir_is_executed(run, tmp_path):
   assert net.extract(np.zeros((1, 72, 72, 3), np.uint8)).shape[0] == 1
   np.savez(os.path.join(workdir, 'stats.npz'),
            mean=np.array([Payload(marker)], dtype=object))
-  with pytest.raises(features.FeaturesError, match='not loaded'):
+  with pytest.raises(workdir_lib.WorkdirError, match='not loaded'):
     features.load(workdir)
   assert not marker.exists()
 
@@ -233,7 +225,6 @@ def test_a_decompression_bomb_is_refused_with_bounded_memory(run, tmp_path):
   # A PNG of about 110 kB declaring 30000 x 30000 pixels: the features
   # command refuses it from its header, in one line, without the gigabytes
   # decoding would take; --max_image_pixels changes the limit.
-  from tests.image_folder_test import bomb_png  # pylint: disable=g-import-not-at-top
   images = tmp_path / 'images'
   images.mkdir()
   (images / 'bomb.png').write_bytes(bomb_png())

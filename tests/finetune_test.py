@@ -9,9 +9,10 @@ import pytest
 from alexnet_jax import errors
 from alexnet_jax import train
 from configs import finetune
-from tests.conftest import shrink
-from tests.conftest import tiny_config
-from tests.train_test import final_params
+from tests.helpers import final_params
+from tests.helpers import shrink
+from tests.helpers import tiny_config
+from tests.helpers import validation
 
 
 def make_folder(root, images, labels, classes=(0, 1, 2)):
@@ -26,7 +27,6 @@ def make_folder(root, images, labels, classes=(0, 1, 2)):
 
 
 def test_finetune_from_a_run_onto_an_image_folder(digits_dir, tmp_path):
-  from tests.features_test import validation  # pylint: disable=g-import-not-at-top
   source = str(tmp_path / 'source')
   config = tiny_config(digits_dir)
   config.num_train_steps = 4

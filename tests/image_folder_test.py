@@ -13,7 +13,8 @@ from alexnet_jax.datasets import image_folder
 from alexnet_jax.datasets import source
 from alexnet_jax.datasets import store
 from configs import image_folder as image_folder_config
-from tests.conftest import shrink
+from tests.helpers import bomb_png
+from tests.helpers import shrink
 
 CLASSES = ('cat', 'dog', 'eel')
 
@@ -23,14 +24,6 @@ def encode(rng, mode='RGB', fmt='JPEG', size=(40, 56)):
   pixels = rng.randint(0, 256, size + (3,), dtype=np.uint8)
   buf = io.BytesIO()
   Image.fromarray(pixels).convert(mode).save(buf, format=fmt)
-  return buf.getvalue()
-
-
-def bomb_png(side=30000):
-  """A PNG of about 110 kB that declares side x side pixels (900 M)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  buf = io.BytesIO()
-  Image.new('1', (side, side)).save(buf, format='PNG')
   return buf.getvalue()
 
 

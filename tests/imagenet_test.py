@@ -23,8 +23,8 @@ from alexnet_jax import train
 from alexnet_jax.datasets import source
 from alexnet_jax.datasets import store
 from configs import ilsvrc2012
-from tests.conftest import ROOT
-from tests.conftest import shrink
+from tests.helpers import ROOT
+from tests.helpers import shrink
 
 IMAGES_PER_SYNSET = 6
 NUM_VAL = 8

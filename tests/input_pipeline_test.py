@@ -2,7 +2,6 @@
 statistics, augmentation."""
 
 import itertools
-import json
 import os
 
 import numpy as np
@@ -16,7 +15,7 @@ from alexnet_jax.datasets import digits
 from alexnet_jax.datasets import source
 from alexnet_jax.datasets import stats as stats_lib
 from alexnet_jax.datasets import store as store_lib
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 def data(config, name='train'):
@@ -323,8 +322,9 @@ def test_augmentation_is_the_same_eagerly_and_jitted():
   assert eager.shape == (4, 64, 64, 3)
   config.eval_crops = 10
   with jax.disable_jit():
-    eager = augment.eval_views(images, stats, config)
-  jitted = jax.jit(lambda *a: augment.eval_views(*a, config))(images, stats)
+    eager = augment.eval_views(images, stats, config, 10)
+  jitted = jax.jit(lambda *a: augment.eval_views(*a, config, 10))(images,
+                                                                  stats)
   np.testing.assert_allclose(eager, jitted, rtol=1e-6)
   assert eager.shape == (10, 4, 64, 64, 3)
 

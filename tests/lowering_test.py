@@ -12,15 +12,14 @@ import re
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from alexnet_jax import bench
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import parallel
-from alexnet_jax import train
-from tests.conftest import tiny_config
+from alexnet_jax import steps as steps_lib
+from tests.helpers import tiny_config
 
 NUM_CLASSES = 10  # fc8: 5 units per tower, a width no other layer has.
 
@@ -36,11 +35,8 @@ def _steps(mesh_shape, dtype='bfloat16', scheme='towers', precision=None):
   mesh = parallel.create_mesh(*mesh_shape)
   model = model_lib.create_model(config.model)
   tx, _ = optim.create(config, steps_per_epoch=10)
-  steps = train.Steps(config, model, tx, mesh)
-  # Abstract arrays with the real shardings: nothing is computed.
-  abstract = jax.eval_shape(steps.init_state, jax.random.key(0))
-  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(
-      a.shape, a.dtype, sharding=s), abstract, steps.state_sharding)
+  steps = steps_lib.Steps(config, model, tx, mesh)
+  state = steps.abstract_state  # Real shardings; nothing is computed.
   batch = bench.synthetic_batch(config, mesh, config.batch_size)
   stats = bench.synthetic_stats(config, mesh)
   return steps, (state, batch, stats, jax.random.key(1))

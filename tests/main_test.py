@@ -8,27 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from tests.helpers import ROOT
+from tests.helpers import assert_one_line_error
+from tests.helpers import run_cli
 
-from tests.conftest import ROOT
-
-
-def run_cli(args, devices=2, timeout=300):
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-  env['TF_CPP_MIN_LOG_LEVEL'] = '2'
-  return subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.main'] + args, cwd=ROOT, env=env,
-      capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def assert_one_line_error(proc, *needles):
-  assert proc.returncode == 2, proc.stderr[-3000:]
-  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
-  errors = [l for l in proc.stderr.splitlines()
-            if l.startswith('alexnet_jax: error:')]
-  assert len(errors) == 1, proc.stderr[-3000:]
-  for needle in needles:
-    assert needle in errors[0], errors[0]
 
 
 @pytest.mark.parametrize('args,needles', [

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 from alexnet_jax import model as model_lib
+from alexnet_jax import ops
+from alexnet_jax import steps as steps_lib
 from configs import default
+from tests.helpers import tiny_config
 
 
 def paper_model(**overrides):
@@ -83,8 +86,23 @@ def small(**kw):
 
 
 def init(net, seed=0):
-  x = jnp.zeros((1, net.input_size, net.input_size, 3))
-  return net.init(jax.random.key(seed), x)['params']
+  return model_lib.init_params(net, jax.random.key(seed))
+
+
+def test_run_once_unoptimised_on_cpu_matches_the_optimised_build():
+  # Initialisations are compiled unoptimised on CPU (model.run_once): the
+  # same draws as the optimised build, to the last bit or so.
+  def draws(key):
+    k1, k2 = jax.random.split(key)
+    return (jax.nn.initializers.normal(0.01)(k1, (2, 11, 11, 3, 8)),
+            jax.nn.initializers.he_normal()(k2, (64, 32)))
+
+  fast = model_lib.run_once(jax.jit(draws), jax.random.key(3),
+                            platform='cpu')
+  slow = jax.jit(draws)(jax.random.key(3))
+  for a, b in zip(fast, slow):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+    assert float(jnp.std(a)) > 0
 
 
 def test_paper_init():
@@ -138,8 +156,8 @@ def test_switches_change_the_function():
   params = init(small(init_scheme='he'))
   x = jax.random.normal(jax.random.key(1), (2, 67, 67, 3)) * 50
   base = small(init_scheme='he').apply({'params': params}, x)
-  for kw in [dict(activation='tanh'), dict(lrn=False),
-             dict(lrn_k=1.0, lrn_alpha_over_n=True)]:
+  for kw in [dict(activation='tanh'), dict(lrn=ops.LRN(enabled=False)),
+             dict(lrn=ops.LRN(k=1.0, alpha_over_n=True))]:
     out = small(init_scheme='he', **kw).apply({'params': params}, x)
     assert not np.allclose(out, base, rtol=1e-4), kw
   pooled = small(init_scheme='he', pool_window=2)
@@ -175,14 +193,13 @@ def test_bfloat16_compute_keeps_float32_params():
 def test_lrn_across_towers():
   # Caffe's bvlc_alexnet normalises across both towers' maps; the paper
   # within each. Only the channels near the towers' border differ.
-  from alexnet_jax import errors, optim, parallel, train  # pylint: disable=g-import-not-at-top
-  from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import errors, optim, parallel  # pylint: disable=g-import-not-at-top
   config = tiny_config()
   model = model_lib.create_model(config.model)
   config.model.lrn.across_towers = True
   across = model_lib.create_model(config.model)
   x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3)) * 100
-  params = jax.jit(model.init)(jax.random.key(1), x)['params']
+  params = init(model, seed=1)
   _, a = jax.jit(lambda p: model.apply({'params': p}, x, capture=True))(params)
   _, b = jax.jit(lambda p: across.apply({'params': p}, x,
                                         capture=True))(params)
@@ -190,7 +207,7 @@ def test_lrn_across_towers():
   assert not np.allclose(a['conv2'], b['conv2'])
   tx, _ = optim.create(config, 10)
   with pytest.raises(errors.ConfigError, match='mesh.model=1'):
-    train.Steps(config, across, tx, parallel.create_mesh(1, 2))
+    steps_lib.Steps(config, across, tx, parallel.create_mesh(1, 2))
 
 
 def figure1_model(**overrides):
@@ -208,7 +225,7 @@ def test_four_layer_cnn_is_cuda_convnets_80sec_net():
       'conv3': {'kernel': (5, 5, 32, 64), 'bias': (64,)},
       'fc': {'kernel': (4 * 4 * 64, 10), 'bias': (10,)}}
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
-  params = net.init(jax.random.key(1), x)['params']
+  params = init(net, seed=1)
   logits, feats = net.apply({'params': params}, x, capture=True)
   assert logits.shape == (2, 10)
   # cuda-convnet's pooling sizes: 32 -> 16 -> 8 -> 4.
@@ -218,7 +235,7 @@ def test_four_layer_cnn_is_cuda_convnets_80sec_net():
   assert abs(float(params['conv1']['kernel'].std()) - 1e-4) < 1e-5
   assert abs(float(params['conv3']['kernel'].std()) - 0.01) < 1e-3
   assert all(float(jnp.abs(params[k]['bias']).max()) == 0 for k in params)
-  he = figure1_model(init_scheme='he').init(jax.random.key(1), x)['params']
+  he = init(figure1_model(init_scheme='he'), seed=1)
   assert abs(float(he['conv2']['kernel'].std()) -
              np.sqrt(2 / (25 * 32))) < 0.01
 
@@ -226,7 +243,7 @@ def test_four_layer_cnn_is_cuda_convnets_80sec_net():
 def test_four_layer_cnn_average_pool_ignores_the_edge_pad():
   net = figure1_model(activation='relu')
   x = jnp.ones((1, 32, 32, 3))
-  params = net.init(jax.random.key(1), x)['params']
+  params = init(net, seed=1)
   # Weights that pass the input straight through: a constant image stays
   # constant through every pool only if the edge windows divide by the real
   # pixels (a padded zero would dim the last row and column).
@@ -242,7 +259,7 @@ def test_four_layer_cnn_average_pool_ignores_the_edge_pad():
 def test_four_layer_cnn_activation_switch_and_errors():
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   relu, tanh = figure1_model(), figure1_model(activation='tanh')
-  params = relu.init(jax.random.key(1), x)['params']
+  params = init(relu, seed=1)
   a = relu.apply({'params': params}, x)
   b = tanh.apply({'params': params}, x)
   assert not np.allclose(a, b)

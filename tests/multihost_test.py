@@ -13,9 +13,6 @@ import subprocess
 import sys
 
 from alexnet_jax import train
-from tests.conftest import ROOT
-from tests.readme_test import command, config_from, with_digits
-from tests.train_test import assert_same_run
 
 STEPS = 6
 
@@ -94,7 +91,12 @@ READER = r'''
 import json, os, sys
 from alexnet_jax import input_pipeline, parallel
 from alexnet_jax.datasets import store
-from tests.conftest import tiny_config
+from tests.helpers import ROOT
+from tests.helpers import assert_same_run
+from tests.helpers import command
+from tests.helpers import config_from
+from tests.helpers import tiny_config
+from tests.helpers import with_digits
 # conftest asks for 8 devices; this process has 2 (before jax starts).
 os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
 config = tiny_config(sys.argv[1])
@@ -123,7 +125,6 @@ def test_two_processes_each_read_only_their_rows(digits_dir):
   # batches one process reads.
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from alexnet_jax.datasets import store  # pylint: disable=g-import-not-at-top
-  from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
   port = next(p for p in iter(lambda: random.randint(20000, 60000), None)
               if port_free(p))
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',

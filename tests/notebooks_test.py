@@ -3,8 +3,8 @@
 import os
 
 import pytest
+from tests.helpers import ROOT
 
-from tests.conftest import ROOT
 
 nbformat = pytest.importorskip('nbformat')
 nbclient = pytest.importorskip('nbclient')

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from alexnet_jax import cpu_kernels
 from alexnet_jax import ops
 
 
@@ -201,7 +202,7 @@ def test_conv_kernel_gradient_inside_shard_map(monkeypatch, chunked):
   # The custom VJP's kernel gradient must be summed over the data shards,
   # also when each shard walks its batch in chunks (a loop).
   if chunked:
-    monkeypatch.setattr(ops, '_CHUNK_BYTES', 1)
+    monkeypatch.setattr(cpu_kernels, 'CHUNK_BYTES', 1)
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
   mesh = parallel.create_mesh(4, 1)
@@ -230,7 +231,7 @@ def test_conv_kernel_gradient_inside_shard_map(monkeypatch, chunked):
 def test_conv_gradients_match_xla_in_batch_chunks(monkeypatch, stride,
                                                   padding, chunk):
   # On CPU both gradients (and a strided forward) are matmuls over chunks of
-  # the batch, sized by _CHUNK_BYTES; shrink it so a batch of 6 is walked in
+  # the batch, sized by cpu_kernels.CHUNK_BYTES; shrink it so a batch of 6 is walked in
   # small steps (4 does not divide 6: the largest divisor below it, 3).
   rng = np.random.RandomState(8)
   x = jnp.asarray(rng.normal(size=(6, 13, 11, 3)), jnp.float32)
@@ -242,10 +243,11 @@ def test_conv_gradients_match_xla_in_batch_chunks(monkeypatch, stride,
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
   y = xla_conv(x, k)
-  per_example = ops._window_bytes(  # pylint: disable=protected-access
-      y.shape[1], y.shape[2], 5, 3, stride, 3)
-  monkeypatch.setattr(ops, '_CHUNK_BYTES', chunk * per_example)
-  assert ops._batch_chunk(6, per_example) == (3 if chunk == 4 else chunk)
+  per_example = cpu_kernels.window_bytes(y.shape[1], y.shape[2], 5, 3,
+                                         stride, 3)
+  monkeypatch.setattr(cpu_kernels, 'CHUNK_BYTES', chunk * per_example)
+  assert cpu_kernels.batch_chunk(6, per_example) == (3 if chunk == 4 else
+                                                     chunk)
   np.testing.assert_allclose(jax.jit(ops.conv2d, static_argnums=(2, 3))(
       x, k, stride, padding), y, rtol=1e-4, atol=1e-4)
   g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)

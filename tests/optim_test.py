@@ -74,6 +74,29 @@ def test_no_bias_decay_mask():
   assert not np.allclose(want['bias'], hand_loop(W0, LRS)['bias'], rtol=1e-7)
 
 
+@pytest.mark.parametrize('decay_mask', [None, optim.no_bias_decay_mask])
+def test_frozen_layers_are_never_updated(decay_mask):
+  params = {'conv1': {'kernel': jnp.ones((2, 3)), 'bias': jnp.ones(3)},
+            'fc8': {'kernel': jnp.ones((3, 2)), 'bias': jnp.ones(2)}}
+  tx = optim.paper_sgd(0.1, decay_mask=decay_mask, frozen=('conv1',))
+  plain = optim.paper_sgd(0.1, decay_mask=decay_mask)
+  state, plain_state = tx.init(params), plain.init(params)
+  frozen, free = params, params
+  grads = jax.tree.map(lambda p: 0.5 * jnp.ones_like(p), params)
+  for lr in (0.1, 0.01):
+    state = optim.set_learning_rate(state, lr)
+    plain_state = optim.set_learning_rate(plain_state, lr)
+    updates, state = tx.update(grads, state, frozen)
+    frozen = optax.apply_updates(frozen, updates)
+    updates, plain_state = plain.update(grads, plain_state, free)
+    free = optax.apply_updates(free, updates)
+  # The frozen layer: unchanged, no velocity; the others: as without freezing.
+  jax.tree.map(np.testing.assert_array_equal, frozen['conv1'], params['conv1'])
+  jax.tree.map(np.testing.assert_array_equal, frozen['fc8'], free['fc8'])
+  assert not np.allclose(free['conv1']['kernel'], 1.0)
+  assert float(optim.get_learning_rate(state)) == pytest.approx(0.01)
+
+
 def test_plateau_schedule():
   s = optim.Schedule('plateau', 0.01, steps_per_epoch=10, patience=2,
                      max_drops=3)

@@ -8,7 +8,6 @@ import functools
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -16,47 +15,10 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import parallel
-from alexnet_jax import train
-from tests.conftest import tiny_config
-
-STEPS = 3
-
-
-def STATS(size):  # pylint: disable=invalid-name
-  eigvecs, _ = np.linalg.qr(np.arange(9.0).reshape(3, 3) + np.eye(3))
-  return {'mean': jnp.full((size, size, 3), 100.0),
-          'eigvals': jnp.array([0.2, 0.02, 0.005]),
-          'eigvecs': jnp.asarray(eigvecs, jnp.float32)}
-
-
-def run_steps(mesh_shape, config=None, scheme='towers', num_classes=10,
-              devices=None):
-  config = config or tiny_config()
-  config.mesh.scheme = scheme
-  config.model.num_classes = num_classes
-  config.eval_crops = 10
-  config.augment.flip = True
-  config.mesh.data, config.mesh.model = mesh_shape
-  mesh = parallel.create_mesh(*mesh_shape, devices=devices)
-  model = model_lib.create_model(config.model)
-  tx, _ = optim.create(config, steps_per_epoch=10)
-  steps = train.Steps(config, model, tx, mesh)
-  state = steps.init_state(jax.random.key(0))
-  rng = np.random.RandomState(0)
-  size = config.image_size
-  stats = jax.device_put(STATS(size), parallel.replicated(mesh))
-  losses = []
-  for _ in range(STEPS):
-    batch = {'image': rng.randint(0, 256, (config.batch_size, size, size, 3),
-                                  dtype=np.uint8),
-             'label': rng.randint(0, 10, (config.batch_size,)).astype(np.int32)}
-    state, metrics = steps.train_step(
-        state, input_pipeline.to_global(batch, mesh), stats, jax.random.key(1))
-    losses.append(float(metrics['loss']))
-  eval_batch = dict(batch, mask=np.ones((config.batch_size,), np.float32))
-  sums = steps.eval_step(state.params, input_pipeline.to_global(eval_batch,
-                                                                mesh), stats)
-  return losses, jax.device_get(state.params), jax.device_get(sums)
+from alexnet_jax import steps as steps_lib
+from tests.helpers import STATS
+from tests.helpers import run_steps
+from tests.helpers import tiny_config
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,7 +53,7 @@ def test_towers_live_on_separate_devices():
   mesh = parallel.create_mesh(2, 2)
   model = model_lib.create_model(config.model)
   tx, _ = optim.create(config, 10)
-  state = train.Steps(config, model, tx, mesh).init_state(jax.random.key(0))
+  state = steps_lib.Steps(config, model, tx, mesh).init_state(jax.random.key(0))
   kernel = state.params['conv1']['kernel']
   shards = {(s.device.id, s.index[0].start) for s in kernel.addressable_shards}
   assert len(shards) == 4
@@ -105,7 +67,7 @@ def zero_batch_setup(mesh_shape, scheme='towers'):
   mesh = parallel.create_mesh(*mesh_shape)
   model = model_lib.create_model(config.model)
   tx, _ = optim.create(config, 10)
-  steps = train.Steps(config, model, tx, mesh)
+  steps = steps_lib.Steps(config, model, tx, mesh)
   state = steps.init_state(jax.random.key(0))
   s, b = config.image_size, config.batch_size
   batch = input_pipeline.to_global(
@@ -176,8 +138,9 @@ def test_towers_exchange_only_at_paper_points():
   assert set(counts) - set(model) == {('data', 'all-reduce')}, counts
   # Evaluation: the forward's five, nothing else across towers.
   eval_batch = dict(batch, mask=batch['label'].astype(np.float32) + 1)
-  hlo = steps.eval_step.lower(state.params, eval_batch,
-                              stats).compile().as_text()
+  hlo = steps.eval_step.lower(state.params, eval_batch, stats,
+                              crops=steps.config.eval_crops
+                              ).compile().as_text()
   counts = collectives(hlo, steps.mesh)
   assert counts.get(('model', 'all-gather')) == 5, counts
   assert not [k for k in counts if k[0] == 'model' and k[1] != 'all-gather']

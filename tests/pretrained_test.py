@@ -5,6 +5,7 @@ import pytest
 
 from alexnet_jax import features
 from alexnet_jax import pretrained
+from tests.helpers import ROOT
 
 RNG = np.random.RandomState(0)
 
@@ -180,7 +181,6 @@ class Payload:
 def run_import(fmt, weights, workdir):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  from tests.conftest import ROOT  # pylint: disable=g-import-not-at-top
   return subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.pretrained', '--format', fmt,
        '--weights', weights, '--workdir', workdir], cwd=ROOT,

@@ -6,10 +6,7 @@ shapes is tested in parallel_test); the two-process and SLURM commands run in
 multihost_test.
 """
 
-import ast
 import os
-import re
-import shlex
 import subprocess
 import sys
 
@@ -17,74 +14,14 @@ import pytest
 
 from alexnet_jax import parallel
 from alexnet_jax import train
-from experiments.run import toy_flags
-from tests.conftest import ROOT
-from tests.main_test import assert_one_line_error, run_cli
-
-# The README's mesh flags are kept: TOY names no mesh keys.
-TINY = toy_flags(eval_crops=1, log_every_steps=2, checkpoint_every_steps=4)
-
-
-def cluster_commands():
-  """The shell commands of README's "From a laptop to a cluster" section."""
-  with open(os.path.join(ROOT, 'README.md')) as f:
-    text = f.read()
-  section = text.split('## From a laptop to a cluster')[1].split('\n## ')[0]
-  blocks = re.findall(r'```bash\n(.*?)```', section, re.S)
-  return [b.strip() for b in blocks]
-
-
-def split_command(command):
-  """(environment, python -m alexnet_jax.main arguments, launcher) of one."""
-  words = shlex.split(command)
-  env = {}
-  while '=' in words[0] and not words[0].startswith('-'):
-    key, value = words.pop(0).split('=', 1)
-    env[key] = value
-  launcher = []
-  while words[0] != 'python':
-    launcher.append(words.pop(0))
-  assert words[:3] == ['python', '-m', 'alexnet_jax.main'], command
-  return env, words[3:], launcher
-
-
-def command(*needles):
-  """The one README command containing every needle."""
-  found = [c for c in cluster_commands() if all(n in c for n in needles)]
-  assert len(found) == 1, (needles, found)
-  return split_command(found[0])
-
-
-def with_digits(args, digits_dir, workdir, steps):
-  """A README command's arguments, made tiny and pointed at the digits."""
-  args = list(args)
-  args[args.index('--workdir') + 1] = workdir
-  return args + ['--config.dataset=digits', f'--config.data_dir={digits_dir}',
-                 '--config.model.num_classes=10',
-                 f'--config.num_train_steps={steps}'] + TINY
-
-
-def config_from(args):
-  """The config a README command builds (its --config file and overrides)."""
-  path = args[args.index('--config') + 1]
-  namespace = {}
-  with open(os.path.join(ROOT, path)) as f:
-    exec(compile(f.read(), path, 'exec'), namespace)  # pylint: disable=exec-used
-  config = namespace['get_config']()
-  for arg in args:
-    if not arg.startswith('--config.'):
-      continue
-    key, value = arg[len('--config.'):].split('=', 1)
-    try:
-      value = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      pass  # A string.
-    *parents, name = key.split('.')
-    node = config
-    for p in parents:
-      node = node[p]
-    node[name] = value
-  return config
+from tests.helpers import ROOT
+from tests.helpers import assert_one_line_error
+from tests.helpers import cluster_commands
+from tests.helpers import command
+from tests.helpers import config_from
+from tests.helpers import run_cli
+from tests.helpers import split_command
+from tests.helpers import with_digits
 
 
 def test_laptop_command_runs(digits_dir, tmp_path):

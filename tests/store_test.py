@@ -11,8 +11,9 @@ import pytest
 
 from alexnet_jax import errors
 from alexnet_jax.datasets import store as store_lib
-from tests.conftest import ROOT
-from tests.conftest import tiny_config
+from tests.helpers import ROOT
+from tests.helpers import bomb_png
+from tests.helpers import tiny_config
 
 
 def config_in(digits_dir, store_dir):
@@ -153,7 +154,6 @@ def test_a_decompression_bomb_in_any_dataset_stops_prepare_in_one_line(
     tmp_path):
   import io  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from tests.image_folder_test import bomb_png  # pylint: disable=g-import-not-at-top
   photo = io.BytesIO()
   Image.new('RGB', (500, 375), (200, 10, 10)).save(photo, format='JPEG')
   config = tiny_config(str(tmp_path))

@@ -3,22 +3,19 @@
 import json
 import os
 
-import jax
-import numpy as np
 import pytest
 
 from alexnet_jax import errors
 from alexnet_jax import train
+from alexnet_jax import workdir
 from alexnet_jax.checkpoint import Checkpointer
-from tests.conftest import tiny_config
+from tests.helpers import assert_same_run
+from tests.helpers import read_metrics
+from tests.helpers import tiny_config
+from tests.helpers import train_records
 
 REQUIRED = {'step', 'epoch', 'split', 'loss', 'top1_err', 'top5_err', 'lr',
             'img_per_sec'}
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
 
 
 def test_train_evaluate_checkpoint_and_resume(digits_dir, tmp_path):
@@ -51,36 +48,6 @@ def test_train_evaluate_checkpoint_and_resume(digits_dir, tmp_path):
   ckpt = Checkpointer(workdir)
   assert ckpt.latest_step() == 8
   ckpt.close()
-
-
-def final_params(workdir):
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  ckpt = Checkpointer(workdir)
-  path = os.path.join(ckpt.directory, str(ckpt.latest_step()), 'state')
-  ckpt.close()
-  # Onto this process's first device, whatever mesh or processes wrote it.
-  checkpointer = ocp.StandardCheckpointer()
-  meta = checkpointer.metadata(path).item_metadata
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
-  return checkpointer.restore(path, target)['params']
-
-
-def train_records(workdir):
-  return [{k: r[k] for k in ('step', 'loss', 'top1_err', 'top5_err', 'lr')}
-          for r in read_metrics(workdir) if r['split'] == 'train']
-
-
-def assert_same_run(a, b):
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5,
-                                                       atol=1e-7),
-               final_params(a), final_params(b))
-  ra, rb = train_records(a), train_records(b)
-  assert [r['step'] for r in ra] == [r['step'] for r in rb]
-  for x, y in zip(ra, rb):
-    for k in x:
-      assert x[k] == pytest.approx(y[k], rel=1e-5), (k, x, y)
 
 
 def test_resumed_run_equals_uninterrupted(digits_dir, tmp_path):
@@ -167,13 +134,13 @@ def test_reported_throughput_is_wall_clock_throughput(digits_dir, tmp_path,
   config.checkpoint_every_steps = 16
   config.eval_every_epochs = 8 / 89  # Once, at step 8, and at the end.
   written = []
-  write = train.MetricsLog.write
+  write = workdir.MetricsLog.write
 
   def timed_write(self, record):
     written.append((time.time(), record))
     write(self, record)
 
-  monkeypatch.setattr(train.MetricsLog, 'write', timed_write)
+  monkeypatch.setattr(workdir.MetricsLog, 'write', timed_write)
   train.train_and_evaluate(config, str(tmp_path / 'run'))
   train_records = [(t, r) for t, r in written if r['split'] == 'train']
   assert [r['step'] for _, r in train_records] == list(range(2, 17, 2))

@@ -38,7 +38,6 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 from absl import logging
-import ml_collections
 import numpy as np
 
 from alexnet_jax import errors
@@ -49,7 +48,6 @@ FORMATS = ('raw', 'jpeg')
 SPLIT_FILE = 'split.json'
 STATS_FILE = 'stats.npz'
 LABEL_BYTES = 4  # int32, little-endian, before the image bytes.
-SHARD_BYTES = 1 << 30  # About 1 GiB per file (store.file_bytes).
 WRITER_OPTIONS = 'group_size:1,uncompressed'
 PREPARE_COMMAND = 'python -m alexnet_jax.datasets.prepare --config CONFIG'
 INCOMPLETE = '.incomplete'
@@ -63,15 +61,9 @@ class MissingSplit(StoreError):
   """The split has not been prepared (or its preparation did not finish)."""
 
 
-def options(config) -> ml_collections.ConfigDict:
-  """config.store (configs saved before the store existed have none)."""
-  return config.get('store') or ml_collections.ConfigDict(
-      {'format': 'raw', 'jpeg_quality': 95, 'dir': None})
-
-
 def directory(builder, config) -> str:
   """Where the config's store lives: beside the tfds records or in store.dir."""
-  store = options(config)
+  store = config.store
   if store.format not in FORMATS:
     raise errors.ConfigError(f'store.format={store.format!r}: use one of '
                              f'{FORMATS}.')
@@ -252,8 +244,8 @@ def _encoded(builder, config, split):
   tf = preprocess.tf()
   ds = source.preprocessed_dataset(builder, split, config.image_size,
                                    source.max_pixels(config))
-  if options(config).format == 'jpeg':
-    quality = int(options(config).jpeg_quality)
+  if config.store.format == 'jpeg':
+    quality = int(config.store.jpeg_quality)
     ds = ds.map(lambda e: {'image': tf.io.encode_jpeg(e['image'],
                                                       quality=quality),
                            'label': e['label']},
@@ -287,7 +279,7 @@ def _write_split(builder, config, split: str, path: str):
   """Writes one split into path.incomplete/, then renames it to path."""
   import tqdm  # pylint: disable=g-import-not-at-top
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-  fmt = options(config).format
+  fmt = config.store.format
   n = source.num_examples(builder, split)
   tmp = path + INCOMPLETE
   if os.path.exists(tmp):
@@ -321,7 +313,7 @@ def _write_split(builder, config, split: str, path: str):
         f'the {split} split needs about {_gb(estimate)} in {path} but only '
         f'{_gb(free)} is free; free space, or set --config.store.dir=DIR on a '
         f'larger disk{smaller}.')
-  per_shard = max(1, int(options(config).get('file_bytes', SHARD_BYTES) //
+  per_shard = max(1, int(config.store.file_bytes //
                          per_record))
   files, written, total_bytes = [], 0, 0
   writer = None
@@ -358,7 +350,7 @@ def _write_split(builder, config, split: str, path: str):
   meta = {'dataset': builder.name, 'version': str(builder.version),
           'split': split, 'num_examples': n, 'format': fmt,
           'image_size': int(config.image_size),
-          'jpeg_quality': int(options(config).jpeg_quality) if fmt == 'jpeg'
+          'jpeg_quality': int(config.store.jpeg_quality) if fmt == 'jpeg'
                           else None,
           'record': 'int32 little-endian label, then the image: raw uint8 '
                     'HxWx3 or JPEG bytes',

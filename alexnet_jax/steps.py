@@ -1,0 +1,199 @@
+"""The train state and the jitted, sharded train and evaluation steps.
+
+The forward pass (augmentation, model, loss) runs under `jax.shard_map` over the
+('data', 'model') mesh; gradients are taken through it, so JAX inserts the
+transposed collectives (sums over `data`, and over `model` where the towers
+talk) itself. The optimiser update then runs under the same `jit` on the
+sharded parameters, with the state's buffers donated.
+"""
+
+import functools
+from typing import Any
+
+from flax import struct
+import jax
+from jax.sharding import PartitionSpec as P
+import jax.numpy as jnp
+import optax
+
+from alexnet_jax import augment
+from alexnet_jax import errors
+from alexnet_jax import model as model_lib
+from alexnet_jax import optim
+from alexnet_jax import parallel
+from alexnet_jax.parallel import DATA, MODEL
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def topk_correct(logits, labels, k):
+  """1.0 where the label is among the k largest logits, per example."""
+  k = min(k, logits.shape[-1])
+  topk = jax.lax.top_k(logits, k)[1]
+  return (topk == labels[:, None]).any(-1).astype(jnp.float32)
+
+
+class Steps:
+  """The jitted, sharded train and eval steps of a model on a mesh.
+
+  Everything is known on construction: `state_sharding` (where each leaf of
+  the train state lives) and `abstract_state` (its shapes, dtypes and
+  shardings), so `init_state` only computes.
+  """
+
+  def __init__(self, config, model: model_lib.AlexNet, tx, mesh):
+    self.config = config
+    self.mesh = mesh
+    self.tx = tx
+    self.model = model
+    self.scheme = config.mesh.get('scheme', 'towers')
+    parallel.check_scheme(self.scheme)
+    model_size = mesh.shape[MODEL]
+    # The axes a batch is split over inside shard_map, and this device's
+    # position along them (for mesh-independent example ids).
+    self.batch_spec = parallel.step_batch_spec(self.scheme)
+    self.batch_axes = self.batch_spec[0] if isinstance(
+        self.batch_spec[0], tuple) else (self.batch_spec[0],)
+    if model_size > 1 and not isinstance(model, model_lib.AlexNet):
+      raise errors.ConfigError(
+          f'model.arch={config.model.arch!r} runs data parallel only: set '
+          'mesh.model=1.')
+    if model_size > 1 and self.scheme == 'towers':
+      if model.lrn.across_towers and model.towers > 1:
+        raise errors.ConfigError(
+            'model.lrn.across_towers needs both towers on one device: set '
+            "mesh.model=1 or mesh.scheme='one_weird_trick'.")
+      # Each device holds towers // mesh.model towers.
+      self.sharded_model = model.clone(tower_axis=MODEL,
+                                       tower_axis_size=model_size)
+      try:
+        self.sharded_model.local_towers  # pylint: disable=pointless-statement
+      except ValueError as e:
+        raise errors.ConfigError(str(e)) from e
+    elif model_size > 1:
+      self.sharded_model = model.clone(fc_axis=MODEL, fc_axis_size=model_size)
+    else:
+      self.sharded_model = model
+    abstract = jax.eval_shape(self._init, jax.random.key(0))
+    self.state_sharding = parallel.param_sharding(mesh, abstract, self.scheme)
+    self.abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract, self.state_sharding)
+
+  def _init(self, key) -> TrainState:
+    size = self.model.input_size
+    params = self.model.init(key, jnp.zeros((1, size, size, 3)))['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.tx.init(params))
+
+  def init_state(self, key) -> TrainState:
+    """A fresh state, initialised directly in its sharded layout."""
+    return model_lib.run_once(
+        jax.jit(self._init, out_shardings=self.state_sharding), key,
+        platform=self.mesh.devices.flat[0].platform)
+
+  def _split(self, *arrays):
+    """The batch arrays laid out as the steps split them (a local slice)."""
+    if self.batch_spec == P(DATA):
+      return arrays
+    sharding = jax.sharding.NamedSharding(self.mesh, self.batch_spec)
+    return tuple(jax.reshard(a, sharding) for a in arrays)
+
+  def _shard_index(self):
+    """This device's index among the batch shards (row-major over axes)."""
+    index = 0
+    for axis in self.batch_axes:
+      index = index * self.mesh.shape[axis] + jax.lax.axis_index(axis)
+    return index
+
+  def _param_specs(self, params):
+    return parallel.param_specs(self.mesh, params, self.scheme)
+
+  @functools.cached_property
+  def train_step(self):
+    """(state, batch, stats, key) -> (state, metrics); the state is donated."""
+    config, mesh = self.config, self.mesh
+    global_batch = config.batch_size
+
+    def local_loss(params, images, labels, stats, step, key):
+      # Parameters meet the data varying over the batch axes, in float32:
+      # the transpose of this cast is the data-parallel gradient psum, so it
+      # sums float32 gradients even when the model computes in bfloat16
+      # (cast after it).
+      params = parallel.vary(params, self.batch_axes)
+      b = images.shape[0]
+      ids = step * global_batch + self._shard_index() * b + jnp.arange(b)
+      aug_key, drop_key = jax.random.split(jax.random.fold_in(key, step))
+      x = augment.train_views(images, aug_key, ids, stats, config)
+      logits = self.sharded_model.apply(
+          {'params': params}, x, train=True, example_ids=ids,
+          rngs={'dropout': drop_key})
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      axes = self.batch_axes
+      loss = jax.lax.psum(ce.sum(), axes) / global_batch
+      err1 = jax.lax.psum(b - topk_correct(logits, labels, 1).sum(), axes)
+      err5 = jax.lax.psum(b - topk_correct(logits, labels, 5).sum(), axes)
+      return loss, dict(loss=loss, top1_err=err1 / global_batch,
+                        top5_err=err5 / global_batch)
+
+    def step_fn(state: TrainState, batch, stats, key):
+      def loss_fn(params):
+        return jax.shard_map(
+            local_loss, mesh=mesh,
+            in_specs=(self._param_specs(params), self.batch_spec,
+                      self.batch_spec, P(), P(), P()),
+            out_specs=(P(), P()),
+        )(params, *self._split(batch['image'], batch['label']), stats,
+          state.step, key)
+
+      grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+      updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      metrics['lr'] = optim.get_learning_rate(state.opt_state)
+      return TrainState(step=state.step + 1, params=params,
+                        opt_state=opt_state), metrics
+
+    return jax.jit(step_fn, donate_argnums=(0,),
+                   out_shardings=(self.state_sharding,
+                                  parallel.replicated(mesh)))
+
+  @functools.cached_property
+  def eval_step(self):
+    """(params, batch, stats, crops) -> summed loss, errors and count.
+
+    `crops` (static): 1 (the centre) or 10 (the paper's test).
+    """
+    config, mesh = self.config, self.mesh
+
+    def local_eval(params, images, labels, mask, stats, crops):
+      views = augment.eval_views(images, stats, config, crops)
+      v, b = views.shape[:2]  # (views, b, h, w, 3)
+      logits = self.sharded_model.apply(
+          {'params': params}, views.reshape((v * b,) + views.shape[2:]),
+          train=False)
+      # The paper's test: average the softmax over the views.
+      probs = jax.nn.softmax(logits).reshape(v, b, -1).mean(0)
+      ce = -jnp.log(jnp.take_along_axis(probs, labels[:, None], 1)[:, 0] +
+                    1e-30)
+      sums = dict(
+          loss=(ce * mask).sum(),
+          top1_err=((1 - topk_correct(probs, labels, 1)) * mask).sum(),
+          top5_err=((1 - topk_correct(probs, labels, 5)) * mask).sum(),
+          count=mask.sum())
+      return jax.tree.map(lambda v: jax.lax.psum(v, self.batch_axes), sums)
+
+    def step_fn(params, batch, stats, crops):
+      return jax.shard_map(
+          functools.partial(local_eval, crops=crops), mesh=mesh,
+          in_specs=(self._param_specs(params), self.batch_spec,
+                    self.batch_spec, self.batch_spec, P()),
+          out_specs=P(),
+      )(params, *self._split(batch['image'], batch['label'], batch['mask']),
+        stats)
+
+    return jax.jit(step_fn, static_argnames='crops')

@@ -1,0 +1,333 @@
+"""A run's directory (`--workdir`): its layout, and every read and write of it.
+
+  WORKDIR/
+    config.json             the config the run started with (for people)
+    checkpoints/STEP/       orbax: state/ (step, params, opt_state) and meta/
+                            (config, LR schedule, input position)
+    checkpoints_damaged/    unreadable checkpoints, moved aside, never deleted
+    metrics.jsonl           one JSON record per line (MetricsLog)
+    tensorboard/            the same scalars as event files
+    stats.npz               the input statistics the weights were trained with
+    classes.json            the dataset's class names
+
+Training writes it; features, ensemble, viz and fine-tuning read it, all
+through this module. A checkpoint's own config (in meta/) is the authority;
+`saved_config` fills keys that configs written by older code lack.
+"""
+
+import json
+import logging as std_logging
+import os
+from typing import Any, Dict, Tuple
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from alexnet_jax import checkpoint
+from alexnet_jax import errors
+
+CONFIG_FILE = 'config.json'
+CHECKPOINTS = checkpoint.CHECKPOINTS
+METRICS_FILE = 'metrics.jsonl'
+TENSORBOARD = 'tensorboard'
+STATS_FILE = 'stats.npz'
+CLASSES_FILE = 'classes.json'
+
+# Config keys a resumed run may change; anything else would change the model,
+# the data or the optimisation the checkpoint belongs to.
+SAFE_TO_CHANGE = (
+    'lr_override', 'num_epochs', 'num_train_steps', 'eval_every_epochs',
+    'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
+    'eval_batch_size', 'eval_crops', 'mesh.data', 'mesh.model', 'mesh.scheme',
+    'distributed.coordinator_address', 'distributed.num_processes',
+    'distributed.process_id', 'distributed.timeout_seconds', 'data_dir',
+    'manual_dir', 'store.dir', 'input.workers', 'input.prefetch',
+    'max_image_pixels', 'model.dtype', 'model.matmul_precision',
+    'finetune.init_from',
+    # Retired keys (the input before the prepared store).
+    'cache_resized', 'shuffle_buffer')
+
+# Keys added to the config after checkpoints first recorded it, with the value
+# that reproduces what the code did before the key existed. A saved config
+# without one of them means this value.
+LEGACY_DEFAULTS = {
+    'augment.pca_lighting': 0.0,  # PCA lighting came later.
+    'eval_crops': 1,  # The first evaluation was the centre crop.
+    'model.arch': 'alexnet',
+    'model.lrn.across_towers': False,
+    'model.matmul_precision': 'default',
+    'mesh.scheme': 'towers',
+    'lr_scaling': 'none',
+    'lr_reference_batch': 128,
+    'max_image_pixels': 89_478_485,
+    'finetune.init_from': None,
+    'finetune.copy_model': True,
+    'finetune.reinit': (),
+    'finetune.freeze': (),
+    'distributed.coordinator_address': None,
+    'distributed.num_processes': -1,
+    'distributed.process_id': -1,
+    'distributed.timeout_seconds': 300,
+    'input.workers': 0,
+    'input.prefetch': 4,
+    'store.format': 'raw',
+    'store.jpeg_quality': 95,
+    'store.file_bytes': 1 << 30,
+    'store.dir': None,
+}
+
+
+class WorkdirError(errors.UserError):
+  """A workdir or checkpoint that cannot be used as asked."""
+
+
+def prepare(workdir: str, config):
+  """Creates the workdir (refusing one we cannot write) and config.json."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test.{jax.process_index()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise errors.UserError(
+        f'workdir {workdir!r} is not writable ({e.strerror}); pass a '
+        '--workdir you can write to.') from e
+  path = os.path.join(workdir, CONFIG_FILE)
+  if jax.process_index() == 0 and not os.path.exists(path):
+    with open(path, 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def save_stats(workdir: str, stats: Dict[str, np.ndarray]):
+  """The input statistics beside the checkpoints, so the workdir alone is
+  enough to use the network."""
+  path = os.path.join(workdir, STATS_FILE)
+  if jax.process_index() == 0 and not os.path.exists(path):
+    tmp = path + '.tmp.npz'
+    np.savez(tmp, **stats)
+    os.replace(tmp, path)
+
+
+def read_stats(path: str) -> Dict[str, np.ndarray]:
+  """A stats.npz of plain arrays; never unpickles (files may come from
+  elsewhere)."""
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      return {k: f[k] for k in f.files}
+  except (ValueError, OSError) as e:
+    raise WorkdirError(
+        f'{path} is not a numpy .npz of plain arrays ({str(e)[:120]}); it '
+        'was not loaded. Copy stats.npz from the training run.') from e
+
+
+def save_class_names(workdir: str, names):
+  """The dataset's class names beside the checkpoints (for the figures)."""
+  path = os.path.join(workdir, CLASSES_FILE)
+  if jax.process_index() or os.path.exists(path) or not names:
+    return
+  with open(path, 'w') as f:
+    json.dump(names, f)
+
+
+def class_names(workdir: str, num_classes: int):
+  """The dataset's class names saved with the run, else 'class i'."""
+  path = os.path.join(workdir, CLASSES_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      names = json.load(f)
+    if len(names) == num_classes:
+      return names
+  return [f'class {i}' for i in range(num_classes)]
+
+
+def locate(path: str) -> Tuple[str, int]:
+  """(workdir, step) for a workdir (newest checkpoint) or one checkpoint."""
+  path = os.path.abspath(path)
+  ckpts = os.path.join(path, CHECKPOINTS)
+  if os.path.isdir(ckpts):
+    steps = [int(d) for d in os.listdir(ckpts) if d.isdigit() and
+             os.path.isdir(os.path.join(ckpts, d, 'state'))]
+    if not steps:
+      raise WorkdirError(f'{ckpts} holds no checkpoint yet; train first or '
+                         'pass another workdir.')
+    return path, max(steps)
+  parent = os.path.dirname(path)
+  if (os.path.isdir(os.path.join(path, 'state')) and
+      os.path.basename(parent) == CHECKPOINTS and
+      os.path.basename(path).isdigit()):
+    return os.path.dirname(parent), int(os.path.basename(path))
+  raise WorkdirError(
+      f'{path} is neither a workdir (with checkpoints/) nor a checkpoint '
+      '(WORKDIR/checkpoints/STEP); pass the --workdir of a training run or of '
+      'a pretrained import.')
+
+
+def read_params(workdir: str, step: int, device=None):
+  """(params, meta) of one checkpoint, the parameters alone on `device`.
+
+  Whatever mesh wrote it: shapes come from the checkpoint's own metadata,
+  placement from here; the optimiser state is not read.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  step_dir = os.path.join(workdir, CHECKPOINTS, str(step))
+  sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+  # orbax warns that the step-level metadata is not inside state/: harmless.
+  quiet = std_logging.getLogger('absl')
+  level = quiet.level
+  quiet.setLevel(std_logging.ERROR)
+  try:
+    meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+        os.path.join(step_dir, 'meta'))
+    with ocp.PyTreeCheckpointer() as reader:
+      saved = reader.metadata(os.path.join(step_dir, 'state')).item_metadata
+      params = saved.tree['params'] if hasattr(saved, 'tree') else saved[
+          'params']
+      target = {'params': jax.tree.map(lambda m: jax.ShapeDtypeStruct(
+          m.shape, m.dtype, sharding=sharding), params)}
+      state = reader.restore(
+          os.path.join(step_dir, 'state'), args=ocp.args.PyTreeRestore(
+              item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(
+                  target), partial_restore=True))
+  except Exception as e:  # pylint: disable=broad-except
+    raise WorkdirError(f'cannot read checkpoint {step_dir} ('
+                       f'{type(e).__name__}: {str(e).splitlines()[0][:200]})'
+                       '; pass another checkpoint.') from e
+  finally:
+    quiet.setLevel(level)
+  return state['params'], meta
+
+
+def _flatten(d, prefix=''):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def saved_config(meta: Dict[str, Any], where: str) -> ml_collections.ConfigDict:
+  """A checkpoint's config, with LEGACY_DEFAULTS where older code had no key."""
+  if 'config' not in meta:
+    raise WorkdirError(f'{where} records no config; it was not written by '
+                       'alexnet_jax.')
+  config = ml_collections.ConfigDict(meta['config'])
+  for key, value in LEGACY_DEFAULTS.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for p in parents:
+      if p not in node:
+        node[p] = ml_collections.ConfigDict()
+      node = node[p]
+    if leaf not in node:
+      node[leaf] = value
+  return config
+
+
+def config_changes(saved: Dict[str, Any], config) -> Dict[str, Tuple]:
+  """{key: (saved, now)} for every key whose value differs."""
+  now = _flatten(json.loads(json.dumps(config.to_dict())))
+  before = _flatten(saved)
+  return {k: (before.get(k), now.get(k)) for k in sorted(set(now) | set(before))
+          if before.get(k) != now.get(k)}
+
+
+def check_config_drift(ckpt: checkpoint.Checkpointer, config):
+  """Refuses to resume a checkpoint under a config that changes what it is."""
+  for step in ckpt.all_steps():
+    try:
+      saved = ckpt.read_meta(step).get('config')
+    except Exception:  # pylint: disable=broad-except
+      continue  # Unreadable: restore() deals with damaged checkpoints.
+    if saved is None:
+      return
+    changes = config_changes(saved, config)
+    known = _flatten(saved)
+    legacy = json.loads(json.dumps(LEGACY_DEFAULTS))  # Tuples as JSON lists.
+    # A key the checkpoint predates is fine at the value that keeps the old
+    # behaviour.
+    unsafe = {k: v for k, v in changes.items() if k not in SAFE_TO_CHANGE and
+              not (k not in known and k in legacy and v[1] == legacy[k])}
+    for k, (a, b) in changes.items():
+      if k not in unsafe:
+        logging.info('Resuming with %s changed: %r -> %r', k, a, b)
+    if unsafe:
+      listed = ', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in unsafe.items())
+      raise errors.ConfigError(
+          f'the checkpoints in {ckpt.directory} were made with a different '
+          f'config ({listed}); use a new --workdir for a new run. A resumed '
+          f'run may change only {", ".join(SAFE_TO_CHANGE)}.')
+    return
+
+
+class MetricsLog:
+  """Writes metrics to `workdir/metrics.jsonl` and TensorBoard event files.
+
+  metrics.jsonl is a documented interface: one JSON object per line with at
+  least step, epoch, split ('train' | 'eval'), loss, top1_err, top5_err, lr,
+  img_per_sec. Only process 0 writes.
+  """
+
+  def __init__(self, workdir: str):
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+    self.active = jax.process_index() == 0
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self.writer = metric_writers.create_default_writer(
+        os.path.join(workdir, TENSORBOARD), just_logging=not self.active,
+        asynchronous=False)
+
+  def roll_back(self, step: int):
+    """Repairs metrics.jsonl and drops records past `step` (work a crash
+    undid, redone on resume).
+
+    A line a kill -9 or a full disk cut short is moved to metrics.jsonl.torn
+    with a warning; records past `step` go to metrics.jsonl.rolled_back.
+    Nothing is lost, and readers of metrics.jsonl see only whole lines.
+    """
+    if not self.active or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = f.readlines()
+    records, torn = [], []
+    for line in lines:
+      try:
+        record = json.loads(line)
+        records.append((record['step'], line if line.endswith('\n')
+                        else line + '\n'))
+      except (ValueError, KeyError, TypeError):
+        if line.strip():
+          torn.append(line if line.endswith('\n') else line + '\n')
+    keep = [l for s, l in records if s <= step]
+    later = [l for s, l in records if s > step]
+    if keep == lines:
+      return
+    if torn:
+      with open(self.path + '.torn', 'a') as f:
+        f.writelines(torn)
+      logging.warning('metrics.jsonl: %d torn line(s) (cut short by a crash '
+                      'or a full disk) moved to %s.torn.', len(torn),
+                      self.path)
+    if later:
+      with open(self.path + '.rolled_back', 'a') as f:
+        f.writelines(later)
+      logging.info('metrics.jsonl: %d record(s) after step %d rolled back to '
+                   '%s.rolled_back', len(later), step, self.path)
+    tmp = self.path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.writelines(keep)
+    os.replace(tmp, self.path)
+
+  def write(self, record: Dict[str, Any]):
+    if not self.active:
+      return
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    scalars = {f'{record["split"]}/{k}': v for k, v in record.items()
+               if k not in ('step', 'split', 'epoch')
+               and isinstance(v, (int, float))}
+    self.writer.write_scalars(record['step'], scalars)
+    self.writer.flush()
