@@ -194,6 +194,21 @@ class _TrainRecords:
           record['img_per_sec'], d.eta(self.seconds / self.steps, at))
 
 
+def _initial_state(steps, ckpt, schedule, source, config, key):
+  """(state, checkpoint metadata): the workdir's newest checkpoint, else a
+  fresh state (holding fine-tuning's source weights, if any)."""
+  restored = ckpt.restore(steps.abstract_state)
+  if restored is not None:
+    state, meta = restored
+    schedule.load_state_dict(meta.get('schedule', {}))
+    return state, meta
+  state = steps.init_state(key)
+  if source is not None:
+    state = state.replace(params=finetune.params(
+        config, source, state.params, steps.state_sharding.params))
+  return state, {}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> Dict[str, float]:
   """Trains, evaluates and checkpoints; resumes from `workdir` if it can.
@@ -215,11 +230,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   tx, schedule = optim.create(config, durations.steps_per_epoch)
   steps = steps_lib.Steps(config, model, tx, mesh)
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
-  state = steps.init_state(init_key)
   logging.info('Model: %s, %s parameters',
                config.model.layout if isinstance(model, model_lib.AlexNet)
                else config.model.arch,
-               f'{model_lib.count_params(state.params):,}')
+               f'{model_lib.count_params(steps.abstract_state.params):,}')
   if (config.lr_scaling != 'none' and
       config.batch_size != config.lr_reference_batch):
     logging.info('Learning rate %g: learning_rate %g at batch %d, scaled '
@@ -230,14 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
   workdir_lib.check_config_drift(ckpt, config)
-  restored = ckpt.restore(state)
-  meta = {}
-  if restored is not None:
-    state, meta = restored
-    schedule.load_state_dict(meta.get('schedule', {}))
-  elif source is not None:
-    state = state.replace(params=finetune.params(
-        config, source, state.params, steps.state_sharding.params))
+  state, meta = _initial_state(steps, ckpt, schedule, source, config, init_key)
   start_step = int(jax.device_get(state.step))
   # The input stream's position is stored in the checkpoint (it is a function
   # of the step as long as the batch size and dataset do not change).
