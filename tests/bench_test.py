@@ -53,6 +53,7 @@ def test_torch_lrn_matches_ours():
                              atol=1e-4)
 
 
+@pytest.mark.slow
 def test_bench_command_prints_json():
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', XLA_FLAGS='')
   proc = subprocess.run(
@@ -90,6 +91,7 @@ def test_peak_table():
       'nvidia_h100_80gb_hbm3')
 
 
+@pytest.mark.slow
 def test_sweep_writes_a_dtype_batch_mesh_table(tmp_path):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
              XLA_FLAGS='--xla_force_host_platform_device_count=2')
@@ -129,6 +131,7 @@ PIPELINE_FIELDS = {'pipeline_img_per_sec', 'pipeline_cores',
                    'pipeline_img_per_sec_per_core', 'prepare_img_per_sec'}
 
 
+@pytest.mark.slow
 def test_pipeline_bench_on_an_image_folder(tmp_path):
   # The documented command on a folder of real photos (a few of them).
   import glob  # pylint: disable=g-import-not-at-top

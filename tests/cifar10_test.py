@@ -54,6 +54,7 @@ def cifar_dir(tmp_path_factory):
   return data_dir
 
 
+@pytest.mark.slow
 def test_generated_cifar10_is_prepared_by_tfds(cifar_dir):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder('cifar10', data_dir=cifar_dir)
@@ -62,6 +63,7 @@ def test_generated_cifar10_is_prepared_by_tfds(cifar_dir):
   assert builder.info.features['label'].names == list(CLASSES)
 
 
+@pytest.mark.slow
 def test_figure1_cifar10_at_toy_size(cifar_dir, tmp_path, monkeypatch):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from experiments import run  # pylint: disable=g-import-not-at-top

@@ -2,10 +2,13 @@
 
 import json
 import os
+
+import pytest
+
 from tests.helpers import ROOT
 
 
-
+@pytest.mark.slow
 def test_ablations_runner_at_toy_size(digits_dir, tmp_path, monkeypatch):
   from experiments import run  # pylint: disable=g-import-not-at-top
   monkeypatch.setenv('TFDS_DATA_DIR', digits_dir)
@@ -43,6 +46,7 @@ def test_ablations_runner_at_toy_size(digits_dir, tmp_path, monkeypatch):
     base.update_from_flattened_dict(dict(v.overrides))
 
 
+@pytest.mark.slow
 def test_figure1_runner_at_toy_size(digits_dir, tmp_path, monkeypatch):
   from experiments import run  # pylint: disable=g-import-not-at-top
   monkeypatch.setenv('TFDS_DATA_DIR', digits_dir)

@@ -34,6 +34,7 @@ def short_config(digits_dir, steps=6):
   return config
 
 
+@pytest.mark.slow
 def test_damaged_latest_checkpoint_falls_back(digits_dir, tmp_path):
   workdir = str(tmp_path)
   train.train_and_evaluate(short_config(digits_dir), workdir)
@@ -70,6 +71,7 @@ def test_no_readable_checkpoint_stops_and_changes_nothing(digits_dir,
   assert not os.path.exists(os.path.join(workdir, 'checkpoints_damaged'))
 
 
+@pytest.mark.slow
 def test_divergence_stops_without_saving(digits_dir, tmp_path):
   config = short_config(digits_dir, steps=8)
   config.learning_rate = 1e12
@@ -84,6 +86,7 @@ def test_divergence_stops_without_saving(digits_dir, tmp_path):
   ckpt.close()
 
 
+@pytest.mark.slow
 def test_config_drift(digits_dir, tmp_path):
   workdir = str(tmp_path)
   train.train_and_evaluate(short_config(digits_dir, steps=2), workdir)
@@ -102,6 +105,7 @@ def test_config_drift(digits_dir, tmp_path):
   assert read_metrics(workdir)[-1]['lr'] == pytest.approx(0.003)
 
 
+@pytest.mark.slow
 def test_disk_trouble_is_a_clear_error(digits_dir, tmp_path, monkeypatch):
   workdir = str(tmp_path)
   train.train_and_evaluate(short_config(digits_dir, steps=2), workdir)
@@ -141,6 +145,7 @@ def wait_for_records(workdir, n, proc, timeout=120):
   return False
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resumes(digits_dir, tmp_path):
   workdir, cache = str(tmp_path / 'w'), str(tmp_path / 'cache')
   proc = cli(workdir, digits_dir, 400, cache)
@@ -159,6 +164,7 @@ def test_sigterm_saves_and_resumes(digits_dir, tmp_path):
   assert f'Resuming from step {step}' in err
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume(digits_dir, tmp_path):
   steps, cache = 16, str(tmp_path / 'cache')
   straight = str(tmp_path / 'straight')
@@ -223,6 +229,7 @@ def test_a_key_newer_than_a_checkpoint_means_what_the_old_code_did():
   assert (old.store.format, old.input.workers) == ('raw', 0)
 
 
+@pytest.mark.slow
 def test_a_torn_metrics_line_is_repaired_on_resume(digits_dir, tmp_path):
   # A kill -9 or a full disk during a write leaves half a line: the rerun
   # keeps it aside with a warning, and every reader sees only whole lines.

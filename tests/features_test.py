@@ -32,6 +32,7 @@ def run(digits_dir, tmp_path_factory):
   return workdir, config, result
 
 
+@pytest.mark.slow
 def test_probs_reproduce_the_runs_evaluation(run):
   # Restored on one device from a 2 x 2 run, with the same preprocessing and
   # 10-crop averaging: the same top-1 error as the run's own evaluation.
@@ -46,6 +47,7 @@ def test_probs_reproduce_the_runs_evaluation(run):
   assert err == pytest.approx(result['top1_err'], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_every_layer_and_kind_of_input(run, tmp_path):
   workdir, config, _ = run
   net = features.load(os.path.join(workdir, 'checkpoints', '8'))
@@ -89,6 +91,7 @@ def test_every_layer_and_kind_of_input(run, tmp_path):
     features.load(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_command_line_features_and_neighbours(run, tmp_path):
   workdir, config, _ = run
   images, labels = validation(config)
@@ -129,6 +132,7 @@ def test_command_line_features_and_neighbours(run, tmp_path):
   assert 'neither a workdir' in proc.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_figures(run, tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from alexnet_jax import viz  # pylint: disable=g-import-not-at-top
@@ -163,6 +167,7 @@ def test_figures(run, tmp_path):
   assert viz.lr_drops(records) == [3, 5]
 
 
+@pytest.mark.slow
 def test_ensemble_averages_the_members_softmax(run, tmp_path):
   from alexnet_jax import ensemble  # pylint: disable=g-import-not-at-top
   workdir, config, result = run
@@ -221,6 +226,7 @@ def test_nothing_in_a_workdir_is_executed(run, tmp_path):
   assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_decompression_bomb_is_refused_with_bounded_memory(run, tmp_path):
   # A PNG of about 110 kB declaring 30000 x 30000 pixels: the features
   # command refuses it from its header, in one line, without the gigabytes

@@ -26,6 +26,7 @@ def make_folder(root, images, labels, classes=(0, 1, 2)):
             os.path.join(root, split, f'digit{labels[i]}', f'{i}.png'))
 
 
+@pytest.mark.slow
 def test_finetune_from_a_run_onto_an_image_folder(digits_dir, tmp_path):
   source = str(tmp_path / 'source')
   config = tiny_config(digits_dir)

@@ -69,6 +69,7 @@ def small_config(root):
   return config
 
 
+@pytest.mark.slow
 def test_bad_images_are_converted_or_skipped(folder):
   root, bad = folder
   builder = source.get_builder(small_config(root))
@@ -88,6 +89,7 @@ def test_bad_images_are_converted_or_skipped(folder):
   assert images['image'].shape == (18, 72, 72, 3)
 
 
+@pytest.mark.slow
 def test_training_on_a_folder(folder, tmp_path):
   root, _ = folder
   result = train.train_and_evaluate(small_config(root), str(tmp_path))

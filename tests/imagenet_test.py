@@ -92,6 +92,7 @@ def test_missing_tars_are_a_clear_error(tmp_path):
     source.get_builder(config)
 
 
+@pytest.mark.slow
 def test_imagenet_prepares_and_trains(imagenet_dirs, tmp_path):
   manual, data_dir, synsets = imagenet_dirs
   config = tiny_imagenet_config(manual, data_dir)
@@ -114,6 +115,7 @@ def test_imagenet_prepares_and_trains(imagenet_dirs, tmp_path):
   assert records[-1]['split'] == 'eval'
 
 
+@pytest.mark.slow
 def test_readme_prepare_command(imagenet_dirs):
   """README's one-time preparation command, as a user runs it."""
   manual, data_dir, _ = imagenet_dirs

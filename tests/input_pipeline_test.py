@@ -38,6 +38,7 @@ def test_digits_builder_splits(digits_dir):
     assert 0.18 < frac < 0.22
 
 
+@pytest.mark.slow
 def test_store_holds_the_host_preprocessed_split_in_order(digits_dir):
   config = tiny_config(digits_dir)
   builder = source.get_builder(config)
@@ -60,6 +61,7 @@ def test_store_holds_the_host_preprocessed_split_in_order(digits_dir):
   assert want.max() > 200 and want[:, 0, 0].max() < 30
 
 
+@pytest.mark.slow
 def test_jpeg_store_is_the_raw_one_up_to_jpeg_loss(digits_dir):
   config = tiny_config(digits_dir)
   raw = data(config).read(range(64))
@@ -234,6 +236,7 @@ def test_unknown_dataset_is_a_clear_error(tmp_path):
     store_lib.get(config)
 
 
+@pytest.mark.slow
 def test_augmentation_ops():
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -302,6 +305,7 @@ def test_ten_crops():
     np.testing.assert_array_equal(views[i + 5], w[:, :, ::-1])
 
 
+@pytest.mark.slow
 def test_augmentation_is_the_same_eagerly_and_jitted():
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top

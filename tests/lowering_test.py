@@ -81,6 +81,7 @@ def products(text):
   return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mesh_shape,scheme,platform', [
     ((4, 1), 'towers', None), ((2, 2), 'towers', None),
     ((2, 2), 'one_weird_trick', None), ((4, 1), 'towers', 'cuda'),
@@ -95,6 +96,7 @@ def test_bfloat16_gradients_are_all_reduced_in_float32(mesh_shape, scheme,
       collections.Counter(reduces))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('platform', [None, 'cuda'])
 def test_bfloat16_convolutions_and_dots(platform):
   # On CPU the convolution gradients are dots (the CPU kernels); lowered for

@@ -22,6 +22,7 @@ from tests.helpers import run_cli
     (['--config.learning_rate=-1'], ['learning_rate']),
     (['--config.model.input_size=300'], ['input_size', 'image_size']),
 ])
+@pytest.mark.slow
 def test_bad_overrides(tmp_path, args, needles):
   proc = run_cli(['--config', 'configs/digits.py', '--workdir',
                   str(tmp_path)] + args)
@@ -38,6 +39,7 @@ def test_bad_paths(tmp_path):
   assert_one_line_error(proc, 'workdir', 'not writable')
 
 
+@pytest.mark.slow
 def test_imagenet_config_says_how_data_will_come(tmp_path):
   proc = run_cli(['--config', 'configs/ilsvrc2012.py', '--workdir',
                   str(tmp_path)])

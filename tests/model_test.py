@@ -89,6 +89,7 @@ def init(net, seed=0):
   return model_lib.init_params(net, jax.random.key(seed))
 
 
+@pytest.mark.slow
 def test_run_once_unoptimised_on_cpu_matches_the_optimised_build():
   # Initialisations are compiled unoptimised on CPU (model.run_once): the
   # same draws as the optimised build, to the last bit or so.
@@ -105,6 +106,7 @@ def test_run_once_unoptimised_on_cpu_matches_the_optimised_build():
     assert float(jnp.std(a)) > 0
 
 
+@pytest.mark.slow
 def test_paper_init():
   params = init(paper_model())
   for name in model_lib.CONV_LAYERS + model_lib.FC_LAYERS:
@@ -114,6 +116,7 @@ def test_paper_init():
     np.testing.assert_array_equal(b, want_bias)
 
 
+@pytest.mark.slow
 def test_caffe_and_he_init():
   caffe = init(small(init_scheme='caffe', width=1.0, fc_features=4096))
   assert float(caffe['conv2']['bias'][0, 0]) == pytest.approx(0.1)
@@ -125,6 +128,7 @@ def test_caffe_and_he_init():
   assert float(jnp.abs(he['fc6']['bias']).max()) == 0.0
 
 
+@pytest.mark.slow
 def test_odd_class_count_is_padded_then_sliced():
   net = small(num_classes=7)
   params = init(net)
@@ -132,6 +136,7 @@ def test_odd_class_count_is_padded_then_sliced():
   assert net.apply({'params': params}, jnp.ones((3, 67, 67, 3))).shape == (3, 7)
 
 
+@pytest.mark.slow
 def test_dropout_only_in_training_and_per_example():
   net = small(init_scheme='he')
   params = init(net)
@@ -152,6 +157,7 @@ def test_dropout_only_in_training_and_per_example():
       rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_switches_change_the_function():
   params = init(small(init_scheme='he'))
   x = jax.random.normal(jax.random.key(1), (2, 67, 67, 3)) * 50
@@ -180,6 +186,7 @@ def test_towers_only_talk_at_the_paper_points():
   assert not np.allclose(f1['conv3'][0], f2['conv3'][0])
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params():
   net = small(init_scheme='he', dtype=jnp.bfloat16)
   params = init(net)
@@ -190,6 +197,7 @@ def test_bfloat16_compute_keeps_float32_params():
   np.testing.assert_allclose(out, ref, rtol=0.1, atol=0.1)
 
 
+@pytest.mark.slow
 def test_lrn_across_towers():
   # Caffe's bvlc_alexnet normalises across both towers' maps; the paper
   # within each. Only the channels near the towers' border differ.
@@ -216,6 +224,7 @@ def figure1_model(**overrides):
                                 **overrides)
 
 
+@pytest.mark.slow
 def test_four_layer_cnn_is_cuda_convnets_80sec_net():
   net = figure1_model()
   shapes = jax.tree.map(lambda s: s.shape, model_lib.param_shapes(net))

@@ -12,7 +12,15 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from alexnet_jax import train
+from tests.helpers import ROOT
+from tests.helpers import assert_same_run
+from tests.helpers import command
+from tests.helpers import config_from
+from tests.helpers import tiny_config
+from tests.helpers import with_digits
 
 STEPS = 6
 
@@ -55,6 +63,7 @@ def check_like_one_process(args, tmp_path, data):
   assert_same_run(one, str(tmp_path / 'two'))
 
 
+@pytest.mark.slow
 def test_two_processes_with_a_coordinator(digits_dir, tmp_path):
   # 2 processes x 2 devices, mesh 2 x 2: the towers within each process,
   # each process reading (decoding) its own half of every batch.
@@ -68,6 +77,7 @@ def test_two_processes_with_a_coordinator(digits_dir, tmp_path):
   check_like_one_process(args, tmp_path, 2)
 
 
+@pytest.mark.slow
 def test_slurm_srun_command(digits_dir, tmp_path):
   # 2 tasks x 1 device, mesh 1 x 2: one tower per host, so both hosts feed
   # the same rows. jax.distributed finds everything in SLURM's variables.
@@ -91,12 +101,7 @@ READER = r'''
 import json, os, sys
 from alexnet_jax import input_pipeline, parallel
 from alexnet_jax.datasets import store
-from tests.helpers import ROOT
-from tests.helpers import assert_same_run
-from tests.helpers import command
-from tests.helpers import config_from
 from tests.helpers import tiny_config
-from tests.helpers import with_digits
 # conftest asks for 8 devices; this process has 2 (before jax starts).
 os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
 config = tiny_config(sys.argv[1])
@@ -119,6 +124,7 @@ print(json.dumps({'rows': rows, 'labels': labels, 'eval': eval_labels,
 '''
 
 
+@pytest.mark.slow
 def test_two_processes_each_read_only_their_rows(digits_dir):
   # Two jax.distributed processes, 2 devices each, mesh 2 x 2: each reads its
   # half of every global batch and nothing else, and together they read the

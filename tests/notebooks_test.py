@@ -34,6 +34,7 @@ def images(book):
              for out in cell.get('outputs', []))
 
 
+@pytest.mark.slow
 def test_notebooks_run_top_to_bottom(digits_dir, tmp_path, monkeypatch):
   workdir = str(tmp_path / 'run')
   monkeypatch.setenv('ALEXNET_JAX_SMALL', '1')

@@ -60,6 +60,7 @@ def test_lrn_conventions_differ_as_documented():
   assert not np.allclose(paper, caffe, rtol=1e-2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('n', [1, 3, 5])
 def test_lrn_gradient_matches_autodiff_of_naive(n):
   x = jnp.asarray(np.random.RandomState(2).normal(0, 40, (2, 3, 3, 7)),
@@ -113,6 +114,7 @@ def grouped_reference(x, kernel, stride, padding):
   return jnp.stack(jnp.split(y, towers, axis=-1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('shared,stride,padding',
                          list(itertools.product([False, True], [1, 4], [0, 2])))
 def test_per_tower_conv_matches_grouped_conv(shared, stride, padding):
@@ -156,6 +158,7 @@ def slices_pool(x, window, stride):
   return jnp.max(jnp.stack(parts), axis=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('window,stride', [(3, 2), (2, 2)])
 def test_max_pool_matches_naive(window, stride):
   rng = np.random.RandomState(5)
@@ -175,6 +178,7 @@ def test_overlapping_pool_sizes_match_paper():
   assert tuple(ops.feature_sizes(227, 0, 3, 2)) == (55, 27, 13, 6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('window,stride',
                          [(3, 2), (2, 2), (3, 1), (3, 3), (2, 3), (5, 2)])
 def test_max_pool_gradient_matches_xla_with_ties(window, stride):
@@ -259,6 +263,7 @@ def test_conv_gradients_match_xla_in_batch_chunks(monkeypatch, stride,
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('stride,padding', [(1, 2), (4, 2)])
 def test_conv_bfloat16_gradients_keep_dtype(stride, padding):
   # bfloat16 compute (model.dtype): the CPU matmul paths accumulate in

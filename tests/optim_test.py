@@ -74,6 +74,7 @@ def test_no_bias_decay_mask():
   assert not np.allclose(want['bias'], hand_loop(W0, LRS)['bias'], rtol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('decay_mask', [None, optim.no_bias_decay_mask])
 def test_frozen_layers_are_never_updated(decay_mask):
   params = {'conv1': {'kernel': jnp.ones((2, 3)), 'bias': jnp.ones(3)},

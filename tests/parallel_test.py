@@ -36,6 +36,7 @@ def reference(num_classes):
     ('one_weird_trick', (1, 2)),  # Every fc layer's units split in two.
     ('one_weird_trick', (2, 4)),  # fc6, fc7 split in four; fc8 whole.
 ])
+@pytest.mark.slow
 def test_mesh_shapes_train_identically(scheme, mesh_shape):
   ref_losses, ref_params, ref_eval = reference(12)
   losses, params, sums = run_steps(mesh_shape, scheme=scheme, num_classes=12)
@@ -121,6 +122,7 @@ def collectives(hlo, mesh):
   return counts
 
 
+@pytest.mark.slow
 def test_towers_exchange_only_at_paper_points():
   # The compiled train step on 2 x 2 devices. Across towers (`model`), the
   # forward all-gathers at the paper's five points (conv3's input, fc6, fc7
@@ -146,6 +148,7 @@ def test_towers_exchange_only_at_paper_points():
   assert not [k for k in counts if k[0] == 'model' and k[1] != 'all-gather']
 
 
+@pytest.mark.slow
 def test_one_weird_trick_communication():
   # Convolutions data parallel: their gradients are summed over every
   # device. fc layers model parallel: the batch is gathered once before fc6
@@ -177,6 +180,7 @@ def test_single_tower_layout_refuses_model_axis():
     run_steps((1, 2), config)
 
 
+@pytest.mark.slow
 def test_train_step_makes_no_hidden_transfers():
   # Parameters never go to the host per step, and nothing is copied implicitly:
   # inputs arrive as device arrays, metrics stay on the device until logged.

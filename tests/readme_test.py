@@ -24,6 +24,7 @@ from tests.helpers import split_command
 from tests.helpers import with_digits
 
 
+@pytest.mark.slow
 def test_laptop_command_runs(digits_dir, tmp_path):
   env, args, launcher = command('runs/digits_split')
   assert not launcher

@@ -83,6 +83,7 @@ def test_an_interrupted_prepare_restarts_cleanly(digits_dir, tmp_path,
   assert np.bincount(labels).min() > 100  # Every class is there.
 
 
+@pytest.mark.slow
 def test_damaged_store_is_one_line_and_prepare_rewrites_it(digits_dir,
                                                           tmp_path):
   config = config_in(digits_dir, tmp_path)
@@ -179,6 +180,7 @@ def test_a_decompression_bomb_in_any_dataset_stops_prepare_in_one_line(
   assert np.abs(pixel - [200, 10, 10]).max() <= 3, pixel  # JPEG's loss.
 
 
+@pytest.mark.slow
 def test_a_split_in_many_files_reads_the_same(digits_dir, tmp_path):
   # ImageNet's raw store is hundreds of files: reads that cross them give
   # the same examples as one file does.

@@ -50,6 +50,7 @@ def test_train_evaluate_checkpoint_and_resume(digits_dir, tmp_path):
   ckpt.close()
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted(digits_dir, tmp_path):
   config = tiny_config(digits_dir)
   config.eval_every_epochs = 10.0
@@ -65,6 +66,7 @@ def test_resumed_run_equals_uninterrupted(digits_dir, tmp_path):
   assert_same_run(straight, resumed)
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_onto_any_mesh(digits_dir, tmp_path):
   # A run that changes mesh (and scheme) at each resume trains exactly as one
   # that never stopped: the checkpoint is laid out anew on each mesh.
@@ -87,6 +89,7 @@ def test_checkpoint_restores_onto_any_mesh(digits_dir, tmp_path):
   assert_same_run(straight, moved)
 
 
+@pytest.mark.slow
 def test_plateau_drop_reaches_the_optimizer(digits_dir, tmp_path):
   config = tiny_config(digits_dir)
   config.lr_schedule = 'plateau'

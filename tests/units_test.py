@@ -1,0 +1,70 @@
+"""Fast checks of the small modules the end-to-end tests cover slowly:
+durations, figures, the ensemble's and fine-tuning's refusals."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from alexnet_jax import durations
+from alexnet_jax import ensemble
+from alexnet_jax import errors
+from alexnet_jax import finetune
+from alexnet_jax import viz
+from tests.helpers import tiny_config
+
+
+def test_durations_turn_epochs_into_steps():
+  config = tiny_config()
+  config.num_epochs, config.eval_every_epochs = 2.5, 0.5
+  config.log_every_steps, config.checkpoint_every_steps = 3, 4
+  d = durations.Durations.from_config(config, steps_per_epoch=10)
+  assert (d.total_steps, d.eval_every, d.num_epochs) == (25, 5, 2.5)
+  assert [s for s in range(1, 26) if d.is_eval(s)] == [5, 10, 15, 20, 25]
+  assert [s for s in range(1, 26) if d.is_log(s)] == [3, 6, 9, 12, 15, 18,
+                                                      21, 24, 25]
+  assert [s for s in range(1, 26) if d.is_checkpoint(s)] == [4, 8, 12, 16,
+                                                             20, 24, 25]
+  assert d.position(23) == {'epoch': 2, 'batch': 3} and d.epoch(5) == 0.5
+  config.num_train_steps = 7  # Overrides the epochs.
+  assert durations.Durations.from_config(config, 10).total_steps == 7
+  assert durations.fmt_time(59) == '0m59s'
+  assert durations.fmt_time(3723) == '1h02m03s'
+  assert d.eta(2.0, 24) == '0m02s'
+
+
+def test_figures_from_parameters_and_metrics(tmp_path):
+  rng = np.random.RandomState(0)
+  params = {'conv1': {'kernel': rng.normal(size=(2, 11, 11, 3, 8))}}
+  kernels = viz.conv1_kernels(params, str(tmp_path / 'k.png'))
+  metrics = tmp_path / 'metrics.jsonl'
+  metrics.write_text('\n'.join(json.dumps(
+      {'step': s, 'epoch': s / 10, 'split': split, 'loss': 1 / s,
+       'top1_err': 0.5 / s, 'top5_err': 0.1 / s, 'lr': 0.01})
+                               for s in (1, 2, 3) for split in ('train',
+                                                                'eval')))
+  curves = viz.curves(str(metrics), str(tmp_path / 'c.png'))
+  for path in (kernels, curves):
+    assert os.path.getsize(path) > 1000
+  with pytest.raises(errors.UserError, match='does not exist'):
+    viz.read_metrics(str(tmp_path / 'none.jsonl'))
+
+
+def test_ensemble_of_missing_runs_is_one_line(tmp_path, capsys):
+  assert ensemble.main(['--workdirs', str(tmp_path / 'a'),
+                        str(tmp_path / 'b')]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and 'neither a workdir' in err[0], err
+
+
+def test_finetune_refusals_name_the_fix(tmp_path):
+  config = tiny_config()
+  assert finetune.source(config) is None  # From scratch.
+  config.finetune.init_from = str(tmp_path)
+  config.finetune.freeze = ('conv9',)
+  with pytest.raises(errors.ConfigError, match='unknown layer'):
+    finetune.source(config)
+  config.finetune.freeze = ('conv1',)
+  with pytest.raises(errors.ConfigError, match='finetune.init_from: .*neither'):
+    finetune.source(config)
