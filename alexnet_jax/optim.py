@@ -34,9 +34,9 @@ def paper_sgd(learning_rate: float, momentum: float = 0.9,
     weight_decay: 5e-4 in the paper, applied inside the velocity.
     decay_mask: callable (params -> pytree of bools) choosing which
       parameters are decayed (None: all, as in the paper).
-    frozen: top-level layer names never updated (fine-tuning). Their
-      gradients are zeroed first, so they get no decay and no velocity, and
-      XLA drops the computation of their weight gradients.
+    frozen: top-level layer names never updated (fine-tuning): no decay, and
+      their updates are zeroed last, so the velocity stays at index 2 of the
+      chain's state as in every earlier checkpoint.
   """
   frozen = frozenset(frozen)
 
@@ -50,15 +50,14 @@ def paper_sgd(learning_rate: float, momentum: float = 0.9,
     return jax.tree.map(lambda m, f: m and not f, mask, is_frozen(params))
 
   def chain(learning_rate, momentum, weight_decay):
-    # Runs without freezing keep the paper's three-part state, as every
-    # checkpoint before freezing existed has it.
+    # Runs without freezing keep the paper's three-part state.
     freeze = [optax.masked(optax.set_to_zero(), is_frozen)] if frozen else []
     return optax.chain(
-        *freeze,
         optax.add_decayed_weights(weight_decay,
                                   mask=decayed if frozen else decay_mask),
         optax.scale_by_learning_rate(learning_rate),
         optax.trace(decay=momentum, nesterov=False),
+        *freeze,
     )
   return optax.inject_hyperparams(chain)(
       learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay)

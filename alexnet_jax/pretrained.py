@@ -294,8 +294,9 @@ def write_workdir(workdir: str, config, params, mean_pixel) -> str:
                                    (size, size, 3)).copy(),
            'eigvals': np.zeros(3, np.float32),
            'eigvecs': np.eye(3, dtype=np.float32)}
-  workdir_lib.save_stats(workdir, stats)
-  workdir_lib.prepare(workdir, config)
+  # The imported network's own, over whatever an earlier run left here.
+  workdir_lib.save_stats(workdir, stats, overwrite=True)
+  workdir_lib.prepare(workdir, config, overwrite=True)
   return ckpt.directory
 
 

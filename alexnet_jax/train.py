@@ -263,7 +263,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   stats = jax.device_put(stats, parallel.replicated(mesh))
   log = workdir_lib.MetricsLog(workdir)
   log.roll_back(start_step)
-  records = _TrainRecords(log, durations, config, ckpt)
 
   def save(step):
     ckpt.save(step, state, {
@@ -292,6 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           train_split, config, position['epoch'], position['batch'],
           input_pipeline.default_rows(config.batch_size, mesh)),
       mesh, global_batch=config.batch_size)
+  records = _TrainRecords(log, durations, config, ckpt)  # Its clock starts.
   step = start_step
   with StopSignals() as stop, contextlib.closing(ckpt):
     try:

@@ -83,8 +83,9 @@ class WorkdirError(errors.UserError):
   """A workdir or checkpoint that cannot be used as asked."""
 
 
-def prepare(workdir: str, config):
-  """Creates the workdir (refusing one we cannot write) and config.json."""
+def prepare(workdir: str, config, overwrite: bool = False):
+  """Creates the workdir (refusing one we cannot write) and config.json
+  (kept if there is one, unless `overwrite`)."""
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f'.write_test.{jax.process_index()}')
@@ -96,16 +97,17 @@ def prepare(workdir: str, config):
         f'workdir {workdir!r} is not writable ({e.strerror}); pass a '
         '--workdir you can write to.') from e
   path = os.path.join(workdir, CONFIG_FILE)
-  if jax.process_index() == 0 and not os.path.exists(path):
+  if jax.process_index() == 0 and (overwrite or not os.path.exists(path)):
     with open(path, 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def save_stats(workdir: str, stats: Dict[str, np.ndarray]):
+def save_stats(workdir: str, stats: Dict[str, np.ndarray],
+               overwrite: bool = False):
   """The input statistics beside the checkpoints, so the workdir alone is
-  enough to use the network."""
+  enough to use the network (kept if there are some, unless `overwrite`)."""
   path = os.path.join(workdir, STATS_FILE)
-  if jax.process_index() == 0 and not os.path.exists(path):
+  if jax.process_index() == 0 and (overwrite or not os.path.exists(path)):
     tmp = path + '.tmp.npz'
     np.savez(tmp, **stats)
     os.replace(tmp, path)

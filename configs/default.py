@@ -4,7 +4,8 @@ Other configs import this one and override a few fields. Not meant to be run
 by itself (it names no runnable dataset); see configs/ilsvrc2012.py for the
 ImageNet recipe and configs/digits.py for the embedded demo.
 
-Durations are written in epochs; `train.py` converts them to steps in one place.
+Durations are written in epochs; `alexnet_jax/durations.py` converts them to
+steps in one place.
 """
 
 import ml_collections

@@ -91,7 +91,7 @@ def test_frozen_layers_are_never_updated(decay_mask):
     frozen = optax.apply_updates(frozen, updates)
     updates, plain_state = plain.update(grads, plain_state, free)
     free = optax.apply_updates(free, updates)
-  # The frozen layer: unchanged, no velocity; the others: as without freezing.
+  # The frozen layer: unchanged; the others: as without freezing.
   jax.tree.map(np.testing.assert_array_equal, frozen['conv1'], params['conv1'])
   jax.tree.map(np.testing.assert_array_equal, frozen['fc8'], free['fc8'])
   assert not np.allclose(free['conv1']['kernel'], 1.0)
