@@ -491,27 +491,30 @@ def run_once(jitted, *args, platform: str):
   initialisation.
 
   On CPU it is compiled unoptimised: XLA's optimising backend spends tens of
-  seconds on the initialisers' random-number hashing (over 20 s for AlexNet
-  on a 2-core machine) in a program that runs once, and about a second
-  without optimisation. The values differ from the optimised build's in the
+  seconds on the initialisers' random-number hashing in a program that runs
+  once, and about a second without optimisation. The values differ from the optimised build's in the
   last bit at most (tests/model_test.py).
   """
   options = {'xla_backend_optimization_level': 0} if platform == 'cpu' else None
   return jitted.lower(*args).compile(options)(*args)
 
 
+def example_images(model: nn.Module) -> jax.Array:
+  """One blank image of the model's input size, for `model.init`."""
+  return jnp.zeros((1, model.input_size, model.input_size, 3))
+
+
 def init_params(model: nn.Module, key, platform: Optional[str] = None):
   """`model.init`'s parameters, as one program on the default device."""
-  x = jnp.zeros((1, model.input_size, model.input_size, 3))
+  x = example_images(model)
   return run_once(jax.jit(lambda k: model.init(k, x)['params']), key,
                   platform=platform or jax.devices()[0].platform)
 
 
 def param_shapes(model: AlexNet):
   """Parameter shapes without allocating them (jax.eval_shape)."""
-  x = jax.ShapeDtypeStruct((1, model.input_size, model.input_size, 3),
-                           jnp.float32)
-  return jax.eval_shape(model.init, jax.random.key(0), x)['params']
+  return jax.eval_shape(model.init, jax.random.key(0),
+                        example_images(model))['params']
 
 
 def count_params(tree) -> int:

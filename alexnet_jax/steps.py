@@ -86,8 +86,8 @@ class Steps:
         abstract, self.state_sharding)
 
   def _init(self, key) -> TrainState:
-    size = self.model.input_size
-    params = self.model.init(key, jnp.zeros((1, size, size, 3)))['params']
+    params = self.model.init(key, model_lib.example_images(self.model))[
+        'params']
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=self.tx.init(params))
 

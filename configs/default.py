@@ -29,12 +29,7 @@ def with_arg(config: ml_collections.ConfigDict,
   if arg not in ARGS:
     raise ValueError(f'config argument {arg!r} is unknown; use one of {ARGS} '
                      '(e.g. configs/digits.py:toy) or none.')
-  for key, value in TOY.items():
-    *parents, leaf = key.split('.')
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(TOY)
   return config
 
 
