@@ -16,11 +16,14 @@ against the device's peak: from a table of published peaks for known
 accelerators (`PEAK_TFLOPS`), else a matmul of the compute dtype measured in
 the same run (CPU). `--batch_sizes` measures several batches one after
 another (a list under "batches"). `--vs-torch` trains the same two-tower
-network (groups=2 convolutions, the paper's LRN per tower) in PyTorch eager in
-the same process, on CUDA when both frameworks see a GPU;
-`train_speedup_vs_torch` is the median ratio of step times measured in
-alternation (JAX step, PyTorch step, ...), so both see the same machine load.
-Warm-up and compilation are excluded.
+network (groups=2 convolutions, the paper's LRN per tower) in PyTorch in the
+same process, eager and under `torch.compile` (`bench_torch`; skip the latter
+with `--notorch_compile`), on CUDA when both frameworks see a GPU;
+`train_speedup_vs_torch` and `train_speedup_vs_torch_compile` are the median
+ratios of step times measured in alternation (JAX step, eager step, compiled
+step, ...), so all see the same machine load. Warm-up and compilation are
+excluded from the step times; compile times are reported separately
+(`compile_seconds`, `torch_compile_seconds`).
 
 `--sweep` runs the train step over dtype x batch x mesh on every local device
 and writes the table to `experiments/results/bench/<device>.json` (`--out`).
@@ -64,7 +67,10 @@ flags.DEFINE_string('dtype', None, "Compute dtype, 'float32' or 'bfloat16' "
                     '(default: the config\'s model.dtype).')
 flags.DEFINE_list('batch_sizes', None, 'Global batch sizes to measure, one '
                   'after another (default: the config\'s batch_size).')
-flags.DEFINE_bool('vs_torch', False, 'Also train the same model in PyTorch.')
+flags.DEFINE_bool('vs_torch', False, 'Also train the same model in PyTorch, '
+                  'eager and under torch.compile.')
+flags.DEFINE_bool('torch_compile', True, '--vs-torch: also time the '
+                  'torch.compile twin (inductor; needs a C++ compiler on CPU).')
 flags.DEFINE_bool('sweep', False, 'dtype x batch x mesh table of the train '
                   'step, written to experiments/results/bench/<device>.json.')
 flags.DEFINE_string('out', None, '--sweep: where to write the table.')
@@ -204,7 +210,7 @@ def bench_train(config, steps, warmup, devices=None):
   gflops = train_rate * 2 * model_lib.train_macs(model) / 1e9
   device = mesh.devices.flat[0]
   peak = peak_tflops(device.device_kind, config.model.dtype,
-                     config.model.get('matmul_precision', 'default'))
+                     config.model.matmul_precision)
   result = dict(
       batch=batch, dtype=config.model.dtype, mesh=dict(mesh.shape),
       train_img_per_sec=train_rate,
@@ -365,8 +371,15 @@ def torch_device():
   return 'cpu'
 
 
-def bench_torch(config, steps, warmup):
-  """The PyTorch twin's train step, eager, on the same device kind.
+def bench_torch(config, steps, warmup, compiled: bool = False):
+  """The PyTorch twin's train step on the same device kind.
+
+  Eager, or with `compiled` as `torch.compile` (inductor) users run it: the
+  loss function (the model and the cross-entropy) compiled, which compiles
+  its backward pass too (AOTAutograd), and the optimiser's step compiled
+  separately, as PyTorch's "Compiling the optimizer" tutorial does. Compile
+  time (`torch_compile_seconds`: the warm-up steps' time less as many timed
+  steps) is kept out of the step times.
 
   On CUDA: bfloat16 through autocast when model.dtype is bfloat16, and TF32
   for float32 products unless model.matmul_precision is 'highest' (as XLA
@@ -378,12 +391,13 @@ def bench_torch(config, steps, warmup):
   if device == 'cpu':
     torch.set_num_threads(os.cpu_count() or 1)
   else:
-    tf32 = config.model.get('matmul_precision', 'default') in (
+    tf32 = config.model.matmul_precision in (
         'default', 'high', 'tensorfloat32')
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True
   model = model_lib.create_model(config.model)
+  torch.manual_seed(0)
   net = torch_alexnet(model).to(device)
   opt = torch.optim.SGD(net.parameters(), lr=config.learning_rate,
                         momentum=config.momentum,
@@ -391,22 +405,42 @@ def bench_torch(config, steps, warmup):
   size, batch = config.model.input_size, config.batch_size
   x = torch.randn(batch, 3, size, size, device=device)
   y = torch.randint(0, config.model.num_classes, (batch,), device=device)
-  loss_fn = torch.nn.CrossEntropyLoss()
+  cross_entropy = torch.nn.CrossEntropyLoss()
   bf16 = config.model.dtype == 'bfloat16'
+
+  def loss_of(x, y):
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+      return cross_entropy(net(x), y)
+
+  def opt_step():
+    opt.step()
+
+  if compiled:
+    loss_of, opt_step = torch.compile(loss_of), torch.compile(opt_step)
 
   def train_once():
     opt.zero_grad(set_to_none=True)
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-      loss = loss_fn(net(x), y)
-    loss.backward()
-    opt.step()
+    loss_of(x, y).backward()
+    opt_step()
     if device == 'cuda':
       torch.cuda.synchronize()
 
-  return {'torch_train_img_per_sec':
-              batch / _median_time(train_once, steps, warmup),
-          'torch_version': torch.__version__, 'torch_device': device,
-          '_train_once': train_once}
+  # Compiled, the optimiser's step is compiled again once its momentum
+  # buffers exist (the second step): warm up past that.
+  warm = max(warmup, 3 if compiled else 1)
+  warm_seconds = _timed(lambda: [train_once() for _ in range(warm)])
+  step_seconds = _median_time(train_once, steps, 0)
+  name = 'torch_compile' if compiled else 'torch'
+  result = {f'{name}_train_img_per_sec': batch / step_seconds,
+            'torch_version': torch.__version__, 'torch_device': device,
+            '_train_once': train_once}
+  if compiled:
+    result['torch_compile_seconds'] = max(warm_seconds - warm * step_seconds,
+                                          0.0)
+    result['torch_compiled'] = (
+        'loss (model + cross-entropy) with its backward, and the SGD step; '
+        'inductor, default mode')
+  return result
 
 
 def _with(config, dtype=None, batch=None, mesh=None):
@@ -421,26 +455,38 @@ def _with(config, dtype=None, batch=None, mesh=None):
   return config
 
 
-def run(config, steps=5, warmup=1, vs_torch=False):
+def run(config, steps=5, warmup=1, vs_torch=False, torch_compile=True):
   """All measurements as one dict (what the command prints)."""
   result = {'batch': config.batch_size,
             'input_size': config.model.input_size,
             'layout': config.model.layout,
             'dtype': config.model.dtype}
   result.update(bench_jax(config, steps, warmup))
-  jax_once = result.pop('_train_once')
+  steps_of = {'jax': result.pop('_train_once')}
   if vs_torch:
     result.update(bench_torch(config, steps, warmup))
-    torch_once = result.pop('_train_once')
-    # The machines are shared and noisy: time the two frameworks' steps in
-    # alternation and report the median of the per-pair ratios.
-    ratios = []
+    steps_of['torch'] = result.pop('_train_once')
+    if torch_compile:
+      try:
+        result.update(bench_torch(config, steps, warmup, compiled=True))
+        steps_of['torch_compile'] = result.pop('_train_once')
+      except Exception as e:  # pylint: disable=broad-except
+        # Inductor needs a C++ compiler on CPU; keep the eager comparison.
+        result['torch_compile_error'] = (
+            f'{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}')
+        print(f'torch.compile failed, compared with eager only: '
+              f'{result["torch_compile_error"]}', file=sys.stderr)
+    # The machines are shared and noisy: time the frameworks' steps in
+    # alternation and report the median of the per-round ratios.
+    times = {name: [] for name in steps_of}
     for _ in range(steps):
-      t_jax = _timed(jax_once)
-      t_torch = _timed(torch_once)
-      ratios.append(t_torch / t_jax)
-    result['train_speedup_vs_torch'] = statistics.median(ratios)
-    result['train_speedup_vs_torch_pairs'] = ratios
+      for name, once in steps_of.items():
+        times[name].append(_timed(once))
+    for name in steps_of:
+      if name != 'jax':
+        ratios = [t / j for t, j in zip(times[name], times['jax'])]
+        result[f'train_speedup_vs_{name}'] = statistics.median(ratios)
+        result[f'train_speedup_vs_{name}_pairs'] = ratios
   result['matmul_peak_gflops'] = matmul_peak_gflops(config.model.dtype)
   result['gflops_fraction_of_matmul_peak'] = (
       result['gflops_per_sec'] / result['matmul_peak_gflops'])
@@ -468,7 +514,7 @@ def sweep(config, batch_sizes=None, dtypes=('float32', 'bfloat16'),
   accelerator = device.platform != 'cpu'
   if not batch_sizes:
     batch_sizes = (128, 256, 512, 1024) if accelerator else (32, 128)
-  precision = config.model.get('matmul_precision', 'default')
+  precision = config.model.matmul_precision
   rows = []
   table = {
       'device_kind': device.device_kind, 'platform': device.platform,
@@ -551,13 +597,14 @@ def main(argv):
       for b in FLAGS.batch_sizes:  # One failing batch keeps the others.
         try:
           row = run(_with(config, batch=b), FLAGS.steps, FLAGS.warmup,
-                    FLAGS.vs_torch)
+                    FLAGS.vs_torch, FLAGS.torch_compile)
         except (jax.errors.JaxRuntimeError, RuntimeError) as e:
           row = {'batch': int(b), 'error': str(e).splitlines()[0][:300]}
         result['batches'].append(row)
         print(json.dumps(row, sort_keys=True), file=sys.stderr, flush=True)
     else:
-      result = run(config, FLAGS.steps, FLAGS.warmup, FLAGS.vs_torch)
+      result = run(config, FLAGS.steps, FLAGS.warmup, FLAGS.vs_torch,
+                   FLAGS.torch_compile)
   except (errors.UserError, ValueError) as e:
     print(f'alexnet_jax: error: {str(e).splitlines()[0]}', file=sys.stderr)
     sys.exit(2)

@@ -127,8 +127,7 @@ class Features:
     self.model = model_lib.create_model(config.model)
     self.mean = jnp.asarray(stats['mean'], jnp.float32)
     # Image files with more pixels are refused before decoding.
-    self.max_pixels = int(config.get('max_image_pixels',
-                                     preprocess.MAX_IMAGE_PIXELS))
+    self.max_pixels = int(config.max_image_pixels)
     self._fns = {}
 
   @property

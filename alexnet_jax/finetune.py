@@ -30,8 +30,8 @@ def source(config) -> Optional[Dict[str, Any]]:
   Returns None when training from scratch, else {'params', 'stats', 'path'},
   the parameters on the host; `config` is updated in place.
   """
-  ft = config.get('finetune')
-  if not ft or not ft.init_from:
+  ft = config.finetune
+  if not ft.init_from:
     return None
   unknown = [l for l in tuple(ft.reinit) + tuple(ft.freeze)
              if l not in model_lib.LAYERS]

@@ -460,7 +460,7 @@ ARCHS = {'alexnet': _alexnet, 'four_layer_cnn': _four_layer_cnn}
 def create_model(config: ml_collections.ConfigDict, **overrides) -> nn.Module:
   """Builds the module `config.model.arch` names (see configs/default.py)."""
   c = config
-  arch = c.get('arch', 'alexnet')
+  arch = c.arch
   if arch not in ARCHS:
     raise ValueError(f'model.arch={arch!r} is unknown; use one of '
                      f'{tuple(ARCHS)}.')
@@ -471,14 +471,16 @@ def create_model(config: ml_collections.ConfigDict, **overrides) -> nn.Module:
   if c.dtype not in DTYPES:
     raise ValueError(f'model.dtype={c.dtype!r} is unknown; use one of '
                      f'{tuple(DTYPES)}.')
-  precision = c.get('matmul_precision', 'default')
+  precision = c.matmul_precision
   if precision not in PRECISIONS:
     raise ValueError(f'model.matmul_precision={precision!r} is unknown; use '
                      f'one of {PRECISIONS}.')
   if c.activation not in ACTIVATIONS:
     raise ValueError(f'model.activation={c.activation!r} is unknown; use one '
                      f'of {tuple(ACTIVATIONS)}.')
-  # The arguments every architecture takes.
+  # The arguments every architecture takes. Config keys are the attribute
+  # names, but for model.init (`init` is flax's Module.init: init_scheme) and
+  # the dtype and precision, which the config spells as strings.
   common = dict(num_classes=c.num_classes, input_size=c.input_size,
                 activation=c.activation, init_scheme=c.init,
                 dtype=DTYPES[c.dtype],

@@ -161,11 +161,11 @@ def scaled_learning_rate(config) -> float:
   trick", Section 5) derives from keeping the variance of the gradient
   estimate constant.
   """
-  scaling = config.get('lr_scaling', 'none')
+  scaling = config.lr_scaling
   if scaling not in LR_SCALINGS:
     raise ValueError(f'lr_scaling={scaling!r} is unknown; use one of '
                      f'{LR_SCALINGS}.')
-  reference = config.get('lr_reference_batch', 128)
+  reference = config.lr_reference_batch
   if reference <= 0:
     raise ValueError(f'lr_reference_batch={reference} must be > 0 (paper: '
                      '128).')
@@ -189,6 +189,6 @@ def create(config, steps_per_epoch: int):
       max_drops=config.max_lr_drops, milestones=tuple(config.lr_milestones),
       override=config.lr_override)
   mask = None if config.decay_biases else no_bias_decay_mask
-  frozen = config.finetune.freeze if config.get('finetune') else ()
+  frozen = config.finetune.freeze
   tx = paper_sgd(lr, config.momentum, config.weight_decay, mask, frozen)
   return tx, schedule

@@ -51,7 +51,7 @@ class Steps:
     self.mesh = mesh
     self.tx = tx
     self.model = model
-    self.scheme = config.mesh.get('scheme', 'towers')
+    self.scheme = config.mesh.scheme
     parallel.check_scheme(self.scheme)
     model_size = mesh.shape[MODEL]
     # The axes a batch is split over inside shard_map, and this device's

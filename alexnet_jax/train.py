@@ -56,8 +56,8 @@ def validate_config(config: ml_collections.ConfigDict):
        f"augment.mean={config.augment.mean!r}: use 'per_pixel' or 'none'.")
   need(config.augment.pca_lighting >= 0,
        'augment.pca_lighting is a standard deviation: use >= 0 (paper 0.1).')
-  need(config.mesh.get('scheme', 'towers') in parallel.SCHEMES,
-       f'mesh.scheme={config.mesh.get("scheme")!r}: use one of '
+  need(config.mesh.scheme in parallel.SCHEMES,
+       f'mesh.scheme={config.mesh.scheme!r}: use one of '
        f'{parallel.SCHEMES}.')
   need(config.eval_crops in (1, 10),
        f'eval_crops={config.eval_crops}: use 1 (centre) or 10 (paper).')

@@ -74,8 +74,16 @@ def test_bench_command_prints_json():
   assert 'fraction_of_peak' not in result
   assert ('train_speedup_vs_torch' in result) == HAVE_TORCH
   if HAVE_TORCH:
-    pairs = result['train_speedup_vs_torch_pairs']
-    assert len(pairs) == 1 and result['train_speedup_vs_torch'] == pairs[0] > 0
+    # Eager and torch.compile (inductor: CI has a C++ compiler), each timed
+    # in alternation with the JAX step; compile times apart.
+    assert 'torch_compile_error' not in result, result['torch_compile_error']
+    for name in ('torch', 'torch_compile'):
+      pairs = result[f'train_speedup_vs_{name}_pairs']
+      assert len(pairs) == 1, name
+      assert result[f'train_speedup_vs_{name}'] == pairs[0] > 0, name
+      assert result[f'{name}_train_img_per_sec'] > 0, name
+    assert result['torch_compile_seconds'] >= 0
+    assert 'backward' in result['torch_compiled']
 
 
 def test_peak_table():
