@@ -160,3 +160,29 @@ def test_documented_experiment_commands_name_real_experiments():
     base.lock()
     for v in exp.variants:
       base.update_from_flattened_dict(dict(v.overrides))
+
+
+def test_conv_layers_times_ours_xla_and_torch():
+  # In-process at batch 2: every implementation of each layer computed and
+  # timed, PyTorch's where it is installed (the full figures: batch 128).
+  from experiments import conv_layers  # pylint: disable=g-import-not-at-top
+  have_torch = True
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    have_torch = False
+  for name in ('conv1', 'conv4'):
+    row = conv_layers.measure(name, batch=2, repeats=1, with_torch=have_torch)
+    impls = ('ours', 'xla') + (('torch',) if have_torch else ())
+    for impl in impls:
+      assert row[f'{impl}_fwd_ms'] > 0 and row[f'{impl}_fwd_bwd_ms'] > 0, row
+    assert ('torch_fwd_ms' in row) == have_torch
+  # conv4 at batch 2: 2 x 13^2 outputs x 192 x 192 x 9 multiply-adds.
+  assert row['forward_gflop'] == pytest.approx(2 * 2 * 169 * 192 * 192 * 9 / 1e9)
+
+
+def test_conv_layers_refuses_an_unknown_layer(monkeypatch, capsys):
+  from experiments import conv_layers  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr('sys.argv', ['conv_layers', '--layers', 'conv9'])
+  with pytest.raises(SystemExit, match="unknown layers \\['conv9'\\]"):
+    conv_layers.main()
