@@ -14,6 +14,11 @@ stride^2 times the channels, so a strided convolution's windows are
 ceil(k / stride)^2 slices of wide rows rather than k^2 slices of `cin` values
 (conv1: 9 slices of 48 values instead of 121 of 3). The kernel is zero-padded
 to whole strides to match; for stride 1 this is plain im2col.
+
+The 3x3 layers (conv3-5) instead use Winograd's F(2x2, 3x3) for the forward
+pass and both gradients (see `winograd_conv`): 4/9 of the multiplications,
+about 7% off the whole train step on the development machine
+(experiments/results/bench/command.txt).
 """
 
 from typing import Optional
@@ -168,3 +173,125 @@ def batch_chunk(batch: int, bytes_per_example: int,
   chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
   return max(c for c in range(1, batch + 1) if batch % c == 0 and (
       c == 1 or c * bytes_per_example <= chunk_bytes))
+
+
+# Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for
+# Convolutional Neural Networks", CVPR 2016) for the 3x3 layers (conv3-5).
+# Each 2x2 block of outputs is computed from its 4x4 input tile as
+# A^T [(G k G^T) * (B^T d B)] A: 16 multiplications per input channel, not the
+# direct 36, so the matmuls (one per tile position, over channels) do 4/9 of
+# the work. The transforms are adds of whole arrays, fused by XLA. In float32
+# the result differs from direct summation by rounding only (tests/ops_test.py
+# compares values and both gradients with XLA's convolutions).
+# Whether CPU programs use winograd_conv for 3x3, stride 1 layers (read when
+# a step is traced; False gives the matmuls above, for comparison).
+WINOGRAD = True
+_WINO_G = ((1., 0., 0.), (.5, .5, .5), (.5, -.5, .5), (0., 0., 1.))
+
+
+def _wino_bt(d):
+  """B^T d along the first of four rows of arrays."""
+  return [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
+
+
+def _wino_at(m):
+  """A^T m: four rows to two."""
+  return [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
+
+
+def _wino_a(q):
+  """A q: two rows to four (the transpose of `_wino_at`)."""
+  return [q[0], q[0] + q[1], q[0] - q[1], -q[1]]
+
+
+def _transform_2d(rows, fn):
+  """Applies a 1-D transform `fn` along both axes of a nested list."""
+  cols = [fn([r[j] for r in rows]) for j in range(len(rows[0]))]
+  return [fn([c[i] for c in cols]) for i in range(len(cols[0]))]
+
+
+def _winograd_tiles(xp, th, tw):
+  """(16, b, th, tw, c): B^T d B of every 4x4 tile, at stride 2, of the
+  padded input `xp` (b, 2 th + 2, 2 tw + 2, c)."""
+  d = [[xp[:, u:u + 2 * th:2, v:v + 2 * tw:2] for v in range(4)]
+       for u in range(4)]
+  v = _transform_2d(d, _wino_bt)
+  return jnp.stack([v[i][j] for i in range(4) for j in range(4)])
+
+
+def _winograd_kernel(kernel):
+  """(16, cin, cout): G k G^T."""
+  g = jnp.array(_WINO_G, kernel.dtype)
+  u = jnp.einsum('ai,ijco,bj->abco', g, kernel, g)
+  return u.reshape((16,) + kernel.shape[2:])
+
+
+def _winograd_sizes(h, w, padding):
+  """(output height, width, tiles down, tiles across)."""
+  oh, ow = h + 2 * padding - 2, w + 2 * padding - 2
+  return oh, ow, -(-oh // 2), -(-ow // 2)
+
+
+def _winograd_pad(x, padding, th, tw):
+  """The input padded to whole tiles (the last tile's excess is zeros)."""
+  h, w = x.shape[1:3]
+  return jnp.pad(x, ((0, 0), (padding, 2 * th + 2 - h - padding),
+                     (padding, 2 * tw + 2 - w - padding), (0, 0)))
+
+
+def winograd_conv(x, kernel, padding, precision=None,
+                  chunk_bytes: Optional[int] = None):
+  """A 3x3, stride 1 NHWC x HWIO convolution by F(2x2, 3x3)."""
+  b, h, w, cin = x.shape
+  assert kernel.shape[:2] == (3, 3), kernel.shape
+  oh, ow, th, tw = _winograd_sizes(h, w, padding)
+  u = _winograd_kernel(kernel)
+
+  def one(_, xc):
+    v = _winograd_tiles(xc, th, tw)
+    m = jnp.einsum('pbijc,pco->pbijo', v, u, precision=precision,
+                   preferred_element_type=jnp.float32)
+    y = _transform_2d([[m[4 * i + j] for j in range(4)] for i in range(4)],
+                      _wino_at)  # y[row][col]: (b, tiles, tiles, cout)
+    y = jnp.stack([jnp.stack(r, 3) for r in y], 2)
+    return None, y.reshape(y.shape[0], 2 * th, 2 * tw, -1)[
+        :, :oh, :ow].astype(x.dtype)
+
+  chunk = batch_chunk(b, 16 * th * tw * cin * 4, chunk_bytes)
+  return over_chunks(one, None, chunk, _winograd_pad(x, padding, th, tw))[1]
+
+
+def winograd_conv_grads(padding, precision, x, kernel, g,
+                        chunk_bytes: Optional[int] = None):
+  """(input gradient, kernel gradient) of `winograd_conv`, by F(2x2, 3x3).
+
+  The input gradient is the same convolution of g with the kernel flipped and
+  its channels swapped. The kernel gradient is the forward's transpose:
+  dk = G^T [sum over tiles of (B^T d B) * (A dy A^T)] G, one matmul per tile
+  position over the batch's tiles.
+  """
+  b, h, w, cin = x.shape
+  cout = g.shape[3]
+  oh, ow, th, tw = _winograd_sizes(h, w, padding)
+  flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+  dx = winograd_conv(g, flipped, 2 - padding, precision, chunk_bytes)
+
+  def kernel_grad(acc, xc, gc):
+    v = _winograd_tiles(xc, th, tw)
+    q = [[gc[:, i::2, j::2] for j in range(2)] for i in range(2)]
+    dy = _transform_2d(q, _wino_a)
+    dy = jnp.stack([dy[i][j] for i in range(4) for j in range(4)])
+    return acc + jnp.einsum('pbijc,pbijo->pco', v, dy, precision=precision,
+                            preferred_element_type=jnp.float32), None
+
+  z = jnp.zeros((16, cin, cout), jnp.float32)
+  varying = tuple(jax.typeof(g).manual_axis_type.varying)
+  if varying:  # As in conv_grads.
+    z = lax.pcast(z, varying, to='varying')
+  gp = jnp.pad(g, ((0, 0), (0, 2 * th - oh), (0, 2 * tw - ow), (0, 0)))
+  chunk = batch_chunk(b, 16 * th * tw * (cin + cout) * 4, chunk_bytes)
+  z = over_chunks(kernel_grad, z, chunk, _winograd_pad(x, padding, th, tw),
+                  gp)[0]
+  gm = jnp.array(_WINO_G, jnp.float32)
+  dk = jnp.einsum('ai,abco,bj->ijco', gm, z.reshape(4, 4, cin, cout), gm)
+  return dx.astype(x.dtype), dk.astype(kernel.dtype)

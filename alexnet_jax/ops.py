@@ -153,13 +153,18 @@ def _conv(x, kernel, stride, padding, precision):
 
 def _conv_fwd(x, kernel, stride, padding, precision):
   # A custom VJP only so that CPU programs can use cpu_kernels (XLA:CPU's
-  # strided and transposed convolutions are slow); on accelerators both
+  # strided and transposed convolutions are slow, and Winograd does 4/9 of
+  # a 3x3 layer's multiplications); on accelerators both
   # directions are XLA's own convolutions. The platform is chosen when the
   # computation is lowered, not when it is traced (lax.platform_dependent): a
   # step traced on a CPU host but lowered for an accelerator gets XLA's
   # convolution, and only the chosen branch is in the compiled program.
   xla = functools.partial(_lax_conv, stride=stride, padding=padding,
                           precision=precision)
+  if _winograd(kernel, stride, padding):
+    cpu = functools.partial(cpu_kernels.winograd_conv, padding=padding,
+                            precision=precision)
+    return lax.platform_dependent(x, kernel, cpu=cpu, default=xla), (x, kernel)
   if stride == 1:
     return xla(x, kernel), (x, kernel)
   out_size = (output_size(x.shape[1], kernel.shape[0], stride, padding),
@@ -178,7 +183,15 @@ def _conv_bwd(stride, padding, precision, res, g):
       default=functools.partial(_xla_conv_grads, stride, padding, precision))
 
 
+def _winograd(kernel, stride, padding):
+  """Whether a CPU program computes this layer by Winograd (conv3-5)."""
+  return (cpu_kernels.WINOGRAD and stride == 1 and padding <= 2 and
+          kernel.shape[:2] == (3, 3))
+
+
 def _cpu_conv_grads(stride, padding, precision, x, kernel, g):
+  if _winograd(kernel, stride, padding):
+    return cpu_kernels.winograd_conv_grads(padding, precision, x, kernel, g)
   dx, dk = cpu_kernels.conv_grads(stride, padding, precision, x, kernel, g)
   if dx is None:  # Strided (conv1): XLA's, which XLA drops (see conv_grads).
     dx = _xla_conv_grads(stride, padding, precision, x, kernel, g)[0]
@@ -199,9 +212,10 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1,
   """NHWC x HWIO convolution with symmetric integer padding.
 
   On CPU both gradients, and the forward pass of a strided convolution, are
-  matrix products over batch chunks of stacked input windows (cpu_kernels):
-  the same sums, faster there than XLA:CPU's convolutions. Elsewhere all
-  three are XLA's convolutions. The choice is made for the platform the
+  matrix products over batch chunks of stacked input windows (cpu_kernels),
+  and a 3x3 layer (conv3-5) is Winograd's F(2x2, 3x3) in all three: the same
+  sums, faster there than XLA:CPU's convolutions. Elsewhere all three are
+  XLA's convolutions. The choice is made for the platform the
   computation is lowered for.
   `precision`: a `lax.Precision` or its name (None: the backend's default).
   """

@@ -202,7 +202,8 @@ def test_max_pool_gradient_matches_xla_with_ties(window, stride):
 
 
 @pytest.mark.parametrize('chunked', [False, True])
-def test_conv_kernel_gradient_inside_shard_map(monkeypatch, chunked):
+@pytest.mark.parametrize('size', [5, 3])  # Matmuls; Winograd (cpu_kernels).
+def test_conv_kernel_gradient_inside_shard_map(monkeypatch, chunked, size):
   # The custom VJP's kernel gradient must be summed over the data shards,
   # also when each shard walks its batch in chunks (a loop).
   if chunked:
@@ -212,11 +213,12 @@ def test_conv_kernel_gradient_inside_shard_map(monkeypatch, chunked):
   mesh = parallel.create_mesh(4, 1)
   rng = np.random.RandomState(7)
   x = jnp.asarray(rng.normal(size=(8, 9, 9, 3)), jnp.float32)
-  k = jnp.asarray(rng.normal(size=(5, 5, 3, 4)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(size, size, 3, 4)), jnp.float32)
+  pad = size // 2
 
   def loss(k, x):
     return jax.shard_map(
-        lambda k, x: jax.lax.psum(jnp.sin(ops.conv2d(x, k, 1, 2)).sum(),
+        lambda k, x: jax.lax.psum(jnp.sin(ops.conv2d(x, k, 1, pad)).sum(),
                                   'data'),
         mesh=mesh, in_specs=(P(), P('data')), out_specs=P())(k, x)
 
@@ -224,9 +226,60 @@ def test_conv_kernel_gradient_inside_shard_map(monkeypatch, chunked):
       jax.device_put(k, NamedSharding(mesh, P())),
       jax.device_put(x, NamedSharding(mesh, P('data'))))
   want = jax.grad(lambda k: jnp.sin(lax.conv_general_dilated(
-      x, k, (1, 1), ((2, 2), (2, 2)),
+      x, k, (1, 1), ((pad, pad), (pad, pad)),
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))).sum())(k)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('hw,padding,chunk', [
+    ((13, 13), 1, None),  # conv3-5's maps: tiles past the edge.
+    ((8, 7), 1, 1),       # Even and odd, one example a chunk.
+    ((9, 6), 0, 2),
+    ((6, 9), 2, 3)])
+def test_winograd_matches_xla(hw, padding, chunk):
+  # F(2x2, 3x3): the forward pass and both gradients equal XLA's
+  # convolution up to float32 rounding, directly and as ops.conv2d uses them.
+  rng = np.random.RandomState(10)
+  x = jnp.asarray(rng.normal(size=(6,) + hw + (5,)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(3, 3, 5, 4)), jnp.float32)
+
+  def xla_conv(v, kk):
+    return lax.conv_general_dilated(
+        v, kk, (1, 1), ((padding, padding),) * 2,
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  y = xla_conv(x, k)
+  g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  want = jax.vjp(xla_conv, x, k)[1](g)
+  chunk_bytes = None if chunk is None else 1 if chunk == 1 else (
+      chunk * 16 * (hw[0] // 2 + 2) * (hw[1] // 2 + 2) * 5 * 4)
+  got_y = cpu_kernels.winograd_conv(x, k, padding, chunk_bytes=chunk_bytes)
+  got = cpu_kernels.winograd_conv_grads(padding, None, x, k, g, chunk_bytes)
+  np.testing.assert_allclose(got_y, y, rtol=1e-5, atol=1e-4)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  # Through ops.conv2d (jitted, so lowered for CPU), against XLA's own.
+  got_y = jax.jit(ops.conv2d, static_argnums=(2, 3))(x, k, 1, padding)
+  got = jax.jit(jax.grad(lambda v, kk: (ops.conv2d(v, kk, 1, padding) *
+                                        g).sum(), argnums=(0, 1)))(x, k)
+  np.testing.assert_allclose(got_y, y, rtol=1e-5, atol=1e-4)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_winograd_is_what_cpu_programs_run(monkeypatch):
+  # ops.conv2d's 3x3 layers go through winograd_conv on CPU (the switch
+  # cpu_kernels.WINOGRAD), and XLA's convolution is out of the program.
+  x = jnp.ones((2, 6, 6, 3))
+  k = jnp.ones((3, 3, 3, 4))
+  calls = []
+  monkeypatch.setattr(cpu_kernels, 'winograd_conv', lambda *a, **kw: (
+      calls.append(1) or jnp.zeros((2, 6, 6, 4))))
+  compiled = lambda: jax.jit(lambda a, b: ops.conv2d(a, b, 1, 1)).lower(
+      x, k).compile().as_text()  # A new function each time: traced anew.
+  assert 'convolution' not in compiled() and calls == [1]
+  monkeypatch.setattr(cpu_kernels, 'WINOGRAD', False)
+  assert 'convolution' in compiled() and calls == [1]
 
 
 @pytest.mark.parametrize('stride,padding,chunk',
@@ -264,13 +317,14 @@ def test_conv_gradients_match_xla_in_batch_chunks(monkeypatch, stride,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('stride,padding', [(1, 2), (4, 2)])
-def test_conv_bfloat16_gradients_keep_dtype(stride, padding):
+@pytest.mark.parametrize('stride,padding,size', [(1, 2, 5), (4, 2, 5),
+                                                 (1, 1, 3)])
+def test_conv_bfloat16_gradients_keep_dtype(stride, padding, size):
   # bfloat16 compute (model.dtype): the CPU matmul paths accumulate in
   # float32 and hand back bfloat16, close to the float32 gradients.
   rng = np.random.RandomState(9)
   x = jnp.asarray(rng.normal(size=(4, 19, 19, 3)), jnp.float32)
-  k = jnp.asarray(rng.normal(size=(5, 5, 3, 4)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(size, size, 3, 4)), jnp.float32)
 
   def grads(v, kk):
     return jax.grad(lambda a, b: (jnp.sin(ops.conv2d(a, b, stride, padding))
