@@ -14,9 +14,7 @@ on a GPU would take its own share of the memory.
 
 import importlib.util
 import os
-import shutil
 import sys
-import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
@@ -49,16 +47,6 @@ def platforms_for_tests(environ=os.environ) -> str:
   return ','.join(platforms)
 
 
-# One on-disk compilation cache for the whole run, this process's workers and
-# the commands tests start alike (they inherit the environment): the tests
-# compile the same tiny steps many times, in many processes. Removed at the
-# end of the run (pytest_sessionfinish).
-_CACHE_DIR = os.path.join(
-    tempfile.gettempdir(), 'alexnet_jax_tests_xla_cache_' +
-    os.environ.get('PYTEST_XDIST_TESTRUNUID', str(os.getpid())))
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE_DIR)
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
-
 _PLATFORMS = platforms_for_tests()
 os.environ['JAX_PLATFORMS'] = _PLATFORMS.split(',')[0]  # For subprocesses.
 os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
@@ -73,10 +61,14 @@ if ROOT not in sys.path:
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def pytest_sessionfinish(session):
-  # The controller (not an xdist worker) finishes last.
-  if not hasattr(session.config, 'workerinput'):
-    shutil.rmtree(_CACHE_DIR, ignore_errors=True)
+@pytest.fixture(scope='session', autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Tests compile the same tiny steps many times: cache them on disk."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_compilation_cache_dir',
+                    str(tmp_path_factory.mktemp('jax_cache')))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
+  yield
 
 
 @pytest.fixture
