@@ -5,7 +5,9 @@ import os
 
 import pytest
 
+from alexnet_jax import cpu_kernels
 from tests.helpers import ROOT
+from tests.helpers import tiny_config
 
 
 @pytest.mark.slow
@@ -186,3 +188,13 @@ def test_conv_layers_refuses_an_unknown_layer(monkeypatch, capsys):
   monkeypatch.setattr('sys.argv', ['conv_layers', '--layers', 'conv9'])
   with pytest.raises(SystemExit, match="unknown layers \\['conv9'\\]"):
     conv_layers.main()
+
+
+def test_winograd_step_times_both_builds(capsys):
+  # The toy net has 3x3 layers too: both builds of its step, timed in turn.
+  from experiments import winograd_step  # pylint: disable=g-import-not-at-top
+  result = winograd_step.compare(tiny_config(), rounds=2)
+  assert result['matmuls_step_s'] > 0 and result['winograd_step_s'] > 0
+  assert result['speedup'] > 0 and result['rounds'] == 2
+  assert capsys.readouterr().out.count('round ') == 2
+  assert cpu_kernels.WINOGRAD  # Restored.
