@@ -183,12 +183,10 @@ def batch_chunk(batch: int, bytes_per_example: int,
 # the work. The transforms are adds of whole arrays, fused by XLA. In float32
 # the result differs from direct summation by rounding only (tests/ops_test.py
 # compares values and both gradients with XLA's convolutions).
+
 # Whether CPU programs use winograd_conv for 3x3, stride 1 layers (read when
 # a step is traced; False gives the matmuls above, for comparison).
 WINOGRAD = True
-_WINO_G = ((1., 0., 0.), (.5, .5, .5), (.5, -.5, .5), (0., 0., 1.))
-
-
 def _wino_bt(d):
   """B^T d along the first of four rows of arrays."""
   return [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
@@ -202,6 +200,17 @@ def _wino_at(m):
 def _wino_a(q):
   """A q: two rows to four (the transpose of `_wino_at`)."""
   return [q[0], q[0] + q[1], q[0] - q[1], -q[1]]
+
+
+def _wino_g(k):
+  """G k: three rows to four."""
+  return [k[0], (k[0] + k[1] + k[2]) * .5, (k[0] - k[1] + k[2]) * .5, k[2]]
+
+
+def _wino_gt(z):
+  """G^T z: four rows to three (the transpose of `_wino_g`)."""
+  return [z[0] + (z[1] + z[2]) * .5, (z[1] - z[2]) * .5,
+          (z[1] + z[2]) * .5 + z[3]]
 
 
 def _transform_2d(rows, fn):
@@ -220,10 +229,12 @@ def _winograd_tiles(xp, th, tw):
 
 
 def _winograd_kernel(kernel):
-  """(16, cin, cout): G k G^T."""
-  g = jnp.array(_WINO_G, kernel.dtype)
-  u = jnp.einsum('ai,ijco,bj->abco', g, kernel, g)
-  return u.reshape((16,) + kernel.shape[2:])
+  """(16, cin, cout): G k G^T, summed in float32 (adds, not products, so
+  that every product of the step is a layer's, at its dtype and precision)."""
+  k = kernel.astype(jnp.float32)
+  u = _transform_2d([[k[i, j] for j in range(3)] for i in range(3)], _wino_g)
+  return jnp.stack([u[i][j] for i in range(4)
+                    for j in range(4)]).astype(kernel.dtype)
 
 
 def _winograd_sizes(h, w, padding):
@@ -252,7 +263,7 @@ def winograd_conv(x, kernel, padding, precision=None,
     m = jnp.einsum('pbijc,pco->pbijo', v, u, precision=precision,
                    preferred_element_type=jnp.float32)
     y = _transform_2d([[m[4 * i + j] for j in range(4)] for i in range(4)],
-                      _wino_at)  # y[row][col]: (b, tiles, tiles, cout)
+                      _wino_at)  # y[row][col]: (b, th, tw, cout)
     y = jnp.stack([jnp.stack(r, 3) for r in y], 2)
     return None, y.reshape(y.shape[0], 2 * th, 2 * tw, -1)[
         :, :oh, :ow].astype(x.dtype)
@@ -292,6 +303,7 @@ def winograd_conv_grads(padding, precision, x, kernel, g,
   chunk = batch_chunk(b, 16 * th * tw * (cin + cout) * 4, chunk_bytes)
   z = over_chunks(kernel_grad, z, chunk, _winograd_pad(x, padding, th, tw),
                   gp)[0]
-  gm = jnp.array(_WINO_G, jnp.float32)
-  dk = jnp.einsum('ai,abco,bj->ijco', gm, z.reshape(4, 4, cin, cout), gm)
+  dk = _transform_2d([[z[4 * i + j] for j in range(4)] for i in range(4)],
+                     _wino_gt)
+  dk = jnp.stack([jnp.stack(r) for r in dk])
   return dx.astype(x.dtype), dk.astype(kernel.dtype)
