@@ -185,8 +185,12 @@ def batch_chunk(batch: int, bytes_per_example: int,
 # compares values and both gradients with XLA's convolutions).
 
 # Whether CPU programs use winograd_conv for 3x3, stride 1 layers (read when
-# a step is traced; False gives the matmuls above, for comparison).
+# a step is traced; False gives the matmuls above, for comparison), and from
+# how many input and output channels: the transforms cost about
+# 1/cin + 1/cout of the matmuls, and they nearly double the step's compile
+# time (toy nets: 8 s to 15 s), which only layers this wide repay.
 WINOGRAD = True
+WINOGRAD_MIN_CHANNELS = 64
 def _wino_bt(d):
   """B^T d along the first of four rows of arrays."""
   return [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]

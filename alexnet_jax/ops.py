@@ -186,7 +186,8 @@ def _conv_bwd(stride, padding, precision, res, g):
 def _winograd(kernel, stride, padding):
   """Whether a CPU program computes this layer by Winograd (conv3-5)."""
   return (cpu_kernels.WINOGRAD and stride == 1 and padding <= 2 and
-          kernel.shape[:2] == (3, 3))
+          kernel.shape[:2] == (3, 3) and
+          min(kernel.shape[2:]) >= cpu_kernels.WINOGRAD_MIN_CHANNELS)
 
 
 def _cpu_conv_grads(stride, padding, precision, x, kernel, g):
@@ -213,7 +214,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1,
 
   On CPU both gradients, and the forward pass of a strided convolution, are
   matrix products over batch chunks of stacked input windows (cpu_kernels),
-  and a 3x3 layer (conv3-5) is Winograd's F(2x2, 3x3) in all three: the same
+  and a wide 3x3 layer (conv3-5) is Winograd's F(2x2, 3x3) in all three: the same
   sums, faster there than XLA:CPU's convolutions. Elsewhere all three are
   XLA's convolutions. The choice is made for the platform the
   computation is lowered for.

@@ -191,7 +191,8 @@ def test_conv_layers_refuses_an_unknown_layer(monkeypatch, capsys):
 
 
 def test_winograd_step_times_both_builds(capsys):
-  # The toy net has 3x3 layers too: both builds of its step, timed in turn.
+  # Both builds of the toy step, timed in turn (at toy width both are the
+  # matmuls: its layers are narrower than WINOGRAD_MIN_CHANNELS).
   from experiments import winograd_step  # pylint: disable=g-import-not-at-top
   result = winograd_step.compare(tiny_config(), rounds=2)
   assert result['matmuls_step_s'] > 0 and result['winograd_step_s'] > 0

@@ -206,6 +206,7 @@ def test_max_pool_gradient_matches_xla_with_ties(window, stride):
 def test_conv_kernel_gradient_inside_shard_map(monkeypatch, chunked, size):
   # The custom VJP's kernel gradient must be summed over the data shards,
   # also when each shard walks its batch in chunks (a loop).
+  monkeypatch.setattr(cpu_kernels, 'WINOGRAD_MIN_CHANNELS', 1)
   if chunked:
     monkeypatch.setattr(cpu_kernels, 'CHUNK_BYTES', 1)
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
@@ -236,9 +237,10 @@ def test_conv_kernel_gradient_inside_shard_map(monkeypatch, chunked, size):
     ((8, 7), 1, 1),       # Even and odd, one example a chunk.
     ((9, 6), 0, 2),
     ((6, 9), 2, 3)])
-def test_winograd_matches_xla(hw, padding, chunk):
+def test_winograd_matches_xla(monkeypatch, hw, padding, chunk):
   # F(2x2, 3x3): the forward pass and both gradients equal XLA's
   # convolution up to float32 rounding, directly and as ops.conv2d uses them.
+  monkeypatch.setattr(cpu_kernels, 'WINOGRAD_MIN_CHANNELS', 1)
   rng = np.random.RandomState(10)
   x = jnp.asarray(rng.normal(size=(6,) + hw + (5,)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(3, 3, 5, 4)), jnp.float32)
@@ -268,18 +270,20 @@ def test_winograd_matches_xla(hw, padding, chunk):
 
 
 def test_winograd_is_what_cpu_programs_run(monkeypatch):
-  # ops.conv2d's 3x3 layers go through winograd_conv on CPU (the switch
-  # cpu_kernels.WINOGRAD), and XLA's convolution is out of the program.
-  x = jnp.ones((2, 6, 6, 3))
-  k = jnp.ones((3, 3, 3, 4))
+  # ops.conv2d's wide 3x3 layers go through winograd_conv on CPU (the
+  # switch cpu_kernels.WINOGRAD), and XLA's convolution is out of the program.
+  x = jnp.ones((2, 6, 6, 64))
+  k = jnp.ones((3, 3, 64, 64))
   calls = []
   monkeypatch.setattr(cpu_kernels, 'winograd_conv', lambda *a, **kw: (
-      calls.append(1) or jnp.zeros((2, 6, 6, 4))))
-  compiled = lambda: jax.jit(lambda a, b: ops.conv2d(a, b, 1, 1)).lower(
+      calls.append(1) or jnp.zeros((2, 6, 6, 64))))
+  compiled = lambda k: jax.jit(lambda a, b: ops.conv2d(a, b, 1, 1)).lower(
       x, k).compile().as_text()  # A new function each time: traced anew.
-  assert 'convolution' not in compiled() and calls == [1]
+  assert 'convolution' not in compiled(k) and calls == [1]
+  # Narrower than WINOGRAD_MIN_CHANNELS (toy nets), or switched off: XLA's.
+  assert 'convolution' in compiled(k[..., :63]) and calls == [1]
   monkeypatch.setattr(cpu_kernels, 'WINOGRAD', False)
-  assert 'convolution' in compiled() and calls == [1]
+  assert 'convolution' in compiled(k) and calls == [1]
 
 
 @pytest.mark.parametrize('stride,padding,chunk',
@@ -319,9 +323,11 @@ def test_conv_gradients_match_xla_in_batch_chunks(monkeypatch, stride,
 @pytest.mark.slow
 @pytest.mark.parametrize('stride,padding,size', [(1, 2, 5), (4, 2, 5),
                                                  (1, 1, 3)])
-def test_conv_bfloat16_gradients_keep_dtype(stride, padding, size):
+def test_conv_bfloat16_gradients_keep_dtype(monkeypatch, stride, padding,
+                                           size):
   # bfloat16 compute (model.dtype): the CPU matmul paths accumulate in
   # float32 and hand back bfloat16, close to the float32 gradients.
+  monkeypatch.setattr(cpu_kernels, 'WINOGRAD_MIN_CHANNELS', 1)
   rng = np.random.RandomState(9)
   x = jnp.asarray(rng.normal(size=(4, 19, 19, 3)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(size, size, 3, 4)), jnp.float32)
