@@ -15,10 +15,10 @@ ceil(k / stride)^2 slices of wide rows rather than k^2 slices of `cin` values
 (conv1: 9 slices of 48 values instead of 121 of 3). The kernel is zero-padded
 to whole strides to match; for stride 1 this is plain im2col.
 
-The 3x3 layers (conv3-5) instead use Winograd's F(2x2, 3x3) for the forward
-pass and both gradients (see `winograd_conv`): 4/9 of the multiplications,
-about 7% off the whole train step on the development machine
-(experiments/results/bench/command.txt).
+The 3x3 layers with 64 channels or more (conv3-5) instead use Winograd's
+F(2x2, 3x3) for the forward pass and both gradients (see `winograd_conv`):
+4/9 of the multiplications, 5% to 8% off the whole train step on the
+development machine (experiments/results/bench/command.txt).
 """
 
 from typing import Optional
@@ -80,10 +80,7 @@ def conv_grads(stride, padding, precision, x, kernel, g,
                             precision=precision,
                             preferred_element_type=jnp.float32), None
 
-  dk = jnp.zeros((kq * kr, stride * stride * cin, cout), jnp.float32)
-  varying = tuple(jax.typeof(g).manual_axis_type.varying)
-  if varying:  # Inside shard_map the loop's sum varies as the data does.
-    dk = lax.pcast(dk, varying, to='varying')
+  dk = _accumulator((kq * kr, stride * stride * cin, cout), g)
   chunk = batch_chunk(b, window_bytes(h, w, kh, kw, stride, cin), chunk_bytes)
   dk = over_chunks(kernel_grad, dk, chunk, x, g)[0]
   dk = kernel_from_space_to_depth(dk, kh, kw, stride).astype(kernel.dtype)
@@ -106,6 +103,16 @@ def conv_grads(stride, padding, precision, x, kernel, g,
 
   chunk = batch_chunk(b, window_bytes(h, w, kh, kw, 1, cin), chunk_bytes)
   return over_chunks(input_grad, None, chunk, g)[1], dk
+
+
+def _accumulator(shape, g):
+  """float32 zeros for a kernel gradient summed over the batch's chunks.
+
+  Inside shard_map the loop's sum varies as the data (`g`) does.
+  """
+  acc = jnp.zeros(shape, jnp.float32)
+  varying = tuple(jax.typeof(g).manual_axis_type.varying)
+  return lax.pcast(acc, varying, to='varying') if varying else acc
 
 
 def stacked_windows(x, h, w, kh, kw, stride, padding):
@@ -191,6 +198,8 @@ def batch_chunk(batch: int, bytes_per_example: int,
 # time (toy nets: 8 s to 15 s), which only layers this wide repay.
 WINOGRAD = True
 WINOGRAD_MIN_CHANNELS = 64
+
+
 def _wino_bt(d):
   """B^T d along the first of four rows of arrays."""
   return [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
@@ -299,10 +308,7 @@ def winograd_conv_grads(padding, precision, x, kernel, g,
     return acc + jnp.einsum('pbijc,pbijo->pco', v, dy, precision=precision,
                             preferred_element_type=jnp.float32), None
 
-  z = jnp.zeros((16, cin, cout), jnp.float32)
-  varying = tuple(jax.typeof(g).manual_axis_type.varying)
-  if varying:  # As in conv_grads.
-    z = lax.pcast(z, varying, to='varying')
+  z = _accumulator((16, cin, cout), g)
   gp = jnp.pad(g, ((0, 0), (0, 2 * th - oh), (0, 2 * tw - ow), (0, 0)))
   chunk = batch_chunk(b, 16 * th * tw * (cin + cout) * 4, chunk_bytes)
   z = over_chunks(kernel_grad, z, chunk, _winograd_pad(x, padding, th, tw),

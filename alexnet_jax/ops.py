@@ -154,8 +154,8 @@ def _conv(x, kernel, stride, padding, precision):
 def _conv_fwd(x, kernel, stride, padding, precision):
   # A custom VJP only so that CPU programs can use cpu_kernels (XLA:CPU's
   # strided and transposed convolutions are slow, and Winograd does 4/9 of
-  # a 3x3 layer's multiplications); on accelerators both
-  # directions are XLA's own convolutions. The platform is chosen when the
+  # a 3x3 layer's multiplications); on accelerators both directions are
+  # XLA's own convolutions. The platform is chosen when the
   # computation is lowered, not when it is traced (lax.platform_dependent): a
   # step traced on a CPU host but lowered for an accelerator gets XLA's
   # convolution, and only the chosen branch is in the compiled program.
@@ -214,9 +214,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1,
 
   On CPU both gradients, and the forward pass of a strided convolution, are
   matrix products over batch chunks of stacked input windows (cpu_kernels),
-  and a wide 3x3 layer (conv3-5) is Winograd's F(2x2, 3x3) in all three: the same
-  sums, faster there than XLA:CPU's convolutions. Elsewhere all three are
-  XLA's convolutions. The choice is made for the platform the
+  and a wide 3x3 layer (conv3-5) is Winograd's F(2x2, 3x3) in all three:
+  the same sums, faster there than XLA:CPU's convolutions. Elsewhere all
+  three are XLA's convolutions. The choice is made for the platform the
   computation is lowered for.
   `precision`: a `lax.Precision` or its name (None: the backend's default).
   """

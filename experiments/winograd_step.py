@@ -17,6 +17,7 @@ import statistics
 import time
 
 import jax
+
 from alexnet_jax import bench
 from alexnet_jax import cpu_kernels
 
