@@ -36,8 +36,7 @@ class _QuietLibraries(std_logging.Filter):
     if record.levelno >= std_logging.WARNING:
       return True
     return not any(f'{os.sep}{lib}{os.sep}' in record.pathname
-                   for lib in ('orbax', 'tensorflow_datasets', 'etils', 'clu',
-                               'jax'))
+                   for lib in ('orbax', 'tensorflow_datasets', 'etils', 'jax'))
 
 
 def _fail(message: str):

@@ -18,6 +18,8 @@ through this module. A checkpoint's own config (in meta/) is the authority;
 import json
 import logging as std_logging
 import os
+import socket
+import time
 from typing import Any, Dict, Tuple
 
 from absl import logging
@@ -275,12 +277,10 @@ class MetricsLog:
   """
 
   def __init__(self, workdir: str):
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
     self.active = jax.process_index() == 0
     self.path = os.path.join(workdir, METRICS_FILE)
-    self.writer = metric_writers.create_default_writer(
-        os.path.join(workdir, TENSORBOARD), just_logging=not self.active,
-        asynchronous=False)
+    self.events = (_EventFile(os.path.join(workdir, TENSORBOARD))
+                   if self.active else None)
 
   def roll_back(self, step: int):
     """Repairs metrics.jsonl and drops records past `step` (work a crash
@@ -331,5 +331,36 @@ class MetricsLog:
     scalars = {f'{record["split"]}/{k}': v for k, v in record.items()
                if k not in ('step', 'split', 'epoch')
                and isinstance(v, (int, float))}
-    self.writer.write_scalars(record['step'], scalars)
-    self.writer.flush()
+    self.events.write_scalars(record['step'], scalars)
+
+
+class _EventFile:
+  """A TensorBoard event file of scalars, through tensorboard's own record
+  writer and protos: clu's writer and tensorboard's imports TensorFlow, about
+  6 s of every run's start (the training path needs no TensorFlow)."""
+
+  def __init__(self, directory: str):
+    # pylint: disable=g-import-not-at-top
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.summary.writer import record_writer
+    # pylint: enable=g-import-not-at-top
+    self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+    os.makedirs(directory, exist_ok=True)
+    # TensorBoard's file name: it reads files named events.out.tfevents.*.
+    name = (f'events.out.tfevents.{int(time.time()):010d}.'
+            f'{socket.gethostname()}.{os.getpid()}')
+    self._file = open(os.path.join(directory, name), 'ab')  # pylint: disable=consider-using-with
+    self._records = record_writer.RecordWriter(self._file)
+    self._write(self._event(wall_time=time.time(),
+                            file_version='brain.Event:2'))
+
+  def write_scalars(self, step: int, scalars: Dict[str, float]):
+    values = [self._summary.Value(tag=k, simple_value=float(v))
+              for k, v in scalars.items()]
+    self._write(self._event(wall_time=time.time(), step=step,
+                            summary=self._summary(value=values)))
+
+  def _write(self, event):
+    self._records.write(event.SerializeToString())
+    self._records.flush()

@@ -4,10 +4,11 @@ import json
 import os
 
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 from alexnet_jax import errors
 from alexnet_jax import train
-from alexnet_jax import workdir
+from alexnet_jax import workdir as workdir_lib
 from alexnet_jax.checkpoint import Checkpointer
 from tests.helpers import assert_same_run
 from tests.helpers import read_metrics
@@ -36,7 +37,16 @@ def test_train_evaluate_checkpoint_and_resume(digits_dir, tmp_path):
   assert records[-1]['lr'] == pytest.approx(0.01)
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['model']['layout'] == 'two_towers'
-  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+  # TensorBoard reads back the records' scalars.
+  events = event_accumulator.EventAccumulator(
+      os.path.join(workdir, workdir_lib.TENSORBOARD))
+  events.Reload()
+  for split in ('train', 'eval'):
+    for key in ('loss', 'top1_err', 'lr'):
+      scalars = events.Scalars(f'{split}/{key}')
+      assert [(e.step, e.value) for e in scalars] == [
+          (r['step'], pytest.approx(r[key])) for r in records
+          if r['split'] == split]
   assert Checkpointer(workdir).latest_step() == 6
 
   # The same command with a longer budget resumes at step 6, not from zero.
@@ -137,13 +147,13 @@ def test_reported_throughput_is_wall_clock_throughput(digits_dir, tmp_path,
   config.checkpoint_every_steps = 16
   config.eval_every_epochs = 8 / 89  # Once, at step 8, and at the end.
   written = []
-  write = workdir.MetricsLog.write
+  write = workdir_lib.MetricsLog.write
 
   def timed_write(self, record):
     written.append((time.time(), record))
     write(self, record)
 
-  monkeypatch.setattr(workdir.MetricsLog, 'write', timed_write)
+  monkeypatch.setattr(workdir_lib.MetricsLog, 'write', timed_write)
   train.train_and_evaluate(config, str(tmp_path / 'run'))
   train_records = [(t, r) for t, r in written if r['split'] == 'train']
   assert [r['step'] for _, r in train_records] == list(range(2, 17, 2))
