@@ -11,6 +11,7 @@ nothing of ours.
 """
 
 import contextlib
+import importlib.util
 import io
 import re
 
@@ -91,6 +92,17 @@ def tf():
         f'tensorflow-cpu) ({e})') from e
   tensorflow.config.set_visible_devices([], 'GPU')
   return tensorflow
+
+
+def check_tf():
+  """tf()'s one-line error where TensorFlow is missing, without importing
+  it (that takes about 6 s, which a prepared dataset does not need)."""
+  try:
+    found = importlib.util.find_spec('tensorflow') is not None
+  except ImportError:  # An import hook refusing it.
+    found = False
+  if not found:
+    tf()
 
 
 def decode(data, limit: int = MAX_IMAGE_PIXELS):

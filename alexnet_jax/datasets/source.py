@@ -21,8 +21,7 @@ IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 
 def get_builder(config):
   """The prepared tfds builder for `config.dataset` (prepares it if needed)."""
-  # A prepared builder needs no TensorFlow (importing it costs every run
-  # about 6 s); preparing does (see below).
+  preprocess.check_tf()  # tfds needs it: one line naming the fix if missing.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   name = config.dataset
   if name == 'digits':
@@ -47,7 +46,6 @@ def get_builder(config):
   if not builder.is_prepared():
     if name == 'imagenet2012':
       _check_imagenet_tars(config.manual_dir, builder.data_dir)
-    preprocess.tf()  # tfds needs it: one line naming the fix if missing.
     logging.info('Preparing tfds dataset %s in %s (once).', name,
                  builder.data_dir)
     kwargs = {}
