@@ -21,11 +21,12 @@ F(2x2, 3x3) for the forward pass and both gradients (see `winograd_conv`):
 development machine (experiments/results/bench/command.txt).
 """
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 from jax import lax
 import jax.numpy as jnp
+import numpy as np
 
 # Bytes of stacked windows per chunk of the batch: half of a 32 MiB L3 cache,
 # the best of the sizes tried for the paper's layers at batch 128 on the
@@ -182,112 +183,177 @@ def batch_chunk(batch: int, bytes_per_example: int,
       c == 1 or c * bytes_per_example <= chunk_bytes))
 
 
-# Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for
-# Convolutional Neural Networks", CVPR 2016) for the 3x3 layers (conv3-5).
-# Each 2x2 block of outputs is computed from its 4x4 input tile as
-# A^T [(G k G^T) * (B^T d B)] A: 16 multiplications per input channel, not the
-# direct 36, so the matmuls (one per tile position, over channels) do 4/9 of
-# the work. The transforms are adds of whole arrays, fused by XLA. In float32
-# the result differs from direct summation by rounding only (tests/ops_test.py
-# compares values and both gradients with XLA's convolutions).
+# Winograd's minimal filtering (Lavin & Gray, "Fast Algorithms for
+# Convolutional Neural Networks", CVPR 2016). F(m x m, r x r) computes each
+# m x m block of outputs from its n x n input tile (n = m + r - 1) as
+# A^T [(G k G^T) * (B^T d B)] A: n^2 multiplications per input channel
+# instead of the direct m^2 r^2, so the matmuls (one per tile position, over
+# channels) do that much less work. The transforms are adds of whole arrays
+# times constants, fused by XLA (no dots: every product of the step stays a
+# layer's, at its dtype and precision). In float32 the results differ from
+# direct summation by rounding only (tests/ops_test.py compares values and
+# both gradients with XLA's convolutions).
+#
+# conv3-5 (3x3) use F(2x2, 3x3) for the forward pass and both gradients; conv2
+# (5x5) uses F(4x4, 5x5) for its two gradients only (its forward pass by it
+# was several times slower than XLA's convolution on the development
+# machine), in float32 only (its transforms' larger constants would cost
+# bfloat16 precision).
 
-# Whether CPU programs use winograd_conv for 3x3, stride 1 layers (read when
-# a step is traced; False gives the matmuls above, for comparison), and from
-# how many input and output channels: the transforms cost about
-# 1/cin + 1/cout of the matmuls, and they nearly double the step's compile
-# time (toy nets: 8 s to 15 s), which only layers this wide repay.
+
+class Winograd(NamedTuple):
+  """F(m x m, r x r): the transforms B^T (n x n), G (n x r) and A^T (m x n)."""
+  m: int
+  r: int
+  bt: np.ndarray
+  g: np.ndarray
+  at: np.ndarray
+
+
+# Lavin & Gray's matrices.
+F2X2_3X3 = Winograd(
+    2, 3, bt=np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0],
+                       [0, 1, 0, -1]], np.float64),
+    g=np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]),
+    at=np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64))
+
+
+def toom_cook(m: int, r: int,
+              points=(0, 1, -1, 2, -2, .5, -.5)) -> Winograd:
+  """F(m, r) from polynomial evaluation at n - 1 points and infinity.
+
+  With E_k the n x k matrix evaluating a degree k - 1 polynomial at the
+  points (its last row, infinity, picks the leading coefficient), the product
+  of two polynomials is E_n^-1 [(E_m a) * (E_r b)]; correlation, its
+  transpose, is A^T = E_m^T, G = E_r, B^T = E_n^-T.
+  """
+  n = m + r - 1
+  assert len(points) >= n - 1, (m, r)
+
+  def evaluation(k):
+    e = np.array([[float(p) ** j for j in range(k)] for p in points[:n - 1]]
+                 + [[0.] * (k - 1) + [1.]])
+    return e
+
+  bt = np.linalg.inv(evaluation(n)).T
+  bt[np.abs(bt) < 1e-12] = 0.
+  return Winograd(m, r, bt=bt, g=evaluation(r), at=evaluation(m).T)
+
+
+F4X4_5X5 = toom_cook(4, 5)
+
+# Whether CPU programs use Winograd (read when a step is traced; False gives
+# the matmuls above, for comparison), and from how many input and output
+# channels: the transforms cost about 1/cin + 1/cout of the matmuls, and they
+# nearly double a step's compile time (toy nets: 8 s to 15 s), which only
+# layers this wide repay (conv2 has 48 input channels a tower, conv3-5 192 or
+# more).
 WINOGRAD = True
-WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_MIN_CHANNELS = {3: 64, 5: 48}
 
 
-def _wino_bt(d):
-  """B^T d along the first of four rows of arrays."""
-  return [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
+def winograd_for(kernel, stride: int, padding: int,
+                 gradients: bool) -> Optional[Winograd]:
+  """The Winograd algorithm a CPU program uses for this layer's forward pass
+  (or, with `gradients`, its two gradients), or None."""
+  kh, kw, cin, cout = kernel.shape
+  if not WINOGRAD or stride != 1 or kh != kw or padding > kh - 1:
+    return None
+  if min(cin, cout) < WINOGRAD_MIN_CHANNELS.get(kh, cin + cout + 1):
+    return None
+  if kh == 3:
+    return F2X2_3X3
+  if kh == 5 and gradients and kernel.dtype == jnp.float32:
+    return F4X4_5X5
+  return None
 
 
-def _wino_at(m):
-  """A^T m: four rows to two."""
-  return [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
+def _apply(matrix, rows):
+  """matrix @ rows, for a list of arrays: sums of rows times constants."""
+  out = []
+  for coeffs in matrix:
+    total = None
+    for c, row in zip(coeffs, rows):
+      if c == 0:
+        continue
+      term = row if abs(c) == 1 else row * float(abs(c))
+      if total is None:
+        total = term if c > 0 else -term
+      else:
+        total = total + term if c > 0 else total - term
+    out.append(total)
+  return out
 
 
-def _wino_a(q):
-  """A q: two rows to four (the transpose of `_wino_at`)."""
-  return [q[0], q[0] + q[1], q[0] - q[1], -q[1]]
+def _transform_2d(rows, matrix):
+  """matrix @ rows @ matrix^T, for a nested list of arrays."""
+  cols = [_apply(matrix, [r[j] for r in rows]) for j in range(len(rows[0]))]
+  return [_apply(matrix, [c[i] for c in cols]) for i in range(len(cols[0]))]
 
 
-def _wino_g(k):
-  """G k: three rows to four."""
-  return [k[0], (k[0] + k[1] + k[2]) * .5, (k[0] - k[1] + k[2]) * .5, k[2]]
+def _flat(nested):
+  return jnp.stack([a for row in nested for a in row])
 
 
-def _wino_gt(z):
-  """G^T z: four rows to three (the transpose of `_wino_g`)."""
-  return [z[0] + (z[1] + z[2]) * .5, (z[1] - z[2]) * .5,
-          (z[1] + z[2]) * .5 + z[3]]
+def _winograd_tiles(wino, xp, th, tw):
+  """(n^2, b, th, tw, c): B^T d B of every n x n tile, at stride m, of the
+  padded input `xp` (b, m th + r - 1, m tw + r - 1, c)."""
+  m, n = wino.m, wino.m + wino.r - 1
+  d = [[xp[:, u:u + m * th:m, v:v + m * tw:m] for v in range(n)]
+       for u in range(n)]
+  return _flat(_transform_2d(d, wino.bt))
 
 
-def _transform_2d(rows, fn):
-  """Applies a 1-D transform `fn` along both axes of a nested list."""
-  cols = [fn([r[j] for r in rows]) for j in range(len(rows[0]))]
-  return [fn([c[i] for c in cols]) for i in range(len(cols[0]))]
-
-
-def _winograd_tiles(xp, th, tw):
-  """(16, b, th, tw, c): B^T d B of every 4x4 tile, at stride 2, of the
-  padded input `xp` (b, 2 th + 2, 2 tw + 2, c)."""
-  d = [[xp[:, u:u + 2 * th:2, v:v + 2 * tw:2] for v in range(4)]
-       for u in range(4)]
-  v = _transform_2d(d, _wino_bt)
-  return jnp.stack([v[i][j] for i in range(4) for j in range(4)])
-
-
-def _winograd_kernel(kernel):
-  """(16, cin, cout): G k G^T, summed in float32 (adds, not products, so
-  that every product of the step is a layer's, at its dtype and precision)."""
+def _winograd_kernel(wino, kernel):
+  """(n^2, cin, cout): G k G^T, summed in float32."""
   k = kernel.astype(jnp.float32)
-  u = _transform_2d([[k[i, j] for j in range(3)] for i in range(3)], _wino_g)
-  return jnp.stack([u[i][j] for i in range(4)
-                    for j in range(4)]).astype(kernel.dtype)
+  u = _transform_2d([[k[i, j] for j in range(wino.r)] for i in range(wino.r)],
+                    wino.g)
+  return _flat(u).astype(kernel.dtype)
 
 
-def _winograd_sizes(h, w, padding):
+def _winograd_sizes(wino, h, w, padding):
   """(output height, width, tiles down, tiles across)."""
-  oh, ow = h + 2 * padding - 2, w + 2 * padding - 2
-  return oh, ow, -(-oh // 2), -(-ow // 2)
+  oh, ow = h + 2 * padding - wino.r + 1, w + 2 * padding - wino.r + 1
+  return oh, ow, -(-oh // wino.m), -(-ow // wino.m)
 
 
-def _winograd_pad(x, padding, th, tw):
+def _winograd_pad(wino, x, padding, th, tw):
   """The input padded to whole tiles (the last tile's excess is zeros)."""
   h, w = x.shape[1:3]
-  return jnp.pad(x, ((0, 0), (padding, 2 * th + 2 - h - padding),
-                     (padding, 2 * tw + 2 - w - padding), (0, 0)))
+  extra = wino.r - 1 - padding
+  return jnp.pad(x, ((0, 0), (padding, wino.m * th + extra - h),
+                     (padding, wino.m * tw + extra - w), (0, 0)))
 
 
 def winograd_conv(x, kernel, padding, precision=None,
-                  chunk_bytes: Optional[int] = None):
-  """A 3x3, stride 1 NHWC x HWIO convolution by F(2x2, 3x3)."""
+                  chunk_bytes: Optional[int] = None, wino=F2X2_3X3):
+  """A stride 1 NHWC x HWIO convolution by Winograd's F(m x m, r x r)."""
   b, h, w, cin = x.shape
-  assert kernel.shape[:2] == (3, 3), kernel.shape
-  oh, ow, th, tw = _winograd_sizes(h, w, padding)
-  u = _winograd_kernel(kernel)
+  m, n = wino.m, wino.m + wino.r - 1
+  assert kernel.shape[:2] == (wino.r, wino.r), kernel.shape
+  oh, ow, th, tw = _winograd_sizes(wino, h, w, padding)
+  u = _winograd_kernel(wino, kernel)
 
   def one(_, xc):
-    v = _winograd_tiles(xc, th, tw)
-    m = jnp.einsum('pbijc,pco->pbijo', v, u, precision=precision,
+    v = _winograd_tiles(wino, xc, th, tw)
+    z = jnp.einsum('pbijc,pco->pbijo', v, u, precision=precision,
                    preferred_element_type=jnp.float32)
-    y = _transform_2d([[m[4 * i + j] for j in range(4)] for i in range(4)],
-                      _wino_at)  # y[row][col]: (b, th, tw, cout)
+    y = _transform_2d([[z[n * i + j] for j in range(n)] for i in range(n)],
+                      wino.at)  # y[row][col]: (b, th, tw, cout)
     y = jnp.stack([jnp.stack(r, 3) for r in y], 2)
-    return None, y.reshape(y.shape[0], 2 * th, 2 * tw, -1)[
+    return None, y.reshape(y.shape[0], m * th, m * tw, -1)[
         :, :oh, :ow].astype(x.dtype)
 
-  chunk = batch_chunk(b, 16 * th * tw * cin * 4, chunk_bytes)
-  return over_chunks(one, None, chunk, _winograd_pad(x, padding, th, tw))[1]
+  chunk = batch_chunk(b, n * n * th * tw * cin * 4, chunk_bytes)
+  return over_chunks(one, None, chunk,
+                     _winograd_pad(wino, x, padding, th, tw))[1]
 
 
 def winograd_conv_grads(padding, precision, x, kernel, g,
-                        chunk_bytes: Optional[int] = None):
-  """(input gradient, kernel gradient) of `winograd_conv`, by F(2x2, 3x3).
+                        chunk_bytes: Optional[int] = None, wino=F2X2_3X3):
+  """(input gradient, kernel gradient) of a stride 1 convolution, by
+  Winograd's F(m x m, r x r).
 
   The input gradient is the same convolution of g with the kernel flipped and
   its channels swapped. The kernel gradient is the forward's transpose:
@@ -296,24 +362,25 @@ def winograd_conv_grads(padding, precision, x, kernel, g,
   """
   b, h, w, cin = x.shape
   cout = g.shape[3]
-  oh, ow, th, tw = _winograd_sizes(h, w, padding)
+  m, n = wino.m, wino.m + wino.r - 1
+  oh, ow, th, tw = _winograd_sizes(wino, h, w, padding)
   flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-  dx = winograd_conv(g, flipped, 2 - padding, precision, chunk_bytes)
+  dx = winograd_conv(g, flipped, wino.r - 1 - padding, precision, chunk_bytes,
+                     wino)
 
   def kernel_grad(acc, xc, gc):
-    v = _winograd_tiles(xc, th, tw)
-    q = [[gc[:, i::2, j::2] for j in range(2)] for i in range(2)]
-    dy = _transform_2d(q, _wino_a)
-    dy = jnp.stack([dy[i][j] for i in range(4) for j in range(4)])
+    v = _winograd_tiles(wino, xc, th, tw)
+    q = [[gc[:, i::m, j::m] for j in range(m)] for i in range(m)]
+    dy = _flat(_transform_2d(q, wino.at.T))
     return acc + jnp.einsum('pbijc,pbijo->pco', v, dy, precision=precision,
                             preferred_element_type=jnp.float32), None
 
-  z = _accumulator((16, cin, cout), g)
-  gp = jnp.pad(g, ((0, 0), (0, 2 * th - oh), (0, 2 * tw - ow), (0, 0)))
-  chunk = batch_chunk(b, 16 * th * tw * (cin + cout) * 4, chunk_bytes)
-  z = over_chunks(kernel_grad, z, chunk, _winograd_pad(x, padding, th, tw),
-                  gp)[0]
-  dk = _transform_2d([[z[4 * i + j] for j in range(4)] for i in range(4)],
-                     _wino_gt)
+  z = _accumulator((n * n, cin, cout), g)
+  gp = jnp.pad(g, ((0, 0), (0, m * th - oh), (0, m * tw - ow), (0, 0)))
+  chunk = batch_chunk(b, n * n * th * tw * (cin + cout) * 4, chunk_bytes)
+  z = over_chunks(kernel_grad, z, chunk,
+                  _winograd_pad(wino, x, padding, th, tw), gp)[0]
+  dk = _transform_2d([[z[n * i + j] for j in range(n)] for i in range(n)],
+                     wino.g.T)
   dk = jnp.stack([jnp.stack(r) for r in dk])
   return dx.astype(x.dtype), dk.astype(kernel.dtype)

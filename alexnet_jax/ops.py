@@ -161,9 +161,10 @@ def _conv_fwd(x, kernel, stride, padding, precision):
   # convolution, and only the chosen branch is in the compiled program.
   xla = functools.partial(_lax_conv, stride=stride, padding=padding,
                           precision=precision)
-  if _winograd(kernel, stride, padding):
+  wino = cpu_kernels.winograd_for(kernel, stride, padding, gradients=False)
+  if wino:
     cpu = functools.partial(cpu_kernels.winograd_conv, padding=padding,
-                            precision=precision)
+                            precision=precision, wino=wino)
     return lax.platform_dependent(x, kernel, cpu=cpu, default=xla), (x, kernel)
   if stride == 1:
     return xla(x, kernel), (x, kernel)
@@ -183,16 +184,11 @@ def _conv_bwd(stride, padding, precision, res, g):
       default=functools.partial(_xla_conv_grads, stride, padding, precision))
 
 
-def _winograd(kernel, stride, padding):
-  """Whether a CPU program computes this layer by Winograd (conv3-5)."""
-  return (cpu_kernels.WINOGRAD and stride == 1 and padding <= 2 and
-          kernel.shape[:2] == (3, 3) and
-          min(kernel.shape[2:]) >= cpu_kernels.WINOGRAD_MIN_CHANNELS)
-
-
 def _cpu_conv_grads(stride, padding, precision, x, kernel, g):
-  if _winograd(kernel, stride, padding):
-    return cpu_kernels.winograd_conv_grads(padding, precision, x, kernel, g)
+  wino = cpu_kernels.winograd_for(kernel, stride, padding, gradients=True)
+  if wino:
+    return cpu_kernels.winograd_conv_grads(padding, precision, x, kernel, g,
+                                           wino=wino)
   dx, dk = cpu_kernels.conv_grads(stride, padding, precision, x, kernel, g)
   if dx is None:  # Strided (conv1): XLA's, which XLA drops (see conv_grads).
     dx = _xla_conv_grads(stride, padding, precision, x, kernel, g)[0]

@@ -206,7 +206,7 @@ def test_max_pool_gradient_matches_xla_with_ties(window, stride):
 def test_conv_kernel_gradient_inside_shard_map(monkeypatch, chunked, size):
   # The custom VJP's kernel gradient must be summed over the data shards,
   # also when each shard walks its batch in chunks (a loop).
-  monkeypatch.setattr(cpu_kernels, 'WINOGRAD_MIN_CHANNELS', 1)
+  monkeypatch.setattr(cpu_kernels, 'WINOGRAD_MIN_CHANNELS', {3: 1})
   if chunked:
     monkeypatch.setattr(cpu_kernels, 'CHUNK_BYTES', 1)
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
@@ -240,7 +240,7 @@ def test_conv_kernel_gradient_inside_shard_map(monkeypatch, chunked, size):
 def test_winograd_matches_xla(monkeypatch, hw, padding, chunk):
   # F(2x2, 3x3): the forward pass and both gradients equal XLA's
   # convolution up to float32 rounding, directly and as ops.conv2d uses them.
-  monkeypatch.setattr(cpu_kernels, 'WINOGRAD_MIN_CHANNELS', 1)
+  monkeypatch.setattr(cpu_kernels, 'WINOGRAD_MIN_CHANNELS', {3: 1})
   rng = np.random.RandomState(10)
   x = jnp.asarray(rng.normal(size=(6,) + hw + (5,)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(3, 3, 5, 4)), jnp.float32)
@@ -269,6 +269,55 @@ def test_winograd_matches_xla(monkeypatch, hw, padding, chunk):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize('m,r', [(2, 3), (4, 5), (4, 3)])
+def test_toom_cook_transforms_correlate(m, r):
+  # y = A^T [(G k) * (B^T d)]: the m outputs of a 1-D correlation of an
+  # n-sample tile with an r-tap kernel, as F(m, r) is built (and Lavin's).
+  rng = np.random.RandomState(m * r)
+  d, k = rng.normal(size=m + r - 1), rng.normal(size=r)
+  want = np.correlate(d, k, 'valid')
+  wino = cpu_kernels.toom_cook(m, r)
+  np.testing.assert_allclose(wino.at @ ((wino.g @ k) * (wino.bt @ d)), want,
+                             rtol=1e-12, atol=1e-12)
+  if (m, r) == (2, 3):
+    lavin = cpu_kernels.F2X2_3X3
+    np.testing.assert_allclose(
+        lavin.at @ ((lavin.g @ k) * (lavin.bt @ d)), want, rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_winograd_5x5_gradients_match_xla(monkeypatch):
+  # F(4x4, 5x5) for a 5x5 layer's two gradients (conv2): XLA's values up to
+  # float32 rounding (its transforms' constants make that about 1e-5).
+  monkeypatch.setattr(cpu_kernels, 'WINOGRAD_MIN_CHANNELS', {5: 1})
+  # conv2's padding; odd and even sizes, tiles past the edge; 2 examples a
+  # chunk when called directly (compiling F(4x4, 5x5) takes seconds: one case).
+  hw, padding, chunk = (11, 10), 2, 2
+  rng = np.random.RandomState(11)
+  x = jnp.asarray(rng.normal(size=(4,) + hw + (3,)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(5, 5, 3, 4)), jnp.float32)
+
+  def xla_conv(v, kk):
+    return lax.conv_general_dilated(
+        v, kk, (1, 1), ((padding, padding),) * 2,
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  g = jnp.asarray(rng.normal(size=xla_conv(x, k).shape), jnp.float32)
+  want = jax.vjp(xla_conv, x, k)[1](g)
+  # Through ops.conv2d (jitted, so lowered for CPU) and directly, chunked.
+  got = jax.jit(jax.grad(lambda v, kk: (ops.conv2d(v, kk, 1, padding) *
+                                        g).sum(), argnums=(0, 1)))(x, k)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+  th = -(-(hw[0] + 2 * padding - 4) // 4)
+  tw = -(-(hw[1] + 2 * padding - 4) // 4)
+  chunk_bytes = chunk * 64 * th * tw * 7 * 4
+  got = jax.jit(lambda v, kk, gg: cpu_kernels.winograd_conv_grads(
+      padding, None, v, kk, gg, chunk_bytes, cpu_kernels.F4X4_5X5))(x, k, g)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+
+
 def test_winograd_is_what_cpu_programs_run(monkeypatch):
   # ops.conv2d's wide 3x3 layers go through winograd_conv on CPU (the
   # switch cpu_kernels.WINOGRAD), and XLA's convolution is out of the program.
@@ -282,8 +331,24 @@ def test_winograd_is_what_cpu_programs_run(monkeypatch):
   assert 'convolution' not in compiled(k) and calls == [1]
   # Narrower than WINOGRAD_MIN_CHANNELS (toy nets), or switched off: XLA's.
   assert 'convolution' in compiled(k[..., :63]) and calls == [1]
+  # A 5x5 layer (conv2): Winograd's F(4x4, 5x5) for its gradients only, from
+  # 48 channels, in float32 only.
+  x5, k5 = jnp.ones((2, 9, 9, 48)), jnp.ones((5, 5, 48, 48))
+  monkeypatch.setattr(cpu_kernels, 'winograd_conv_grads', lambda *a, **kw: (
+      calls.append(kw['wino'].r) or (jnp.zeros_like(a[2]),
+                                     jnp.zeros_like(a[3]))))
+  grads = lambda x, k: jax.jit(jax.grad(
+      lambda a, b: jnp.sin(ops.conv2d(a, b, 1, 2)).sum(), argnums=(0, 1))
+                               ).lower(x, k)
+  grads(x5, k5)
+  assert calls == [1, 5]
+  grads(x5[..., :47], k5[:, :, :47])
+  grads(x5.astype(jnp.bfloat16), k5.astype(jnp.bfloat16))
+  assert calls == [1, 5]
   monkeypatch.setattr(cpu_kernels, 'WINOGRAD', False)
-  assert 'convolution' in compiled(k) and calls == [1]
+  assert 'convolution' in compiled(k)
+  grads(x5, k5)
+  assert calls == [1, 5]
 
 
 @pytest.mark.parametrize('stride,padding,chunk',
@@ -327,7 +392,7 @@ def test_conv_bfloat16_gradients_keep_dtype(monkeypatch, stride, padding,
                                            size):
   # bfloat16 compute (model.dtype): the CPU matmul paths accumulate in
   # float32 and hand back bfloat16, close to the float32 gradients.
-  monkeypatch.setattr(cpu_kernels, 'WINOGRAD_MIN_CHANNELS', 1)
+  monkeypatch.setattr(cpu_kernels, 'WINOGRAD_MIN_CHANNELS', {3: 1})
   rng = np.random.RandomState(9)
   x = jnp.asarray(rng.normal(size=(4, 19, 19, 3)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(size, size, 3, 4)), jnp.float32)
