@@ -1,10 +1,12 @@
-"""The train step with and without Winograd's 3x3 convolutions, on CPU.
+"""The train step with and without Winograd's convolutions, on CPU.
 
   python -m experiments.winograd_step [--config ilsvrc2012] [--rounds 8]
+      [--sizes 3,5]
 
-Compiles the paper's train step twice, once with conv3-5 by Winograd's
-F(2x2, 3x3) (cpu_kernels.WINOGRAD, the default) and once by the chunked
-matmuls used for the other layers, then times one step of each in
+Compiles the paper's train step twice, once as by default (conv3-5 by
+Winograd's F(2x2, 3x3), conv2's gradients by F(4x4, 5x5): cpu_kernels) and
+once with the layers of the kernel sizes `--sizes` by the chunked matmuls
+used for the other layers instead, then times one step of each in
 alternation, `--rounds` times, so that both see the same machine load.
 Prints a line per round, then one JSON line: the median seconds per step of
 each and `speedup`, the median of the rounds' ratios (matmuls / Winograd).
@@ -22,21 +24,23 @@ from alexnet_jax import bench
 from alexnet_jax import cpu_kernels
 
 
-def compiled_step(config, winograd: bool):
-  """(step, its arguments) traced with cpu_kernels.WINOGRAD = `winograd`."""
-  saved = cpu_kernels.WINOGRAD
-  cpu_kernels.WINOGRAD = winograd
+def compiled_step(config, without=()):
+  """(step, its arguments) traced with the kernel sizes `without` by
+  matmuls rather than Winograd."""
+  saved = cpu_kernels.WINOGRAD_MIN_CHANNELS
+  cpu_kernels.WINOGRAD_MIN_CHANNELS = {
+      size: channels for size, channels in saved.items() if size not in without}
   try:
     _, (_, _, _, holder, compiled, data, stats, key) = bench.bench_train(
         config, steps=1, warmup=1)
   finally:
-    cpu_kernels.WINOGRAD = saved
+    cpu_kernels.WINOGRAD_MIN_CHANNELS = saved
   return compiled, holder, (data, stats, key)
 
 
-def compare(config, rounds: int) -> dict:
-  steps = {name: compiled_step(config, name == 'winograd')
-           for name in ('matmuls', 'winograd')}
+def compare(config, rounds: int, sizes=(3, 5)) -> dict:
+  steps = {'matmuls': compiled_step(config, without=sizes),
+           'winograd': compiled_step(config)}
   times = {name: [] for name in steps}
   for r in range(rounds):
     for name, (compiled, holder, args) in steps.items():
@@ -49,6 +53,7 @@ def compare(config, rounds: int) -> dict:
   return {
       'batch': config.batch_size,
       'rounds': rounds,
+      'winograd_sizes': list(sizes),
       **{f'{name}_step_s': round(statistics.median(v), 3)
          for name, v in times.items()},
       'speedup': round(statistics.median(
@@ -60,9 +65,12 @@ def main():
   parser.add_argument('--config', default='ilsvrc2012',
                       help='a module of configs/ (its default config)')
   parser.add_argument('--rounds', type=int, default=8)
+  parser.add_argument('--sizes', default='3,5',
+                      help='kernel sizes compared: Winograd vs matmuls')
   args = parser.parse_args()
   config = importlib.import_module(f'configs.{args.config}').get_config()
-  print(json.dumps(compare(config, args.rounds)), flush=True)
+  sizes = tuple(int(s) for s in args.sizes.split(','))
+  print(json.dumps(compare(config, args.rounds, sizes)), flush=True)
 
 
 if __name__ == '__main__':

@@ -194,8 +194,10 @@ def test_winograd_step_times_both_builds(capsys):
   # Both builds of the toy step, timed in turn (at toy width both are the
   # matmuls: its layers are narrower than WINOGRAD_MIN_CHANNELS).
   from experiments import winograd_step  # pylint: disable=g-import-not-at-top
-  result = winograd_step.compare(tiny_config(), rounds=2)
+  floors = dict(cpu_kernels.WINOGRAD_MIN_CHANNELS)
+  result = winograd_step.compare(tiny_config(), rounds=2, sizes=(5,))
   assert result['matmuls_step_s'] > 0 and result['winograd_step_s'] > 0
   assert result['speedup'] > 0 and result['rounds'] == 2
+  assert result['winograd_sizes'] == [5]
   assert capsys.readouterr().out.count('round ') == 2
-  assert cpu_kernels.WINOGRAD  # Restored.
+  assert cpu_kernels.WINOGRAD_MIN_CHANNELS == floors  # Restored.
