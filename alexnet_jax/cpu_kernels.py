@@ -18,7 +18,8 @@ to whole strides to match; for stride 1 this is plain im2col.
 The 3x3 layers with 64 channels or more (conv3-5) instead use Winograd's
 F(2x2, 3x3) for the forward pass and both gradients (see `winograd_conv`):
 4/9 of the multiplications, 5% to 8% off the whole train step on the
-development machine (experiments/results/bench/command.txt).
+development machine; conv2's gradients use F(4x4, 5x5), about 5% more
+(experiments/results/bench/command.txt).
 """
 
 from typing import NamedTuple, Optional
