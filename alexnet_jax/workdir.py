@@ -350,6 +350,7 @@ class _EventFile:
     # TensorBoard's file name: it reads files named events.out.tfevents.*.
     name = (f'events.out.tfevents.{int(time.time()):010d}.'
             f'{socket.gethostname()}.{os.getpid()}')
+    # Open for the run (each record is flushed); closed when the process ends.
     self._file = open(os.path.join(directory, name), 'ab')  # pylint: disable=consider-using-with
     self._records = record_writer.RecordWriter(self._file)
     self._write(self._event(wall_time=time.time(),

@@ -201,6 +201,13 @@ def test_max_pool_gradient_matches_xla_with_ties(window, stride):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # ...and sums.
 
 
+def xla_conv(x, kernel, stride, padding):
+  """XLA's own convolution, the reference for every CPU kernel."""
+  return lax.conv_general_dilated(
+      x, kernel, (stride, stride), ((padding, padding),) * 2,
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
 @pytest.mark.parametrize('chunked', [False, True])
 @pytest.mark.parametrize('size', [5, 3])  # Matmuls; Winograd (cpu_kernels).
 def test_conv_kernel_gradient_inside_shard_map(monkeypatch, chunked, size):
@@ -226,9 +233,7 @@ def test_conv_kernel_gradient_inside_shard_map(monkeypatch, chunked, size):
   got = jax.jit(jax.grad(loss))(
       jax.device_put(k, NamedSharding(mesh, P())),
       jax.device_put(x, NamedSharding(mesh, P('data'))))
-  want = jax.grad(lambda k: jnp.sin(lax.conv_general_dilated(
-      x, k, (1, 1), ((pad, pad), (pad, pad)),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))).sum())(k)
+  want = jax.grad(lambda k: jnp.sin(xla_conv(x, k, 1, pad)).sum())(k)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -245,14 +250,9 @@ def test_winograd_matches_xla(monkeypatch, hw, padding, chunk):
   x = jnp.asarray(rng.normal(size=(6,) + hw + (5,)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(3, 3, 5, 4)), jnp.float32)
 
-  def xla_conv(v, kk):
-    return lax.conv_general_dilated(
-        v, kk, (1, 1), ((padding, padding),) * 2,
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
-  y = xla_conv(x, k)
+  y = xla_conv(x, k, 1, padding)
   g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
-  want = jax.vjp(xla_conv, x, k)[1](g)
+  want = jax.vjp(lambda v, kk: xla_conv(v, kk, 1, padding), x, k)[1](g)
   chunk_bytes = None if chunk is None else 1 if chunk == 1 else (
       chunk * 16 * (hw[0] // 2 + 2) * (hw[1] // 2 + 2) * 5 * 4)
   got_y = cpu_kernels.winograd_conv(x, k, padding, chunk_bytes=chunk_bytes)
@@ -297,13 +297,9 @@ def test_winograd_5x5_gradients_match_xla(monkeypatch):
   x = jnp.asarray(rng.normal(size=(4,) + hw + (3,)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(5, 5, 3, 4)), jnp.float32)
 
-  def xla_conv(v, kk):
-    return lax.conv_general_dilated(
-        v, kk, (1, 1), ((padding, padding),) * 2,
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
-  g = jnp.asarray(rng.normal(size=xla_conv(x, k).shape), jnp.float32)
-  want = jax.vjp(xla_conv, x, k)[1](g)
+  y, vjp = jax.vjp(lambda v, kk: xla_conv(v, kk, 1, padding), x, k)
+  g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  want = vjp(g)
   # Through ops.conv2d (jitted, so lowered for CPU) and directly, chunked.
   got = jax.jit(jax.grad(lambda v, kk: (ops.conv2d(v, kk, 1, padding) *
                                         g).sum(), argnums=(0, 1)))(x, k)
@@ -363,12 +359,7 @@ def test_conv_gradients_match_xla_in_batch_chunks(monkeypatch, stride,
   x = jnp.asarray(rng.normal(size=(6, 13, 11, 3)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(5, 3, 3, 4)), jnp.float32)
 
-  def xla_conv(v, kk):
-    return lax.conv_general_dilated(
-        v, kk, (stride, stride), ((padding, padding),) * 2,
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
-  y = xla_conv(x, k)
+  y = xla_conv(x, k, stride, padding)
   per_example = cpu_kernels.window_bytes(y.shape[1], y.shape[2], 5, 3,
                                          stride, 3)
   monkeypatch.setattr(cpu_kernels, 'CHUNK_BYTES', chunk * per_example)
@@ -379,7 +370,7 @@ def test_conv_gradients_match_xla_in_batch_chunks(monkeypatch, stride,
   g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
   got = jax.jit(jax.grad(lambda v, kk: (ops.conv2d(v, kk, stride, padding)
                                         * g).sum(), argnums=(0, 1)))(x, k)
-  want = jax.grad(lambda v, kk: (xla_conv(v, kk) * g).sum(),
+  want = jax.grad(lambda v, kk: (xla_conv(v, kk, stride, padding) * g).sum(),
                   argnums=(0, 1))(x, k)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
