@@ -15,6 +15,7 @@ through this module. A checkpoint's own config (in meta/) is the authority;
 `saved_config` fills keys that configs written by older code lack.
 """
 
+import itertools
 import json
 import logging as std_logging
 import os
@@ -334,6 +335,9 @@ class MetricsLog:
     self.events.write_scalars(record['step'], scalars)
 
 
+_EVENT_FILES = itertools.count()  # Several runs in one process, one second.
+
+
 class _EventFile:
   """A TensorBoard event file of scalars, through tensorboard's own record
   writer and protos: clu's writer and tensorboard's imports TensorFlow, about
@@ -349,7 +353,7 @@ class _EventFile:
     os.makedirs(directory, exist_ok=True)
     # TensorBoard's file name: it reads files named events.out.tfevents.*.
     name = (f'events.out.tfevents.{int(time.time()):010d}.'
-            f'{socket.gethostname()}.{os.getpid()}')
+            f'{socket.gethostname()}.{os.getpid()}.{next(_EVENT_FILES)}')
     # Open for the run (each record is flushed); closed when the process ends.
     self._file = open(os.path.join(directory, name), 'ab')  # pylint: disable=consider-using-with
     self._records = record_writer.RecordWriter(self._file)
