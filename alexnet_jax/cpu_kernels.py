@@ -210,6 +210,11 @@ class Winograd(NamedTuple):
   g: np.ndarray
   at: np.ndarray
 
+  @property
+  def n(self) -> int:
+    """The input tile's side, m + r - 1."""
+    return self.m + self.r - 1
+
 
 # Lavin & Gray's matrices.
 F2X2_3X3 = Winograd(
@@ -232,9 +237,8 @@ def toom_cook(m: int, r: int,
   assert len(points) >= n - 1, (m, r)
 
   def evaluation(k):
-    e = np.array([[float(p) ** j for j in range(k)] for p in points[:n - 1]]
-                 + [[0.] * (k - 1) + [1.]])
-    return e
+    return np.array([[float(p) ** j for j in range(k)] for p in points[:n - 1]]
+                    + [[0.] * (k - 1) + [1.]])
 
   bt = np.linalg.inv(evaluation(n)).T
   bt[np.abs(bt) < 1e-12] = 0.
@@ -258,9 +262,9 @@ def winograd_for(kernel, stride: int, padding: int,
   """The Winograd algorithm a CPU program uses for this layer's forward pass
   (or, with `gradients`, its two gradients), or None."""
   kh, kw, cin, cout = kernel.shape
-  if not WINOGRAD or stride != 1 or kh != kw or padding > kh - 1:
-    return None
-  if min(cin, cout) < WINOGRAD_MIN_CHANNELS.get(kh, cin + cout + 1):
+  floor = WINOGRAD_MIN_CHANNELS.get(kh)
+  if (not WINOGRAD or floor is None or min(cin, cout) < floor or
+      stride != 1 or kh != kw or padding > kh - 1):
     return None
   if kh == 3:
     return F2X2_3X3
@@ -299,7 +303,7 @@ def _flat(nested):
 def _winograd_tiles(wino, xp, th, tw):
   """(n^2, b, th, tw, c): B^T d B of every n x n tile, at stride m, of the
   padded input `xp` (b, m th + r - 1, m tw + r - 1, c)."""
-  m, n = wino.m, wino.m + wino.r - 1
+  m, n = wino.m, wino.n
   d = [[xp[:, u:u + m * th:m, v:v + m * tw:m] for v in range(n)]
        for u in range(n)]
   return _flat(_transform_2d(d, wino.bt))
@@ -331,7 +335,7 @@ def winograd_conv(x, kernel, padding, precision=None,
                   chunk_bytes: Optional[int] = None, wino=F2X2_3X3):
   """A stride 1 NHWC x HWIO convolution by Winograd's F(m x m, r x r)."""
   b, h, w, cin = x.shape
-  m, n = wino.m, wino.m + wino.r - 1
+  m, n = wino.m, wino.n
   assert kernel.shape[:2] == (wino.r, wino.r), kernel.shape
   oh, ow, th, tw = _winograd_sizes(wino, h, w, padding)
   u = _winograd_kernel(wino, kernel)
@@ -363,7 +367,7 @@ def winograd_conv_grads(padding, precision, x, kernel, g,
   """
   b, h, w, cin = x.shape
   cout = g.shape[3]
-  m, n = wino.m, wino.m + wino.r - 1
+  m, n = wino.m, wino.n
   oh, ow, th, tw = _winograd_sizes(wino, h, w, padding)
   flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
   dx = winograd_conv(g, flipped, wino.r - 1 - padding, precision, chunk_bytes,

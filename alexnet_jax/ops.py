@@ -209,10 +209,11 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1,
   """NHWC x HWIO convolution with symmetric integer padding.
 
   On CPU both gradients, and the forward pass of a strided convolution, are
-  matrix products over batch chunks of stacked input windows (cpu_kernels),
-  and a wide 3x3 layer (conv3-5) is Winograd's F(2x2, 3x3) in all three:
-  the same sums, faster there than XLA:CPU's convolutions. Elsewhere all
-  three are XLA's convolutions. The choice is made for the platform the
+  matrix products over batch chunks of stacked input windows (cpu_kernels);
+  a wide 3x3 layer (conv3-5) is Winograd's F(2x2, 3x3) in all three, and a
+  wide 5x5 layer's gradients (conv2) are F(4x4, 5x5): the same sums, faster
+  there than XLA:CPU's convolutions. Elsewhere all three are XLA's
+  convolutions. The choice is made for the platform the
   computation is lowered for.
   `precision`: a `lax.Precision` or its name (None: the backend's default).
   """
