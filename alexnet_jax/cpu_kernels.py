@@ -18,7 +18,8 @@ to whole strides to match; for stride 1 this is plain im2col.
 The 3x3 layers with 64 channels or more (conv3-5) instead use Winograd's
 F(2x2, 3x3) for the forward pass and both gradients (see `winograd_conv`):
 4/9 of the multiplications, 5% to 8% off the whole train step on the
-development machine; conv2's gradients use F(4x4, 5x5), about 5% more
+development machine; conv2's gradients use F(4x4, 5x5), about 5% more; and
+conv1's forward pass is F(2x2, 3x3) of its space-to-depth form
 (experiments/results/bench/command.txt).
 """
 
@@ -117,22 +118,29 @@ def _accumulator(shape, g):
   return lax.pcast(acc, varying, to='varying') if varying else acc
 
 
-def stacked_windows(x, h, w, kh, kw, stride, padding):
-  """Every kernel offset's input window, stacked: `(b, h, w, offsets, c)`,
-  gathered after space-to-depth (see the module docstring)."""
+def space_to_depth(x, h, w, kh, kw, stride, padding):
+  """The padded input as `(b, h - 1 + kq, w - 1 + kr, stride^2 * c)`, for an
+  `h` x `w` output of a kh x kw kernel (see the module docstring)."""
   b, hin, win, cin = x.shape
   s = stride
-  kq, kr = -(-kh // s), -(-kw // s)
-  hs, ws = h - 1 + kq, w - 1 + kr  # Space-to-depth size of the input.
+  hs, ws = h - 1 + -(-kh // s), w - 1 + -(-kw // s)
   xp = jnp.pad(x, ((0, 0), (padding, max(0, hs * s - hin - padding)),
                    (padding, max(0, ws * s - win - padding)), (0, 0)))
   xp = xp[:, :hs * s, :ws * s]
   if s > 1:
     xp = xp.reshape(b, hs, s, ws, s, cin).transpose(0, 1, 3, 2, 4, 5)
     xp = xp.reshape(b, hs, ws, s * s * cin)
+  return xp
+
+
+def stacked_windows(x, h, w, kh, kw, stride, padding):
+  """Every kernel offset's input window, stacked: `(b, h, w, offsets, c)`,
+  gathered after space-to-depth (see the module docstring)."""
+  xp = space_to_depth(x, h, w, kh, kw, stride, padding)
   return jnp.stack([lax.slice_in_dim(lax.slice_in_dim(xp, i, i + h, axis=1),
                                      j, j + w, axis=2)
-                    for i in range(kq) for j in range(kr)], axis=-2)
+                    for i in range(-(-kh // stride))
+                    for j in range(-(-kw // stride))], axis=-2)
 
 
 def kernel_to_space_to_depth(kernel, stride):
@@ -253,18 +261,29 @@ F4X4_5X5 = toom_cook(4, 5)
 # nearly double a step's compile time (toy nets: 8 s to 15 s), which only
 # layers this wide repay (conv2 has 48 input channels a tower, conv3-5 192 or
 # more).
+# conv1 (11x11, stride 4) is, after space-to-depth, a 3x3 convolution with 48
+# input channels: its forward pass by F(2x2, 3x3) (key 11: the layer's own
+# kernel size), not its kernel gradient (slower that way on the development
+# machine; experiments/results/bench/command.txt).
 WINOGRAD = True
-WINOGRAD_MIN_CHANNELS = {3: 64, 5: 48}
+WINOGRAD_MIN_CHANNELS = {3: 64, 5: 48, 11: 48}
 
 
 def winograd_for(kernel, stride: int, padding: int,
                  gradients: bool) -> Optional[Winograd]:
   """The Winograd algorithm a CPU program uses for this layer's forward pass
-  (or, with `gradients`, its two gradients), or None."""
+  (or, with `gradients`, its two gradients), or None. A strided layer's is
+  for its space-to-depth form (`winograd_conv`)."""
   kh, kw, cin, cout = kernel.shape
   floor = WINOGRAD_MIN_CHANNELS.get(kh)
-  if (not WINOGRAD or floor is None or min(cin, cout) < floor or
-      stride != 1 or kh != kw or padding > kh - 1):
+  if not WINOGRAD or floor is None or kh != kw:
+    return None
+  if stride > 1:
+    if gradients or -(-kh // stride) != 3 or min(
+        stride * stride * cin, cout) < floor:
+      return None
+    return F2X2_3X3
+  if min(cin, cout) < floor or padding > kh - 1:
     return None
   if kh == 3:
     return F2X2_3X3
@@ -332,8 +351,21 @@ def _winograd_pad(wino, x, padding, th, tw):
 
 
 def winograd_conv(x, kernel, padding, precision=None,
-                  chunk_bytes: Optional[int] = None, wino=F2X2_3X3):
-  """A stride 1 NHWC x HWIO convolution by Winograd's F(m x m, r x r)."""
+                  chunk_bytes: Optional[int] = None, wino=F2X2_3X3,
+                  stride: int = 1):
+  """An NHWC x HWIO convolution by Winograd's F(m x m, r x r).
+
+  With a stride, its space-to-depth form (module docstring): a stride 1
+  convolution of the kernel zero-padded to whole strides, r = ceil(k / stride).
+  """
+  if stride > 1:
+    kh, kw, cin, cout = kernel.shape
+    h = (x.shape[1] + 2 * padding - kh) // stride + 1
+    w = (x.shape[2] + 2 * padding - kw) // stride + 1
+    x = space_to_depth(x, h, w, kh, kw, stride, padding)
+    kernel = kernel_to_space_to_depth(kernel, stride).reshape(
+        -(-kh // stride), -(-kw // stride), stride * stride * cin, cout)
+    padding = 0
   b, h, w, cin = x.shape
   m, n = wino.m, wino.n
   assert kernel.shape[:2] == (wino.r, wino.r), kernel.shape

@@ -164,7 +164,7 @@ def _conv_fwd(x, kernel, stride, padding, precision):
   wino = cpu_kernels.winograd_for(kernel, stride, padding, gradients=False)
   if wino:
     cpu = functools.partial(cpu_kernels.winograd_conv, padding=padding,
-                            precision=precision, wino=wino)
+                            precision=precision, wino=wino, stride=stride)
     return lax.platform_dependent(x, kernel, cpu=cpu, default=xla), (x, kernel)
   if stride == 1:
     return xla(x, kernel), (x, kernel)
@@ -210,8 +210,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1,
 
   On CPU both gradients, and the forward pass of a strided convolution, are
   matrix products over batch chunks of stacked input windows (cpu_kernels);
-  a wide 3x3 layer (conv3-5) is Winograd's F(2x2, 3x3) in all three, and a
-  wide 5x5 layer's gradients (conv2) are F(4x4, 5x5): the same sums, faster
+  a wide 3x3 layer (conv3-5) is Winograd's F(2x2, 3x3) in all three, a
+  wide 5x5 layer's gradients (conv2) are F(4x4, 5x5), and conv1's forward
+  pass is F(2x2, 3x3) of its space-to-depth form: the same sums, faster
   there than XLA:CPU's convolutions. Elsewhere all three are XLA's
   convolutions. The choice is made for the platform the
   computation is lowered for.

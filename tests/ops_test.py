@@ -314,6 +314,36 @@ def test_winograd_5x5_gradients_match_xla(monkeypatch):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
 
 
+@pytest.mark.parametrize('size,padding,chunk', [
+    (35, 2, None),  # conv1's padding for 224 pixels; tiles past the edge.
+    (39, 0, 1)])    # Caffe's 227 pixels; one example a chunk.
+def test_winograd_strided_forward_matches_xla(monkeypatch, size, padding,
+                                              chunk):
+  # conv1 (11x11, stride 4): the forward pass is F(2x2, 3x3) of its
+  # space-to-depth form, the kernel gradient stays the matmuls; values and
+  # gradients equal XLA's, directly and through ops.conv2d.
+  monkeypatch.setattr(cpu_kernels, 'WINOGRAD_MIN_CHANNELS', {11: 1})
+  rng = np.random.RandomState(12)
+  x = jnp.asarray(rng.normal(size=(3, size, size, 3)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(11, 11, 3, 5)), jnp.float32)
+  assert cpu_kernels.winograd_for(k, 4, padding, gradients=False) is (
+      cpu_kernels.F2X2_3X3)
+  assert cpu_kernels.winograd_for(k, 4, padding, gradients=True) is None
+
+  y, vjp = jax.vjp(lambda v, kk: xla_conv(v, kk, 4, padding), x, k)
+  got_y = cpu_kernels.winograd_conv(x, k, padding, chunk_bytes=chunk,
+                                    stride=4)
+  np.testing.assert_allclose(got_y, y, rtol=1e-5, atol=1e-4)
+  g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  want = vjp(g)
+  got_y = jax.jit(ops.conv2d, static_argnums=(2, 3))(x, k, 4, padding)
+  got = jax.jit(jax.grad(lambda v, kk: (ops.conv2d(v, kk, 4, padding) *
+                                        g).sum(), argnums=(0, 1)))(x, k)
+  np.testing.assert_allclose(got_y, y, rtol=1e-5, atol=1e-4)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
 def test_winograd_is_what_cpu_programs_run(monkeypatch):
   # ops.conv2d's wide 3x3 layers go through winograd_conv on CPU (the
   # switch cpu_kernels.WINOGRAD), and XLA's convolution is out of the program.
@@ -341,10 +371,23 @@ def test_winograd_is_what_cpu_programs_run(monkeypatch):
   grads(x5[..., :47], k5[:, :, :47])
   grads(x5.astype(jnp.bfloat16), k5.astype(jnp.bfloat16))
   assert calls == [1, 5]
+  # conv1 (11x11, stride 4): its forward pass by F(2x2, 3x3) of its
+  # space-to-depth form (48 input channels there), from 48 output channels.
+  strided = []
+  monkeypatch.setattr(cpu_kernels, 'winograd_conv', lambda *a, **kw: (
+      strided.append(kw['stride']) or jnp.zeros((2, 8, 8, a[1].shape[3]))))
+  x1, k1 = jnp.ones((2, 35, 35, 3)), jnp.ones((11, 11, 3, 48))
+  forward1 = lambda k: jax.jit(lambda a, b: ops.conv2d(a, b, 4, 2)).lower(
+      x1, k)
+  forward1(k1)
+  assert strided == [4]
+  forward1(k1[..., :47])
+  assert strided == [4]
   monkeypatch.setattr(cpu_kernels, 'WINOGRAD', False)
   assert 'convolution' in compiled(k)
   grads(x5, k5)
-  assert calls == [1, 5]
+  forward1(k1)
+  assert calls == [1, 5] and strided == [4]
 
 
 @pytest.mark.parametrize('stride,padding,chunk',
