@@ -3,10 +3,11 @@
   python -m experiments.winograd_step [--config ilsvrc2012] [--rounds 8]
       [--sizes 3,5]
 
-Compiles the paper's train step twice, once as by default (conv3-5 by
-Winograd's F(2x2, 3x3), conv2's gradients by F(4x4, 5x5): cpu_kernels) and
-once with the layers of the kernel sizes `--sizes` by the chunked matmuls
-used for the other layers instead, then times one step of each in
+Compiles the paper's train step twice, once as by default (conv3-5 and
+conv1's forward pass by Winograd's F(2x2, 3x3), conv2's gradients by
+F(4x4, 5x5): cpu_kernels) and once with the layers of the kernel sizes
+`--sizes` (3, 5, 11: conv1) by the chunked matmuls used for the other layers
+instead, then times one step of each in
 alternation, `--rounds` times, so that both see the same machine load.
 Prints a line per round, then one JSON line: the median seconds per step of
 each and `speedup`, the median of the rounds' ratios (matmuls / Winograd).
