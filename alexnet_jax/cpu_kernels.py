@@ -23,12 +23,37 @@ conv1's forward pass is F(2x2, 3x3) of its space-to-depth form
 (experiments/results/bench/command.txt).
 """
 
+import functools
 from typing import NamedTuple, Optional
 
 import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
+
+# XLA:CPU options for the train and eval steps (jax.jit's compiler_options):
+# without YNNPACK's fusions, XLA:CPU's default for dots in this jaxlib, the
+# paper's train step ran about 1.1x faster on the development machine (its
+# own dot emitter; experiments/results/bench/command.txt). Debug options that
+# other backends' compilers ignore; {} restores XLA:CPU's defaults.
+XLA_CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
+
+
+def compiler_options() -> dict:
+  """XLA_CPU_OPTIONS (read when called), less any this jaxlib lacks."""
+  return {k: v for k, v in XLA_CPU_OPTIONS.items() if _known_option(k, v)}
+
+
+@functools.cache
+def _known_option(name: str, value) -> bool:
+  # An option a jaxlib has dropped would fail every compile: leave it out.
+  try:
+    jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(
+        np.float32(0)).compile()
+  except jax.errors.JaxRuntimeError:
+    return False
+  return True
+
 
 # Bytes of stacked windows per chunk of the batch: half of a 32 MiB L3 cache,
 # the best of the sizes tried for the paper's layers at batch 128 on the

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from alexnet_jax import augment
+from alexnet_jax import cpu_kernels
 from alexnet_jax import errors
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
@@ -160,7 +161,8 @@ class Steps:
 
     return jax.jit(step_fn, donate_argnums=(0,),
                    out_shardings=(self.state_sharding,
-                                  parallel.replicated(mesh)))
+                                  parallel.replicated(mesh)),
+                   compiler_options=cpu_kernels.compiler_options())
 
   @functools.cached_property
   def eval_step(self):
@@ -196,4 +198,5 @@ class Steps:
       )(params, *self._split(batch['image'], batch['label'], batch['mask']),
         stats)
 
-    return jax.jit(step_fn, static_argnames='crops')
+    return jax.jit(step_fn, static_argnames='crops',
+                   compiler_options=cpu_kernels.compiler_options())

@@ -11,6 +11,10 @@ instead, then times one step of each in
 alternation, `--rounds` times, so that both see the same machine load.
 Prints a line per round, then one JSON line: the median seconds per step of
 each and `speedup`, the median of the rounds' ratios (matmuls / Winograd).
+
+With `--xla-options`, the default build (`ours_step_s`) is instead timed
+against itself compiled with XLA:CPU's own defaults rather than
+cpu_kernels.XLA_CPU_OPTIONS (`xla_defaults_step_s`).
 """
 
 import argparse
@@ -25,23 +29,32 @@ from alexnet_jax import bench
 from alexnet_jax import cpu_kernels
 
 
-def compiled_step(config, without=()):
+def compiled_step(config, without=(), xla_defaults=False):
   """(step, its arguments) traced with the kernel sizes `without` by
-  matmuls rather than Winograd."""
-  saved = cpu_kernels.WINOGRAD_MIN_CHANNELS
+  matmuls rather than Winograd, or with `xla_defaults` compiled without
+  cpu_kernels.XLA_CPU_OPTIONS."""
+  saved = cpu_kernels.WINOGRAD_MIN_CHANNELS, cpu_kernels.XLA_CPU_OPTIONS
   cpu_kernels.WINOGRAD_MIN_CHANNELS = {
-      size: channels for size, channels in saved.items() if size not in without}
+      size: channels for size, channels in saved[0].items()
+      if size not in without}
+  if xla_defaults:
+    cpu_kernels.XLA_CPU_OPTIONS = {}
   try:
     _, (_, _, _, holder, compiled, data, stats, key) = bench.bench_train(
         config, steps=1, warmup=1)
   finally:
-    cpu_kernels.WINOGRAD_MIN_CHANNELS = saved
+    cpu_kernels.WINOGRAD_MIN_CHANNELS, cpu_kernels.XLA_CPU_OPTIONS = saved
   return compiled, holder, (data, stats, key)
 
 
-def compare(config, rounds: int, sizes=(3, 5)) -> dict:
-  steps = {'matmuls': compiled_step(config, without=sizes),
-           'winograd': compiled_step(config)}
+def compare(config, rounds: int, sizes=(3, 5), options=False) -> dict:
+  """With `options`, the step as built by default ('ours') against the same
+  step compiled with XLA:CPU's defaults ('xla_defaults'), not Winograd."""
+  before, after = ('xla_defaults', 'ours') if options else ('matmuls',
+                                                             'winograd')
+  steps = {before: compiled_step(config, without=() if options else sizes,
+                                 xla_defaults=options),
+           after: compiled_step(config)}
   times = {name: [] for name in steps}
   for r in range(rounds):
     for name, (compiled, holder, args) in steps.items():
@@ -54,11 +67,12 @@ def compare(config, rounds: int, sizes=(3, 5)) -> dict:
   return {
       'batch': config.batch_size,
       'rounds': rounds,
-      'winograd_sizes': list(sizes),
+      **({'xla_cpu_options': dict(cpu_kernels.XLA_CPU_OPTIONS)} if options
+         else {'winograd_sizes': list(sizes)}),
       **{f'{name}_step_s': round(statistics.median(v), 3)
          for name, v in times.items()},
       'speedup': round(statistics.median(
-          a / b for a, b in zip(times['matmuls'], times['winograd'])), 3)}
+          a / b for a, b in zip(times[before], times[after])), 3)}
 
 
 def main():
@@ -68,10 +82,14 @@ def main():
   parser.add_argument('--rounds', type=int, default=8)
   parser.add_argument('--sizes', default='3,5',
                       help='kernel sizes compared: Winograd vs matmuls')
+  parser.add_argument('--xla-options', action='store_true',
+                      help='compare cpu_kernels.XLA_CPU_OPTIONS against '
+                      "XLA:CPU's defaults instead")
   args = parser.parse_args()
   config = importlib.import_module(f'configs.{args.config}').get_config()
   sizes = tuple(int(s) for s in args.sizes.split(','))
-  print(json.dumps(compare(config, args.rounds, sizes)), flush=True)
+  print(json.dumps(compare(config, args.rounds, sizes, args.xla_options)),
+        flush=True)
 
 
 if __name__ == '__main__':

@@ -201,3 +201,9 @@ def test_winograd_step_times_both_builds(capsys):
   assert result['winograd_sizes'] == [5]
   assert capsys.readouterr().out.count('round ') == 2
   assert cpu_kernels.WINOGRAD_MIN_CHANNELS == floors  # Restored.
+  # --xla-options: the same step against XLA:CPU's default options.
+  options = dict(cpu_kernels.XLA_CPU_OPTIONS)
+  result = winograd_step.compare(tiny_config(), rounds=1, options=True)
+  assert result['xla_defaults_step_s'] > 0 and result['ours_step_s'] > 0
+  assert result['xla_cpu_options'] == options
+  assert cpu_kernels.XLA_CPU_OPTIONS == options  # Restored.

@@ -390,6 +390,22 @@ def test_winograd_is_what_cpu_programs_run(monkeypatch):
   assert calls == [1, 5] and strided == [4]
 
 
+def test_xla_cpu_options_take_dots_off_ynnpack(monkeypatch):
+  # The steps' compiler options (cpu_kernels.XLA_CPU_OPTIONS): XLA:CPU's own
+  # dots instead of its default YNNPACK fusions; an option this jaxlib lacks
+  # is left out rather than failing every compile.
+  a = jnp.ones((64, 64))
+  compiled = lambda **kw: jax.jit(lambda v: jnp.tanh(v @ v), **kw).lower(
+      a).compile().as_text()
+  assert '__ynn_fusion' in compiled()
+  assert '__ynn_fusion' not in compiled(
+      compiler_options=cpu_kernels.compiler_options())
+  monkeypatch.setattr(cpu_kernels, 'XLA_CPU_OPTIONS', dict(
+      cpu_kernels.XLA_CPU_OPTIONS, xla_cpu_no_such_option=''))
+  assert cpu_kernels.compiler_options() == {
+      'xla_cpu_experimental_ynn_fusion_type': ''}
+
+
 @pytest.mark.parametrize('stride,padding,chunk',
                          [(1, 2, 1), (1, 1, 2), (1, 0, 4), (4, 2, 2),
                           (4, 0, 6)])

@@ -133,6 +133,7 @@ def test_towers_exchange_only_at_paper_points():
   batch.pop('mask')
   key = jax.random.key(1)
   hlo = steps.train_step.lower(state, batch, stats, key).compile().as_text()
+  assert '__ynn_fusion' not in hlo  # cpu_kernels.XLA_CPU_OPTIONS
   counts = collectives(hlo, steps.mesh)
   model = {k: v for k, v in counts.items() if k[0] != 'data'}
   assert model == {('model', 'all-gather'): 5,
@@ -143,6 +144,7 @@ def test_towers_exchange_only_at_paper_points():
   hlo = steps.eval_step.lower(state.params, eval_batch, stats,
                               crops=steps.config.eval_crops
                               ).compile().as_text()
+  assert '__ynn_fusion' not in hlo
   counts = collectives(hlo, steps.mesh)
   assert counts.get(('model', 'all-gather')) == 5, counts
   assert not [k for k in counts if k[0] == 'model' and k[1] != 'all-gather']
