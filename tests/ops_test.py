@@ -208,6 +208,18 @@ def xla_conv(x, kernel, stride, padding):
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
+def assert_conv2d_matches(x, kernel, stride, padding, g, y, want):
+  """ops.conv2d, jitted (so lowered for CPU): its values and both gradients
+  (of the sum of its output times g) are XLA's `y` and `want`."""
+  got_y = jax.jit(ops.conv2d, static_argnums=(2, 3))(x, kernel, stride,
+                                                       padding)
+  got = jax.jit(jax.grad(lambda v, kk: (ops.conv2d(v, kk, stride, padding) *
+                                        g).sum(), argnums=(0, 1)))(x, kernel)
+  np.testing.assert_allclose(got_y, y, rtol=1e-5, atol=1e-4)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize('chunked', [False, True])
 @pytest.mark.parametrize('size', [5, 3])  # Matmuls; Winograd (cpu_kernels).
 def test_conv_kernel_gradient_inside_shard_map(monkeypatch, chunked, size):
@@ -260,13 +272,7 @@ def test_winograd_matches_xla(monkeypatch, hw, padding, chunk):
   np.testing.assert_allclose(got_y, y, rtol=1e-5, atol=1e-4)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
-  # Through ops.conv2d (jitted, so lowered for CPU), against XLA's own.
-  got_y = jax.jit(ops.conv2d, static_argnums=(2, 3))(x, k, 1, padding)
-  got = jax.jit(jax.grad(lambda v, kk: (ops.conv2d(v, kk, 1, padding) *
-                                        g).sum(), argnums=(0, 1)))(x, k)
-  np.testing.assert_allclose(got_y, y, rtol=1e-5, atol=1e-4)
-  for a, b in zip(got, want):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  assert_conv2d_matches(x, k, 1, padding, g, y, want)
 
 
 @pytest.mark.parametrize('m,r', [(2, 3), (4, 5), (4, 3)])
@@ -336,12 +342,7 @@ def test_winograd_strided_forward_matches_xla(monkeypatch, size, padding,
   np.testing.assert_allclose(got_y, y, rtol=1e-5, atol=1e-4)
   g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
   want = vjp(g)
-  got_y = jax.jit(ops.conv2d, static_argnums=(2, 3))(x, k, 4, padding)
-  got = jax.jit(jax.grad(lambda v, kk: (ops.conv2d(v, kk, 4, padding) *
-                                        g).sum(), argnums=(0, 1)))(x, k)
-  np.testing.assert_allclose(got_y, y, rtol=1e-5, atol=1e-4)
-  for a, b in zip(got, want):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  assert_conv2d_matches(x, k, 4, padding, g, y, want)
 
 
 def test_winograd_is_what_cpu_programs_run(monkeypatch):
