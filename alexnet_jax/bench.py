@@ -16,15 +16,12 @@ against the device's peak: from a table of published peaks for known
 accelerators (`PEAK_TFLOPS`), else a matmul of the compute dtype measured in
 the same run (CPU). `--batch_sizes` measures several batches one after
 another (a list under "batches"). `--vs-torch` trains the same two-tower
-network (groups=2 convolutions, the paper's LRN per tower) in PyTorch, eager
-and under `torch.compile` (`bench_torch`; skip the latter with
-`--notorch_compile`), each twin in its own process as its users run it, on
-CUDA when both frameworks see a GPU; `train_speedup_vs_torch` and
-`train_speedup_vs_torch_compile` are the median ratios of step times
-measured in alternation (JAX step, eager step, compiled step, ...), so all
-see the same machine load. This process keeps its freed memory mapped
-(`host_memory`, reported as `keep_freed_memory`); the twins' processes keep
-glibc's defaults. Warm-up and compilation are
+network (groups=2 convolutions, the paper's LRN per tower) in PyTorch in the
+same process, eager and under `torch.compile` (`bench_torch`; skip the latter
+with `--notorch_compile`), on CUDA when both frameworks see a GPU;
+`train_speedup_vs_torch` and `train_speedup_vs_torch_compile` are the median
+ratios of step times measured in alternation (JAX step, eager step, compiled
+step, ...), so all see the same machine load. Warm-up and compilation are
 excluded from the step times; compile times are reported separately
 (`compile_seconds`, `torch_compile_seconds`).
 
@@ -40,7 +37,6 @@ it replaced on the same images; e.g. with your own images:
 
 import functools
 import json
-import multiprocessing
 import os
 import re
 import resource
@@ -53,12 +49,10 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
 from alexnet_jax import errors
-from alexnet_jax import host_memory
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
@@ -449,58 +443,6 @@ def bench_torch(config, steps, warmup, compiled: bool = False):
   return result
 
 
-def _torch_worker(config_dict, steps, warmup, compiled, conn):
-  """A PyTorch twin in its own process: its figures, then one timed train
-  step for every 'step' received, until anything else."""
-  try:
-    result = bench_torch(ml_collections.ConfigDict(config_dict), steps,
-                         warmup, compiled)
-  except Exception as e:  # pylint: disable=broad-except
-    # Inductor needs a C++ compiler on CPU: the caller keeps the others.
-    conn.send(('error', f'{type(e).__name__}: '
-                        f'{str(e).strip().splitlines()[0][:300]}'))
-    return
-  once = result.pop('_train_once')
-  conn.send(('ready', result))
-  while conn.recv() == 'step':
-    conn.send(_timed(once))
-
-
-class TorchTwin:
-  """`bench_torch` in a process of its own (spawned: glibc's defaults, not
-  this process's `host_memory` settings), timed step by step on request."""
-
-  def __init__(self, config, steps, warmup, compiled: bool = False):
-    context = multiprocessing.get_context('spawn')
-    self._conn, child = context.Pipe()
-    self._process = context.Process(
-        target=_torch_worker, daemon=True,
-        args=(config.to_dict(), steps, warmup, compiled, child))
-    self._process.start()
-    child.close()
-    try:
-      status, self.result = self._conn.recv()
-    except EOFError:
-      status, self.result = 'error', 'the PyTorch process exited'
-    if status == 'error':
-      self.close()
-      raise RuntimeError(self.result)
-
-  def step(self) -> float:
-    """Seconds of one train step, timed in the twin's process."""
-    self._conn.send('step')
-    return self._conn.recv()
-
-  def close(self):
-    try:
-      self._conn.send('stop')
-    except (BrokenPipeError, OSError):
-      pass
-    self._process.join(timeout=60)
-    if self._process.is_alive():
-      self._process.kill()
-
-
 def _with(config, dtype=None, batch=None, mesh=None):
   config = config.copy_and_resolve_references()
   if dtype:
@@ -519,40 +461,32 @@ def run(config, steps=5, warmup=1, vs_torch=False, torch_compile=True):
             'input_size': config.model.input_size,
             'layout': config.model.layout,
             'dtype': config.model.dtype}
-  result['keep_freed_memory'] = host_memory.applied()
   result.update(bench_jax(config, steps, warmup))
-  train_once = result.pop('_train_once')
-  steps_of = {'jax': lambda: _timed(train_once)}
-  twins = []
-  try:
-    if vs_torch:
-      twins.append(TorchTwin(config, steps, warmup))
-      result.update(twins[-1].result)
-      steps_of['torch'] = twins[-1].step
-      if torch_compile:
-        try:
-          twins.append(TorchTwin(config, steps, warmup, compiled=True))
-          result.update(twins[-1].result)
-          steps_of['torch_compile'] = twins[-1].step
-        except RuntimeError as e:
-          # Inductor needs a C++ compiler on CPU; keep the eager comparison.
-          result['torch_compile_error'] = str(e)
-          print(f'torch.compile failed, compared with eager only: {e}',
-                file=sys.stderr)
-      # The machines are shared and noisy: time the frameworks' steps in
-      # alternation and report the median of the per-round ratios.
-      times = {name: [] for name in steps_of}
-      for _ in range(steps):
-        for name, once in steps_of.items():
-          times[name].append(once())
-      for name in steps_of:
-        if name != 'jax':
-          ratios = [t / j for t, j in zip(times[name], times['jax'])]
-          result[f'train_speedup_vs_{name}'] = statistics.median(ratios)
-          result[f'train_speedup_vs_{name}_pairs'] = ratios
-  finally:
-    for twin in twins:
-      twin.close()
+  steps_of = {'jax': result.pop('_train_once')}
+  if vs_torch:
+    result.update(bench_torch(config, steps, warmup))
+    steps_of['torch'] = result.pop('_train_once')
+    if torch_compile:
+      try:
+        result.update(bench_torch(config, steps, warmup, compiled=True))
+        steps_of['torch_compile'] = result.pop('_train_once')
+      except Exception as e:  # pylint: disable=broad-except
+        # Inductor needs a C++ compiler on CPU; keep the eager comparison.
+        result['torch_compile_error'] = (
+            f'{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}')
+        print(f'torch.compile failed, compared with eager only: '
+              f'{result["torch_compile_error"]}', file=sys.stderr)
+    # The machines are shared and noisy: time the frameworks' steps in
+    # alternation and report the median of the per-round ratios.
+    times = {name: [] for name in steps_of}
+    for _ in range(steps):
+      for name, once in steps_of.items():
+        times[name].append(_timed(once))
+    for name in steps_of:
+      if name != 'jax':
+        ratios = [t / j for t, j in zip(times[name], times['jax'])]
+        result[f'train_speedup_vs_{name}'] = statistics.median(ratios)
+        result[f'train_speedup_vs_{name}_pairs'] = ratios
   result['matmul_peak_gflops'] = matmul_peak_gflops(config.model.dtype)
   result['gflops_fraction_of_matmul_peak'] = (
       result['gflops_per_sec'] / result['matmul_peak_gflops'])
@@ -638,7 +572,6 @@ def device_file_name(device_kind: str) -> str:
 
 def main(argv):
   del argv
-  host_memory.keep_freed_memory_on_cpu()  # Before any thread starts.
   config = FLAGS.config
   if FLAGS.vs_torch:
     # PyTorch shares the GPU: jax takes memory as it needs it instead of

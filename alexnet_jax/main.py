@@ -18,7 +18,6 @@ import jax
 from ml_collections import config_flags
 
 from alexnet_jax import errors
-from alexnet_jax import host_memory
 from alexnet_jax import parallel
 from alexnet_jax import train
 
@@ -70,7 +69,6 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  host_memory.keep_freed_memory_on_cpu()  # Before any thread starts.
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
     config = FLAGS.config

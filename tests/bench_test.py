@@ -2,7 +2,6 @@
 
 import json
 import os
-import platform
 import subprocess
 import sys
 
@@ -74,9 +73,6 @@ def test_bench_command_prints_json():
   assert result['step_memory_gb'] > 0
   assert 'fraction_of_peak' not in result
   assert ('train_speedup_vs_torch' in result) == HAVE_TORCH
-  # main() keeps freed memory mapped (host_memory) where glibc allows it.
-  assert result['keep_freed_memory'] == (
-      platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc')
   if HAVE_TORCH:
     # Eager and torch.compile (inductor: CI has a C++ compiler), each timed
     # in alternation with the JAX step; compile times apart.
@@ -88,16 +84,6 @@ def test_bench_command_prints_json():
       assert result[f'{name}_train_img_per_sec'] > 0, name
     assert result['torch_compile_seconds'] >= 0
     assert 'backward' in result['torch_compiled']
-
-
-def test_torch_twin_reports_its_error_in_one_line():
-  # The twin runs in its own process: its failure comes back as one line
-  # (run() then keeps the other comparisons).
-  pytest.importorskip('torch')
-  config = default.get_config()
-  config.model.layout = 'no_such_layout'
-  with pytest.raises(RuntimeError, match="ValueError: model.layout='no_such"):
-    bench.TorchTwin(config, steps=1, warmup=0)
 
 
 def test_peak_table():
