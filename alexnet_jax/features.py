@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax import augment
+from alexnet_jax import cpu_kernels
 from alexnet_jax import errors
 from alexnet_jax import model as model_lib
 from alexnet_jax import ops
@@ -161,7 +162,9 @@ class Features:
         out = ops.merge_towers(feats[layer])  # Towers side by side.
       return out.reshape((v, b) + out.shape[1:]).mean(0)
 
-    self._fns[key] = jax.jit(run)
+    # Compiled as the train and eval steps are (cpu_kernels.XLA_CPU_OPTIONS).
+    self._fns[key] = jax.jit(run,
+                             compiler_options=cpu_kernels.compiler_options())
     return self._fns[key]
 
   def extract(self, images: Union[Sequence, np.ndarray], layer: str = 'fc7',

@@ -63,6 +63,9 @@ def test_every_layer_and_kind_of_input(run, tmp_path):
     assert net.extract(images, layer, crops=1).shape == shape, layer
   fc7 = net.extract(images)  # Default: fc7, the run's 10 crops.
   assert not np.allclose(fc7, net.extract(images, crops=1))
+  # Compiled with the train step's XLA:CPU options (cpu_kernels).
+  assert '__ynn_fusion' not in net._fn('fc7', 10, True).lower(  # pylint: disable=protected-access
+      net.params, images).compile().as_text()
 
   # Files (PNG, and a larger JPEG-free copy) give what the arrays give.
   from PIL import Image  # pylint: disable=g-import-not-at-top
