@@ -21,7 +21,8 @@ same process, eager and under `torch.compile` (`bench_torch`; skip the latter
 with `--notorch_compile`), on CUDA when both frameworks see a GPU;
 `train_speedup_vs_torch` and `train_speedup_vs_torch_compile` are the median
 ratios of step times measured in alternation (JAX step, eager step, compiled
-step, ...), so all see the same machine load. Warm-up and compilation are
+step, ...), so all see the same machine load (each one's median seconds:
+`jax_alternating_step_s`, `torch_alternating_step_s`, ...). Warm-up and compilation are
 excluded from the step times; compile times are reported separately
 (`compile_seconds`, `torch_compile_seconds`).
 
@@ -483,6 +484,7 @@ def run(config, steps=5, warmup=1, vs_torch=False, torch_compile=True):
       for name, once in steps_of.items():
         times[name].append(_timed(once))
     for name in steps_of:
+      result[f'{name}_alternating_step_s'] = statistics.median(times[name])
       if name != 'jax':
         ratios = [t / j for t, j in zip(times[name], times['jax'])]
         result[f'train_speedup_vs_{name}'] = statistics.median(ratios)

@@ -82,6 +82,8 @@ def test_bench_command_prints_json():
       assert len(pairs) == 1, name
       assert result[f'train_speedup_vs_{name}'] == pairs[0] > 0, name
       assert result[f'{name}_train_img_per_sec'] > 0, name
+      assert result[f'{name}_alternating_step_s'] > 0, name
+    assert result['jax_alternating_step_s'] > 0
     assert result['torch_compile_seconds'] >= 0
     assert 'backward' in result['torch_compiled']
 
