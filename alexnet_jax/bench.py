@@ -22,9 +22,9 @@ with `--notorch_compile`), on CUDA when both frameworks see a GPU;
 `train_speedup_vs_torch` and `train_speedup_vs_torch_compile` are the median
 ratios of step times measured in alternation (JAX step, eager step, compiled
 step, ...), so all see the same machine load (each one's median seconds:
-`jax_alternating_step_s`, `torch_alternating_step_s`, ...). Warm-up and compilation are
-excluded from the step times; compile times are reported separately
-(`compile_seconds`, `torch_compile_seconds`).
+`jax_alternating_step_s`, `torch_alternating_step_s`, ...). Warm-up and
+compilation are excluded from the step times; compile times are reported
+separately (`compile_seconds`, `torch_compile_seconds`).
 
 `--sweep` runs the train step over dtype x batch x mesh on every local device
 and writes the table to `experiments/results/bench/<device>.json` (`--out`).
