@@ -32,11 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 
 # XLA:CPU options for the train and eval steps and feature extraction
-# (jax.jit's compiler_options):
-# without YNNPACK's fusions, XLA:CPU's default for dots in this jaxlib, the
-# paper's train step ran 1.08x faster on the development machine, the
-# quick start's 1.1x (XLA's own dots; experiments/results/bench/command.txt). Debug options that
-# other backends' compilers ignore; {} restores XLA:CPU's defaults.
+# (jax.jit's compiler_options): without YNNPACK's fusions, XLA:CPU's default
+# for dots in this jaxlib, the paper's train step ran 1.08x faster on the
+# development machine, the quick start's 1.1x (XLA's own dots;
+# experiments/results/bench/command.txt). Debug options that other backends'
+# compilers ignore; {} restores XLA:CPU's defaults.
 XLA_CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
 
 
