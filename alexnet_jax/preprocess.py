@@ -112,10 +112,12 @@ def decode(data, limit: int = MAX_IMAGE_PIXELS):
   in) raising ImageTooLarge; in a tf.data graph as an assertion whose message
   starts with TOO_LARGE and carries the count (see `too_large_message`).
   """
-  t = tf()
-  if isinstance(data, bytes):
+  eager = isinstance(data, bytes)
+  if eager:
+    # Before TensorFlow is imported (seconds), so a refusal is immediate.
     check_pixels(data, limit)
-  elif limit:
+  t = tf()
+  if not eager and limit:
     pixels = t.numpy_function(lambda d: np.int64(header_pixels(bytes(d))),
                               [data], t.int64, stateful=False)
     check = t.debugging.Assert(pixels <= limit, [TOO_LARGE, pixels])

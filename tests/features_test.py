@@ -242,6 +242,7 @@ def test_a_decompression_bomb_is_refused_with_bounded_memory(run, tmp_path):
              "  runpy.run_module('alexnet_jax.features', run_name='__main__')\n"
              'except SystemExit as e:\n'
              '  code = e.code\n'
+             "print('tensorflow' in sys.modules)\n"
              'print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n'
              'sys.exit(code)\n')
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', XLA_FLAGS='')
@@ -255,6 +256,8 @@ def test_a_decompression_bomb_is_refused_with_bounded_memory(run, tmp_path):
       'bomb.png: 900,000,000 pixels is above the limit of 89,478,485 '
       '(max_image_pixels to raise it).')
   peak_mb = int(proc.stdout.split()[-1]) / 1024
+  # Refused from the header before TensorFlow (seconds to import) is loaded.
+  assert proc.stdout.split()[-2] == 'False', proc.stdout
   # The same command on an ordinary image: decoding the bomb would add
   # 2,700 MB (30000 x 30000 x 3 bytes) to that.
   normal = tmp_path / 'normal'
