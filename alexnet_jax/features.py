@@ -113,6 +113,10 @@ def load_image(item, size: int,
     raise FeaturesError(f'images with preprocess=True must be uint8 0..255, '
                         f'got {image.dtype}; use preprocess=False for '
                         'network-ready float arrays.')
+  if image.shape[:2] == (size, size):
+    # Already S x S (a store's images): the resize would be by 1, which is
+    # the identity (tests/features_test), so TensorFlow is not needed.
+    return np.ascontiguousarray(image)
   return _resize_and_crop(image, size)
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from alexnet_jax import augment
 from alexnet_jax import features
+from alexnet_jax import preprocess
 from alexnet_jax import train
 from alexnet_jax import workdir as workdir_lib
 from tests.helpers import ROOT
@@ -45,6 +46,20 @@ def test_probs_reproduce_the_runs_evaluation(run):
   np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
   err = np.mean(probs.argmax(1) != labels)
   assert err == pytest.approx(result['top1_err'], abs=1e-6)
+
+
+def test_image_size_arrays_are_kept_as_they_are():
+  # load_image returns S x S arrays untouched because the preprocessing's
+  # antialiased resize is the identity at scale 1; this checks that it is.
+  rs = np.random.RandomState(0)
+  for s in (8, 31, 72):
+    image = rs.randint(0, 256, (s, s, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(
+        preprocess.resize_and_crop(image, s).numpy(), image)
+    np.testing.assert_array_equal(features.load_image(image, s), image)
+  # Other sizes are resized: shorter side to S, then the centre crop.
+  assert features.load_image(rs.randint(0, 256, (40, 60, 3)).astype(
+      np.uint8), 31).shape == (31, 31, 3)
 
 
 @pytest.mark.slow
