@@ -67,8 +67,9 @@ def test_lrn_gradient_matches_autodiff_of_naive(n):
                   jnp.float32)
   g = jnp.asarray(np.random.RandomState(3).normal(size=x.shape), jnp.float32)
   args = (n, 2.0, 1e-3, 0.75)
-  got = jax.grad(lambda v: (ops.local_response_norm(v, *args) * g).sum())(x)
-  want = jax.grad(lambda v: (naive_lrn_jnp(v, *args) * g).sum())(x)
+  got = jax.jit(jax.grad(
+      lambda v: (ops.local_response_norm(v, *args) * g).sum()))(x)
+  want = jax.jit(jax.grad(lambda v: (naive_lrn_jnp(v, *args) * g).sum()))(x)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
@@ -123,14 +124,18 @@ def test_per_tower_conv_matches_grouped_conv(shared, stride, padding):
   shape = (4, 13, 13, cin) if shared else (towers, 4, 13, 13, cin)
   x = jnp.asarray(rng.normal(size=shape), jnp.float32)
   k = jnp.asarray(rng.normal(size=(towers, 5, 5, cin, cout)), jnp.float32)
-  got = ops.per_tower_conv(x, k, stride, padding)
-  want = grouped_reference(x, k, stride, padding)
+  got = jax.jit(ops.per_tower_conv, static_argnums=(2, 3))(x, k, stride,
+                                                           padding)
+  want = jax.jit(grouped_reference, static_argnums=(2, 3))(x, k, stride,
+                                                          padding)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
   g = jnp.asarray(rng.normal(size=got.shape), jnp.float32)
-  got_grads = jax.grad(lambda a, b: (ops.per_tower_conv(a, b, stride, padding)
-                                     * g).sum(), argnums=(0, 1))(x, k)
-  want_grads = jax.grad(lambda a, b: (grouped_reference(a, b, stride, padding)
-                                      * g).sum(), argnums=(0, 1))(x, k)
+  got_grads = jax.jit(jax.grad(
+      lambda a, b: (ops.per_tower_conv(a, b, stride, padding) * g).sum(),
+      argnums=(0, 1)))(x, k)
+  want_grads = jax.jit(jax.grad(
+      lambda a, b: (grouped_reference(a, b, stride, padding) * g).sum(),
+      argnums=(0, 1)))(x, k)
   for a, b in zip(got_grads, want_grads):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
 
@@ -167,8 +172,10 @@ def test_max_pool_matches_naive(window, stride):
   np.testing.assert_array_equal(y, naive_pool(x, window, stride))
   assert y.shape[-3:-1] == (6, 6)
   g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
-  got = jax.grad(lambda v: (ops.max_pool(v, window, stride) * g).sum())(x)
-  want = jax.grad(lambda v: (slices_pool(v, window, stride) * g).sum())(x)
+  got = jax.jit(jax.grad(
+      lambda v: (ops.max_pool(v, window, stride) * g).sum()))(x)
+  want = jax.jit(jax.grad(
+      lambda v: (slices_pool(v, window, stride) * g).sum()))(x)
   np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
@@ -195,8 +202,9 @@ def test_max_pool_gradient_matches_xla_with_ties(window, stride):
     return lax.reduce_window(v, -jnp.inf, lax.max, (1, 1, window, window, 1),
                              (1, 1, stride, stride, 1), 'VALID')
 
-  got = jax.grad(lambda v: (ops.max_pool(v, window, stride) * g).sum())(x)
-  want = jax.grad(lambda v: (xla_pool(v) * g).sum())(x)
+  got = jax.jit(jax.grad(
+      lambda v: (ops.max_pool(v, window, stride) * g).sum()))(x)
+  want = jax.jit(jax.grad(lambda v: (xla_pool(v) * g).sum()))(x)
   np.testing.assert_array_equal(got != 0, want != 0)  # Same routing...
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # ...and sums.
 
@@ -448,6 +456,7 @@ def test_conv_bfloat16_gradients_keep_dtype(monkeypatch, stride, padding,
   x = jnp.asarray(rng.normal(size=(4, 19, 19, 3)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(size, size, 3, 4)), jnp.float32)
 
+  @jax.jit
   def grads(v, kk):
     return jax.grad(lambda a, b: (jnp.sin(ops.conv2d(a, b, stride, padding))
                                   .astype(jnp.float32).sum()),
