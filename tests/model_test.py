@@ -89,13 +89,6 @@ def init(net, seed=0):
   return model_lib.init_params(net, jax.random.key(seed))
 
 
-def apply(net, params, x, train=False, **kw):
-  """net.apply compiled whole, as the steps run it (op by op, each of its
-  operations would be compiled on its own: many times slower here)."""
-  return jax.jit(lambda p, v, kw: net.apply({'params': p}, v, train=train,
-                                            **kw))(params, x, kw)
-
-
 @pytest.mark.slow
 def test_run_once_unoptimised_on_cpu_matches_the_optimised_build():
   # Initialisations are compiled unoptimised on CPU (model.run_once): the
@@ -140,7 +133,7 @@ def test_odd_class_count_is_padded_then_sliced():
   net = small(num_classes=7)
   params = init(net)
   assert params['fc8']['kernel'].shape[-1] == 4
-  assert apply(net, params, jnp.ones((3, 67, 67, 3))).shape == (3, 7)
+  assert net.apply({'params': params}, jnp.ones((3, 67, 67, 3))).shape == (3, 7)
 
 
 @pytest.mark.slow
@@ -148,32 +141,33 @@ def test_dropout_only_in_training_and_per_example():
   net = small(init_scheme='he')
   params = init(net)
   x = jax.random.normal(jax.random.key(1), (4, 67, 67, 3))
-  a = apply(net, params, x)
-  b = apply(net, params, x)
+  a = net.apply({'params': params}, x)
+  b = net.apply({'params': params}, x)
   np.testing.assert_array_equal(a, b)
   rngs = {'dropout': jax.random.key(2)}
-  t1 = apply(net, params, x, train=True, rngs=rngs)
+  t1 = net.apply({'params': params}, x, train=True, rngs=rngs)
   assert not np.allclose(t1, a)
   # Masks depend on the example's id, not its position in the batch.
-  t2 = apply(net, params, x[2:], train=True, rngs=rngs,
-             example_ids=jnp.arange(2, 4))
+  t2 = net.apply({'params': params}, x[2:], train=True, rngs=rngs,
+                 example_ids=jnp.arange(2, 4))
   np.testing.assert_allclose(t1[2:], t2, rtol=1e-5, atol=1e-5)
   no_drop = small(init_scheme='he', dropout_rate=0.0)
   np.testing.assert_allclose(
-      apply(no_drop, params, x, train=True, rngs=rngs), a, rtol=1e-6)
+      no_drop.apply({'params': params}, x, train=True, rngs=rngs), a,
+      rtol=1e-6)
 
 
 @pytest.mark.slow
 def test_switches_change_the_function():
   params = init(small(init_scheme='he'))
   x = jax.random.normal(jax.random.key(1), (2, 67, 67, 3)) * 50
-  base = apply(small(init_scheme='he'), params, x)
+  base = small(init_scheme='he').apply({'params': params}, x)
   for kw in [dict(activation='tanh'), dict(lrn=ops.LRN(enabled=False)),
              dict(lrn=ops.LRN(k=1.0, alpha_over_n=True))]:
-    out = apply(small(init_scheme='he', **kw), params, x)
+    out = small(init_scheme='he', **kw).apply({'params': params}, x)
     assert not np.allclose(out, base, rtol=1e-4), kw
   pooled = small(init_scheme='he', pool_window=2)
-  assert apply(pooled, init(pooled), x).shape == (2, 7)
+  assert pooled.apply({'params': init(pooled)}, x).shape == (2, 7)
 
 
 def test_towers_only_talk_at_the_paper_points():
@@ -197,9 +191,9 @@ def test_bfloat16_compute_keeps_float32_params():
   net = small(init_scheme='he', dtype=jnp.bfloat16)
   params = init(net)
   assert params['conv1']['kernel'].dtype == jnp.float32
-  out = apply(net, params, jnp.ones((2, 67, 67, 3)))
+  out = net.apply({'params': params}, jnp.ones((2, 67, 67, 3)))
   assert out.dtype == jnp.float32
-  ref = apply(small(init_scheme='he'), params, jnp.ones((2, 67, 67, 3)))
+  ref = small(init_scheme='he').apply({'params': params}, jnp.ones((2, 67, 67, 3)))
   np.testing.assert_allclose(out, ref, rtol=0.1, atol=0.1)
 
 
