@@ -124,10 +124,10 @@ def test_per_tower_conv_matches_grouped_conv(shared, stride, padding):
   shape = (4, 13, 13, cin) if shared else (towers, 4, 13, 13, cin)
   x = jnp.asarray(rng.normal(size=shape), jnp.float32)
   k = jnp.asarray(rng.normal(size=(towers, 5, 5, cin, cout)), jnp.float32)
-  got = jax.jit(ops.per_tower_conv, static_argnums=(2, 3))(x, k, stride,
-                                                           padding)
-  want = jax.jit(grouped_reference, static_argnums=(2, 3))(x, k, stride,
-                                                          padding)
+  got = jax.jit(ops.per_tower_conv, static_argnums=(2, 3))(
+      x, k, stride, padding)
+  want = jax.jit(grouped_reference, static_argnums=(2, 3))(
+      x, k, stride, padding)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
   g = jnp.asarray(rng.normal(size=got.shape), jnp.float32)
   got_grads = jax.jit(jax.grad(
