@@ -168,7 +168,7 @@ def slices_pool(x, window, stride):
 def test_max_pool_matches_naive(window, stride):
   rng = np.random.RandomState(5)
   x = jnp.asarray(rng.normal(size=(2, 3, 13, 13, 4)), jnp.float32)
-  y = ops.max_pool(x, window, stride)
+  y = jax.jit(ops.max_pool, static_argnums=(1, 2))(x, window, stride)
   np.testing.assert_array_equal(y, naive_pool(x, window, stride))
   assert y.shape[-3:-1] == (6, 6)
   g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
@@ -195,8 +195,8 @@ def test_max_pool_gradient_matches_xla_with_ties(window, stride):
   rng = np.random.RandomState(6)
   # 12 columns: with some strides the last ones are in no window.
   x = jnp.asarray(rng.randint(0, 3, size=(2, 2, 11, 12, 3)), jnp.float32)
-  g = jnp.asarray(rng.normal(size=ops.max_pool(x, window, stride).shape),
-                  jnp.float32)
+  pooled = jax.eval_shape(lambda v: ops.max_pool(v, window, stride), x)
+  g = jnp.asarray(rng.normal(size=pooled.shape), jnp.float32)
 
   def xla_pool(v):
     return lax.reduce_window(v, -jnp.inf, lax.max, (1, 1, window, window, 1),
@@ -253,7 +253,7 @@ def test_conv_kernel_gradient_inside_shard_map(monkeypatch, chunked, size):
   got = jax.jit(jax.grad(loss))(
       jax.device_put(k, NamedSharding(mesh, P())),
       jax.device_put(x, NamedSharding(mesh, P('data'))))
-  want = jax.grad(lambda k: jnp.sin(xla_conv(x, k, 1, pad)).sum())(k)
+  want = jax.jit(jax.grad(lambda k: jnp.sin(xla_conv(x, k, 1, pad)).sum()))(k)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -272,11 +272,14 @@ def test_winograd_matches_xla(monkeypatch, hw, padding, chunk):
 
   y = xla_conv(x, k, 1, padding)
   g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
-  want = jax.vjp(lambda v, kk: xla_conv(v, kk, 1, padding), x, k)[1](g)
+  want = jax.jit(lambda v, kk, gg: jax.vjp(
+      lambda a, b: xla_conv(a, b, 1, padding), v, kk)[1](gg))(x, k, g)
   chunk_bytes = None if chunk is None else 1 if chunk == 1 else (
       chunk * 16 * (hw[0] // 2 + 2) * (hw[1] // 2 + 2) * 5 * 4)
-  got_y = cpu_kernels.winograd_conv(x, k, padding, chunk_bytes=chunk_bytes)
-  got = cpu_kernels.winograd_conv_grads(padding, None, x, k, g, chunk_bytes)
+  got_y = jax.jit(lambda v, kk: cpu_kernels.winograd_conv(
+      v, kk, padding, chunk_bytes=chunk_bytes))(x, k)
+  got = jax.jit(lambda v, kk, gg: cpu_kernels.winograd_conv_grads(
+      padding, None, v, kk, gg, chunk_bytes))(x, k, g)
   np.testing.assert_allclose(got_y, y, rtol=1e-5, atol=1e-4)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
@@ -345,8 +348,8 @@ def test_winograd_strided_forward_matches_xla(monkeypatch, size, padding,
   assert cpu_kernels.winograd_for(k, 4, padding, gradients=True) is None
 
   y, vjp = jax.vjp(lambda v, kk: xla_conv(v, kk, 4, padding), x, k)
-  got_y = cpu_kernels.winograd_conv(x, k, padding, chunk_bytes=chunk,
-                                    stride=4)
+  got_y = jax.jit(lambda v, kk: cpu_kernels.winograd_conv(
+      v, kk, padding, chunk_bytes=chunk, stride=4))(x, k)
   np.testing.assert_allclose(got_y, y, rtol=1e-5, atol=1e-4)
   g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
   want = vjp(g)
@@ -438,8 +441,9 @@ def test_conv_gradients_match_xla_in_batch_chunks(monkeypatch, stride,
   g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
   got = jax.jit(jax.grad(lambda v, kk: (ops.conv2d(v, kk, stride, padding)
                                         * g).sum(), argnums=(0, 1)))(x, k)
-  want = jax.grad(lambda v, kk: (xla_conv(v, kk, stride, padding) * g).sum(),
-                  argnums=(0, 1))(x, k)
+  want = jax.jit(jax.grad(
+      lambda v, kk: (xla_conv(v, kk, stride, padding) * g).sum(),
+      argnums=(0, 1)))(x, k)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
