@@ -15,6 +15,13 @@ from alexnet_jax import cpu_kernels
 from alexnet_jax import ops
 
 
+def jitted_grads(fn, g, *args):
+  """The gradients of sum(fn(*args) * g) with respect to every arg, compiled
+  whole: run eagerly, each jax operation would be an XLA program of its own."""
+  return jax.jit(jax.grad(lambda *a: (fn(*a) * g).sum(),
+                          argnums=tuple(range(len(args)))))(*args)
+
+
 def naive_lrn(a, n, k, alpha, beta):
   """The paper's formula, one channel at a time, in float64 numpy."""
   a = np.asarray(a, np.float64)
@@ -67,9 +74,8 @@ def test_lrn_gradient_matches_autodiff_of_naive(n):
                   jnp.float32)
   g = jnp.asarray(np.random.RandomState(3).normal(size=x.shape), jnp.float32)
   args = (n, 2.0, 1e-3, 0.75)
-  got = jax.jit(jax.grad(
-      lambda v: (ops.local_response_norm(v, *args) * g).sum()))(x)
-  want = jax.jit(jax.grad(lambda v: (naive_lrn_jnp(v, *args) * g).sum()))(x)
+  got, = jitted_grads(lambda v: ops.local_response_norm(v, *args), g, x)
+  want, = jitted_grads(lambda v: naive_lrn_jnp(v, *args), g, x)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
@@ -130,12 +136,10 @@ def test_per_tower_conv_matches_grouped_conv(shared, stride, padding):
       x, k, stride, padding)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
   g = jnp.asarray(rng.normal(size=got.shape), jnp.float32)
-  got_grads = jax.jit(jax.grad(
-      lambda a, b: (ops.per_tower_conv(a, b, stride, padding) * g).sum(),
-      argnums=(0, 1)))(x, k)
-  want_grads = jax.jit(jax.grad(
-      lambda a, b: (grouped_reference(a, b, stride, padding) * g).sum(),
-      argnums=(0, 1)))(x, k)
+  got_grads = jitted_grads(
+      lambda a, b: ops.per_tower_conv(a, b, stride, padding), g, x, k)
+  want_grads = jitted_grads(
+      lambda a, b: grouped_reference(a, b, stride, padding), g, x, k)
   for a, b in zip(got_grads, want_grads):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
 
@@ -172,10 +176,8 @@ def test_max_pool_matches_naive(window, stride):
   np.testing.assert_array_equal(y, naive_pool(x, window, stride))
   assert y.shape[-3:-1] == (6, 6)
   g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
-  got = jax.jit(jax.grad(
-      lambda v: (ops.max_pool(v, window, stride) * g).sum()))(x)
-  want = jax.jit(jax.grad(
-      lambda v: (slices_pool(v, window, stride) * g).sum()))(x)
+  got, = jitted_grads(lambda v: ops.max_pool(v, window, stride), g, x)
+  want, = jitted_grads(lambda v: slices_pool(v, window, stride), g, x)
   np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
@@ -202,9 +204,8 @@ def test_max_pool_gradient_matches_xla_with_ties(window, stride):
     return lax.reduce_window(v, -jnp.inf, lax.max, (1, 1, window, window, 1),
                              (1, 1, stride, stride, 1), 'VALID')
 
-  got = jax.jit(jax.grad(
-      lambda v: (ops.max_pool(v, window, stride) * g).sum()))(x)
-  want = jax.jit(jax.grad(lambda v: (xla_pool(v) * g).sum()))(x)
+  got, = jitted_grads(lambda v: ops.max_pool(v, window, stride), g, x)
+  want, = jitted_grads(xla_pool, g, x)
   np.testing.assert_array_equal(got != 0, want != 0)  # Same routing...
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # ...and sums.
 
@@ -221,8 +222,8 @@ def assert_conv2d_matches(x, kernel, stride, padding, g, y, want):
   (of the sum of its output times g) are XLA's `y` and `want`."""
   got_y = jax.jit(ops.conv2d, static_argnums=(2, 3))(x, kernel, stride,
                                                        padding)
-  got = jax.jit(jax.grad(lambda v, kk: (ops.conv2d(v, kk, stride, padding) *
-                                        g).sum(), argnums=(0, 1)))(x, kernel)
+  got = jitted_grads(lambda v, kk: ops.conv2d(v, kk, stride, padding), g, x,
+                     kernel)
   np.testing.assert_allclose(got_y, y, rtol=1e-5, atol=1e-4)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
@@ -318,8 +319,7 @@ def test_winograd_5x5_gradients_match_xla(monkeypatch):
   g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
   want = vjp(g)
   # Through ops.conv2d (jitted, so lowered for CPU) and directly, chunked.
-  got = jax.jit(jax.grad(lambda v, kk: (ops.conv2d(v, kk, 1, padding) *
-                                        g).sum(), argnums=(0, 1)))(x, k)
+  got = jitted_grads(lambda v, kk: ops.conv2d(v, kk, 1, padding), g, x, k)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
   th = -(-(hw[0] + 2 * padding - 4) // 4)
@@ -439,11 +439,8 @@ def test_conv_gradients_match_xla_in_batch_chunks(monkeypatch, stride,
   np.testing.assert_allclose(jax.jit(ops.conv2d, static_argnums=(2, 3))(
       x, k, stride, padding), y, rtol=1e-4, atol=1e-4)
   g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
-  got = jax.jit(jax.grad(lambda v, kk: (ops.conv2d(v, kk, stride, padding)
-                                        * g).sum(), argnums=(0, 1)))(x, k)
-  want = jax.jit(jax.grad(
-      lambda v, kk: (xla_conv(v, kk, stride, padding) * g).sum(),
-      argnums=(0, 1)))(x, k)
+  got = jitted_grads(lambda v, kk: ops.conv2d(v, kk, stride, padding), g, x, k)
+  want = jitted_grads(lambda v, kk: xla_conv(v, kk, stride, padding), g, x, k)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
