@@ -273,8 +273,7 @@ def test_winograd_matches_xla(monkeypatch, hw, padding, chunk):
 
   y = xla_conv(x, k, 1, padding)
   g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
-  want = jax.jit(lambda v, kk, gg: jax.vjp(
-      lambda a, b: xla_conv(a, b, 1, padding), v, kk)[1](gg))(x, k, g)
+  want = jitted_grads(lambda v, kk: xla_conv(v, kk, 1, padding), g, x, k)
   chunk_bytes = None if chunk is None else 1 if chunk == 1 else (
       chunk * 16 * (hw[0] // 2 + 2) * (hw[1] // 2 + 2) * 5 * 4)
   got_y = jax.jit(lambda v, kk: cpu_kernels.winograd_conv(
