@@ -96,10 +96,10 @@ def test_checkpoint_restores_onto_any_mesh(digits_dir, tmp_path):
                                                                scheme)
     config.num_train_steps = 3 * (i + 1)
     train.train_and_evaluate(config, moved)
-  # Each mesh sums in its own order, so a ReLU or a pool's maximum near a tie
-  # can flip and send one gradient elsewhere: on an AMD EPYC the parameters
-  # ended up to 3e-5 apart (and the losses 2e-7), where a restore that lost
-  # the momentum puts them 4e-2 apart.
+  # Each mesh sums in its own order. On an AMD EPYC the parameters ended up
+  # to 3e-5 apart (the losses 2e-7), in conv1-4 only, the mark of a ReLU or a
+  # pool's maximum near a tie flipping and sending a gradient elsewhere; a
+  # restore that lost the momentum puts them 4e-2 apart.
   assert_same_run(straight, moved, params_atol=1e-3)
 
 
