@@ -64,10 +64,15 @@ def train_records(workdir):
 
 
 def assert_same_run(a, b, params_atol=1e-7):
-  """Runs a and b logged the same losses and ended with the same parameters.
+  """Asserts that runs a and b logged the same records and end equal.
 
-  `params_atol`: for runs on different meshes, whose sums are taken in
-  another order (see train_test's mesh test).
+  Args:
+    a: one run's workdir.
+    b: the other's.
+    params_atol: absolute tolerance on the final parameters only (the records'
+      loss, errors and learning rate stay at rel 1e-5): larger for runs on
+      different meshes, which sum in another order (see
+      train_test.test_checkpoint_restores_onto_any_mesh).
   """
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5,
                                                        atol=params_atol),
