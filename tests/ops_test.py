@@ -16,8 +16,11 @@ from alexnet_jax import ops
 
 
 def jitted_grads(fn, g, *args):
-  """The gradients of sum(fn(*args) * g) with respect to every arg, compiled
-  whole: run eagerly, each jax operation would be an XLA program of its own."""
+  """The gradients of sum(fn(*args) * g) with respect to every arg.
+
+  Compiled whole: run eagerly, each jax operation would be an XLA program of
+  its own.
+  """
   return jax.jit(jax.grad(lambda *a: (fn(*a) * g).sum(),
                           argnums=tuple(range(len(args)))))(*args)
 
