@@ -268,10 +268,10 @@ def bench_pipeline(config, batches: int = 50) -> dict:
   `batches` batches later, each a numpy batch ready for
   `make_array_from_process_local_data` (what the training loop is given).
   `pipeline_jpeg_img_per_sec`: the path the store replaced, on the same
-  images: tfds records decoded and resized by tf.data on every core, batched.
+  images: the source (a tfds dataset's records, or an image folder's files)
+  decoded and resized on every core, as the store is written from it.
   Prepares the dataset and its store first if needed (not timed).
   """
-  from alexnet_jax.datasets import source  # pylint: disable=g-import-not-at-top
   from alexnet_jax.datasets import store as store_lib  # pylint: disable=g-import-not-at-top
   data = store_lib.get(config, splits=[config.train_split])
   split = data.split(config.train_split)
@@ -290,9 +290,7 @@ def bench_pipeline(config, batches: int = 50) -> dict:
   rate, cpu = timed(input_pipeline.train_stream(split, config), 'image')
   def jpeg_path():  # Epoch after epoch, as training read it.
     while True:
-      yield from source.preprocessed(data.builder, config.train_split,
-                                     config.image_size,
-                                     config.batch_size // jax.process_count())
+      yield from store_lib.source_batches(config, config.train_split)
 
   jpeg_rate, jpeg_cpu = timed(jpeg_path(), 'image')
   prepare_seconds = split.meta.get('prepare_seconds')

@@ -127,6 +127,12 @@ def _open_dataset(config):
   train_split = data.split(config.train_split)
   eval_split = data.split(config.eval_split)
   names = train_split.classes
+  if names and eval_split.classes and eval_split.classes != names:
+    raise errors.DataError(
+        f'the store\'s {config.train_split} and {config.eval_split} splits '
+        f'were prepared with different classes ({len(names)} and '
+        f'{len(eval_split.classes)}, in {data.root}); run python -m '
+        'alexnet_jax.datasets.prepare --config CONFIG to prepare them again.')
   classes = len(names) if names else config.model.num_classes
   if classes != config.model.num_classes:
     raise errors.ConfigError(

@@ -61,8 +61,13 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   config.store.jpeg_quality = 95
   # About how many bytes each store file holds.
   config.store.file_bytes = 1 << 30
-  # Where stores are written (None: beside the tfds dataset's records).
+  # Where stores are written (None: data_dir for a tfds dataset, else tfds'
+  # default data dir; never inside an image folder): datasets/store.py.
   config.store.dir = config_dict.placeholder(str)
+  # An image folder's listing (names, sizes, mtimes) is compared with its
+  # store's at each start when the folder is present, and a changed split is
+  # prepared again; False skips the comparison.
+  config.store.check_source = True
   # Host input: threads that read (and for 'jpeg' decode) batches, 0 for every
   # core of the host; and how many batches are read ahead.
   config.input = ml_collections.ConfigDict()

@@ -9,8 +9,6 @@ import pytest
 
 from alexnet_jax import errors
 from alexnet_jax import train
-from alexnet_jax.datasets import image_folder
-from alexnet_jax.datasets import source
 from alexnet_jax.datasets import store
 from configs import image_folder as image_folder_config
 from tests.helpers import bomb_png
@@ -52,6 +50,22 @@ def make_folder(root):
   return 4  # Unreadable or refused files.
 
 
+def snapshot(root):
+  """Every path under root with its size, mtime and content hash."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  out = {}
+  for dirpath, dirnames, filenames in os.walk(root):
+    for d in dirnames:
+      out[os.path.join(dirpath, d)] = 'dir'
+    for name in filenames:
+      path = os.path.join(dirpath, name)
+      st = os.stat(path)
+      with open(path, 'rb') as f:
+        out[path] = (st.st_size, st.st_mtime_ns,
+                     hashlib.sha256(f.read()).hexdigest())
+  return out
+
+
 @pytest.fixture(scope='module')
 def folder(tmp_path_factory):
   root = str(tmp_path_factory.mktemp('images'))
@@ -59,10 +73,12 @@ def folder(tmp_path_factory):
   return root, bad
 
 
-def small_config(root):
+def small_config(root, store_dir=None):
   config = shrink(image_folder_config.get_config(), batch_size=6,
                   eval_batch_size=6)
   config.data_dir = root
+  config.store.dir = str(store_dir or os.path.join(
+      os.path.dirname(root), os.path.basename(root) + '_stores'))
   config.model.num_classes = 3
   config.num_train_steps = 2
   config.log_every_steps = 1
@@ -72,30 +88,132 @@ def small_config(root):
 @pytest.mark.slow
 def test_bad_images_are_converted_or_skipped(folder):
   root, bad = folder
-  builder = source.get_builder(small_config(root))
-  assert builder.info.features['label'].names == list(CLASSES)
+  data = store.get(small_config(root))
+  train_split, val = data.split('train'), data.split('validation')
+  assert train_split.classes == val.classes == list(CLASSES)
   # 15 good + 3 readable odd ones in train; 6 in val.
-  assert builder.info.splits['train'].num_examples == 18
-  assert builder.info.splits['validation'].num_examples == 6
-  report = image_folder.skipped_report(builder)
-  assert report['train']['count'] == bad and report['validation']['count'] == 0
-  names = ' '.join(report['train']['files'])
+  assert len(train_split) == 18 and len(val) == 6
+  report = train_split.meta['skipped']
+  assert report['count'] == bad and val.meta['skipped']['count'] == 0
+  names = ' '.join(report['files'])
   for name in ('truncated.jpg', 'empty.jpg', 'notes.txt', 'bomb.png'):
     assert name in names
+  assert '<_io.BytesIO' not in names and '{{' not in names
   # The decompression bomb is refused from its header, naming the limit.
   assert ('900,000,000 pixels is above the limit of 89,478,485 '
           '(max_image_pixels to raise it)') in names
-  images = store.get(small_config(root)).split('train').read(range(18))
+  images = train_split.read(range(18))
   assert images['image'].shape == (18, 72, 72, 3)
+  # Labels follow the sorted classes; cat's 5 good + 3 odd files first.
+  np.testing.assert_array_equal(images['label'], [0] * 8 + [1] * 5 + [2] * 5)
+  source_meta = train_split.meta['source']
+  assert source_meta['folder'] == os.path.abspath(root)
+  assert source_meta['num_files'] == 22 and len(source_meta['fingerprint']) == 64
 
 
 @pytest.mark.slow
-def test_training_on_a_folder(folder, tmp_path):
-  root, _ = folder
-  result = train.train_and_evaluate(small_config(root), str(tmp_path))
+def test_training_reads_the_folder_and_writes_nothing_in_it(tmp_path):
+  root = str(tmp_path / 'images')
+  make_folder(root)
+  before = snapshot(root)
+  config = small_config(root, tmp_path / 'stores')
+  result = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert result['num_examples'] == 6
-  with open(os.path.join(str(tmp_path), 'metrics.jsonl')) as f:
+  assert snapshot(root) == before  # Root is root: write bits stop nothing.
+  with open(os.path.join(str(tmp_path / 'run'), 'metrics.jsonl')) as f:
     assert [json.loads(l)['split'] for l in f][-1] == 'eval'
+  # The store is under store.dir, keyed by the folder's path.
+  path = store.directory(config)
+  assert path.startswith(str(tmp_path / 'stores'))
+  assert os.path.exists(os.path.join(path, 'train', store.SPLIT_FILE))
+  other = small_config(str(tmp_path / 'elsewhere' / 'images'),
+                       tmp_path / 'stores')
+  assert store.directory(other) != path
+
+
+def _count_writes(monkeypatch):
+  calls = []
+  real = store._write_split  # pylint: disable=protected-access
+
+  def counted(config, split, path, src):
+    calls.append(split)
+    return real(config, split, path, src)
+  monkeypatch.setattr(store, '_write_split', counted)
+  return calls
+
+
+def test_a_changed_folder_is_prepared_again(tmp_path, monkeypatch):
+  root = str(tmp_path / 'images')
+  rng = np.random.RandomState(0)
+  for split in ('train', 'val'):
+    for c in CLASSES:
+      os.makedirs(os.path.join(root, split, c))
+      for i in range(2):
+        (tmp_path / 'images' / split / c / f'{i}.jpg').write_bytes(
+            encode(rng))
+  config = small_config(root)
+  config.image_size, config.model.input_size = 40, 32
+  writes = _count_writes(monkeypatch)
+  assert len(store.get(config).split('train')) == 6
+  assert writes == ['train', 'validation']
+  store.get(config)
+  assert writes == ['train', 'validation']  # Unchanged: nothing rewritten.
+  (tmp_path / 'images' / 'train' / 'dog' / 'new.jpg').write_bytes(encode(rng))
+  assert len(store.get(config).split('train')) == 7
+  assert writes == ['train', 'validation', 'train']
+  # A file rewritten in place (same name) changes its mtime and size.
+  (tmp_path / 'images' / 'val' / 'eel' / '0.jpg').write_bytes(
+      encode(rng, size=(30, 30)))
+  store.get(config)
+  assert writes[-1] == 'validation'
+  # The check can be skipped.
+  (tmp_path / 'images' / 'train' / 'dog' / 'newer.jpg').write_bytes(
+      encode(rng))
+  config.store.check_source = False
+  assert len(store.get(config).split('train')) == 7
+  assert len(writes) == 4
+
+
+@pytest.mark.slow
+def test_a_store_whose_folder_is_gone_still_trains(tmp_path, monkeypatch):
+  root = str(tmp_path / 'images')
+  make_folder(root)
+  config = small_config(root, tmp_path / 'stores')
+  store.get(config)
+  os.rename(root, str(tmp_path / 'moved'))
+  writes = _count_writes(monkeypatch)
+  result = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert result['num_examples'] == 6 and not writes
+
+
+def test_same_pixels_as_the_tfds_route(tmp_path):
+  """An RGB JPEG gives the same stored pixels through the folder as through
+  a tfds dataset of the same files (tfds' own ImageFolder builder)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import preprocess  # pylint: disable=g-import-not-at-top
+  root = tmp_path / 'images'
+  rng = np.random.RandomState(1)
+  for split in ('train', 'val'):
+    for c in CLASSES[:2]:
+      os.makedirs(root / split / c)
+      for i, size in enumerate(((60, 90), (97, 41))):
+        (root / split / c / f'{i}.jpg').write_bytes(encode(rng, size=size))
+  config = small_config(str(root))
+  config.model.num_classes = 2
+  ours = store.get(config, splits=['train']).split('train').read(range(4))
+  builder = tfds.ImageFolder(str(root))
+  ds = builder.as_dataset(split='train', shuffle_files=False,
+                          decoders={'image': tfds.decode.SkipDecoding()})
+  theirs = {}
+  for e in ds:
+    name = os.path.basename(e['image/filename'].numpy().decode())
+    label = builder.info.features['label'].int2str(int(e['label']))
+    out = preprocess.example(e, config.image_size)
+    theirs[(label, name)] = out['image'].numpy()
+  assert len(theirs) == 4
+  for k, key in enumerate([(c, f'{i}.jpg') for c in CLASSES[:2]
+                           for i in range(2)]):
+    np.testing.assert_array_equal(ours['image'][k], theirs[key])
 
 
 def test_wrong_class_count_names_the_fix(folder, tmp_path):
@@ -106,15 +224,69 @@ def test_wrong_class_count_names_the_fix(folder, tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
 
 
+def _folder(root, layout):
+  rng = np.random.RandomState(0)
+  for split, classes in layout.items():
+    for c, n in classes.items():
+      os.makedirs(os.path.join(root, split, c))
+      for i in range(n):
+        with open(os.path.join(root, split, c, f'{i}.jpg'), 'wb') as f:
+          f.write(encode(rng, size=(8, 8)))
+
+
+@pytest.mark.parametrize('layout,message', [
+    ({'train': {'a': 1, 'b': 1}, 'val': {'a': 1}},
+     r"lacks class\(es\) b that train/ has; add their validation images, or "
+     r'remove them from train/\.'),
+    ({'train': {'a': 1}, 'val': {'a': 1, 'z': 1}},
+     r"has class\(es\) z that train/ lacks"),
+    ({'train': {'a': 1, 'b': 0}, 'val': {'a': 1, 'b': 1}},
+     r"train/b' is empty; add images to it, or remove the class 'b' from "
+     r'both train/ and val/\.'),
+    ({'train': {'a': 1, 'b': 1}, 'val': {'a': 1, 'b': 0}},
+     r"val/b' is empty"),
+])
+def test_bad_layouts_are_one_line_naming_the_fix(tmp_path, layout, message):
+  root = str(tmp_path / 'images')
+  _folder(root, layout)
+  before = snapshot(root)
+  config = small_config(root)
+  with pytest.raises(errors.DataError, match=message) as e:
+    store.get(config)
+  assert '\n' not in str(e.value)
+  assert snapshot(root) == before
+  assert not os.path.exists(config.store.dir)  # Nothing half-written.
+
+
+def test_a_read_only_store_dir_names_the_fix(tmp_path, monkeypatch):
+  import errno  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path / 'images')
+  _folder(root, {'train': {'a': 1}, 'val': {'a': 1}})
+  config = small_config(root)
+
+  def read_only(path, *args, **kwargs):
+    del args, kwargs
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+  # As root, write bits do not stop writes: fail the way a read-only mount
+  # does.
+  monkeypatch.setattr(store.os, 'makedirs', read_only)
+  with pytest.raises(errors.DataError) as e:
+    store.get(config)
+  assert str(e.value).startswith('cannot write the store in ')
+  assert str(e.value).endswith('(Read-only file system); set '
+                               '--config.store.dir=DIR to a writable '
+                               'directory.')
+
+
 def test_layout_errors(tmp_path):
   config = small_config(str(tmp_path / 'nothing'))
   with pytest.raises(errors.DataError, match='train/<class>'):
-    source.get_builder(config)
+    store.get(config)
   os.makedirs(tmp_path / 'half' / 'train' / 'a')
   (tmp_path / 'half' / 'train' / 'a' / 'x.jpg').write_bytes(b'x')
   config = small_config(str(tmp_path / 'half'))
   with pytest.raises(errors.DataError, match='val'):
-    source.get_builder(config)
+    store.get(config)
   config.data_dir = None
   with pytest.raises(errors.DataError, match='data_dir'):
-    source.get_builder(config)
+    store.get(config)

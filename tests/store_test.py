@@ -25,9 +25,7 @@ def config_in(digits_dir, store_dir):
 
 
 def split_path(config, split='train'):
-  from alexnet_jax.datasets import source  # pylint: disable=g-import-not-at-top
-  return os.path.join(store_lib.directory(source.get_builder(config), config),
-                      split)
+  return os.path.join(store_lib.directory(config), split)
 
 
 def test_prepare_prints_the_estimate_and_checks_free_disk(
@@ -167,7 +165,7 @@ def test_a_decompression_bomb_in_any_dataset_stops_prepare_in_one_line(
       '--config.max_image_pixels=N, or remove the image from the dataset.')
   # Nothing that looks prepared; a lower limit refuses the photo too, and
   # without the bomb the photo is prepared.
-  assert not os.path.exists(os.path.join(store_lib.directory(builder, config),
+  assert not os.path.exists(os.path.join(store_lib.directory(config),
                                          'train'))
   config.max_image_pixels = 1000
   with pytest.raises(errors.DataError, match='187,500 pixels'):

@@ -1,149 +1,210 @@
-"""A researcher's own images as a tfds dataset.
+"""A researcher's own images, read straight from their folder into the store.
 
 Layout (config.data_dir):
 
   DATA_DIR/train/<class name>/<image files>
   DATA_DIR/val/<class name>/<image files>
 
-Class names are the sorted sub-directories of train/. Preparation reads every
-file once with Pillow: readable images (JPEG, PNG, grey, CMYK, a PNG named
-.JPEG, ...) are converted to RGB and stored as JPEG; unreadable ones (corrupt or
-truncated files, empty files, files that are not images) are skipped and
-counted, and the count and the first few paths are logged and written to
-`skipped.json` beside the prepared records, so training never meets a bad
-image. The prepared records live in DATA_DIR/.tfds/; delete that directory
-after changing the images to prepare them again.
+Class names are the sorted sub-directories of train/; val/ must hold the same
+classes, and no class folder may be empty (each checked before anything
+is written). The folder is only ever read:
+`alexnet_jax.datasets.store` decodes each image once, through the paper's host
+preprocessing (`alexnet_jax.preprocess`), into the store it keeps under its
+own root, with a fingerprint of the files it read (names, sizes, mtimes), so a
+changed folder is prepared again and a store whose folder is gone still
+trains.
+
+Readable images (JPEG, PNG, grey, CMYK, a PNG named .JPEG, ...) are taken as
+RGB: an RGB JPEG is decoded by TensorFlow exactly as the tfds route decodes
+it, so both give the same pixels; any other image is decoded once by Pillow.
+Unreadable files (corrupt or truncated, empty, not images, or over
+`max_image_pixels`) are skipped, logged and listed in the store's
+`split.json`, so training never meets a bad image.
+
+Why not tfds' own `tfds.folder_dataset.ImageFolder`: it reads only .jpg,
+.jpeg and .png files, stops the whole pass at the first unreadable one
+instead of skipping it, takes its classes from every split together (so a
+class missing from val/ goes unnoticed), and names splits by directory
+('val', where tfds datasets say 'validation'). The tests use it as the tfds
+route to compare pixels with.
 """
 
-import io
-import json
+import concurrent.futures
+import dataclasses
+import hashlib
 import os
-from typing import List
+import re
+from typing import Dict, Iterator, List, Tuple
 
-from absl import logging
-import tensorflow_datasets as tfds
+import numpy as np
 
+from alexnet_jax import errors
 from alexnet_jax import preprocess
 
 SPLIT_DIRS = {'train': 'train', 'validation': 'val'}
-LAYOUT = ('DATA_DIR/train/<class>/<images> and DATA_DIR/val/<class>/<images>')
-SHOW_SKIPPED = 5
+LAYOUT = 'DATA_DIR/train/<class>/<images> and DATA_DIR/val/<class>/<images>'
 
 
-class LayoutError(ValueError):
+class LayoutError(errors.DataError):
   """The image folder does not have the expected layout."""
 
 
+def _visible(names):
+  return sorted(n for n in names if not n.startswith('.'))
+
+
+def _class_dirs(path: str) -> List[str]:
+  return [d for d in _visible(os.listdir(path))
+          if os.path.isdir(os.path.join(path, d))]
+
+
 def class_names(root: str) -> List[str]:
+  """The sorted class folders of root/train, checked against root/val."""
   train = os.path.join(root, 'train')
   if not os.path.isdir(train):
     raise LayoutError(f'no {train!r}: image_folder expects {LAYOUT} '
                       '(set --config.data_dir=DATA_DIR).')
-  names = sorted(d for d in os.listdir(train)
-                 if os.path.isdir(os.path.join(train, d))
-                 and not d.startswith('.'))
+  names = _class_dirs(train)
   if not names:
     raise LayoutError(f'{train!r} has no class sub-directories: image_folder '
                       f'expects {LAYOUT}.')
+  val = os.path.join(root, 'val')
+  if not os.path.isdir(val):
+    raise LayoutError(f'{val!r} is missing: image_folder expects {LAYOUT}.')
+  val_names = _class_dirs(val)
+  missing = sorted(set(names) - set(val_names))
+  extra = sorted(set(val_names) - set(names))
+  if missing:
+    raise LayoutError(
+        f'{val!r} lacks class(es) {", ".join(missing[:5])} that train/ has; '
+        'add their validation images, or remove them from train/.')
+  if extra:
+    raise LayoutError(
+        f'{val!r} has class(es) {", ".join(extra[:5])} that train/ lacks; '
+        'add their training images, or remove them from val/.')
   for split_dir in SPLIT_DIRS.values():
-    path = os.path.join(root, split_dir)
-    if not os.path.isdir(path) or not any(
-        files for _, _, files in os.walk(path)):
-      raise LayoutError(f'{path!r} is missing or holds no files: image_folder '
-                        f'expects {LAYOUT}.')
+    for name in names:
+      path = os.path.join(root, split_dir, name)
+      with os.scandir(path) as entries:
+        if not any(not e.name.startswith('.') and e.is_file()
+                   for e in entries):
+          raise LayoutError(
+              f'{path!r} is empty; add images to it, or remove the class '
+              f'{name!r} from both train/ and val/.')
   return names
 
 
-def to_rgb_jpeg(data: bytes,
-                max_pixels: int = preprocess.MAX_IMAGE_PIXELS) -> bytes:
-  """Any image Pillow can read -> RGB JPEG bytes; raises on unreadable data
-  and (preprocess.ImageTooLarge) on more than `max_pixels` pixels, from the
-  header, before decoding."""
-  with preprocess.open_checked(data, max_pixels) as image:
-    image.load()  # Decodes fully: truncated files fail here.
-    if image.format == 'JPEG' and image.mode == 'RGB':
-      return data  # Already what we store: keep the original bytes.
-    rgb = image.convert('RGB')
-  out = io.BytesIO()
-  rgb.save(out, format='JPEG', quality=95)
-  return out.getvalue()
+@dataclasses.dataclass
+class Listing:
+  """One split's files, in stored order, and the fingerprint of what they
+  were when listed."""
+  classes: List[str]
+  files: List[Tuple[str, int]]  # (path relative to the folder, label)
+  fingerprint: str
 
 
-class ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Images in class folders, checked and converted to RGB once."""
+def listing(root: str, split: str) -> Listing:
+  """The split's files (classes in order, files sorted by name), with a
+  fingerprint of the class list and every file's name, size and mtime.
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First version.'}
-
-  def __init__(self, *, root_dir: str,
-               max_pixels: int = preprocess.MAX_IMAGE_PIXELS, **kwargs):
-    self._root_dir = os.path.abspath(root_dir)
-    self._max_pixels = max_pixels
-    self._classes = class_names(self._root_dir)
-    kwargs.setdefault('data_dir', os.path.join(self._root_dir, '.tfds'))
-    super().__init__(**kwargs)
-
-  @property
-  def name(self):  # pylint: disable=invalid-overridden-method
-    return 'image_folder'
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=f'Images from {self._root_dir}.',
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(encoding_format='jpeg'),
-            'label': tfds.features.ClassLabel(names=self._classes),
-            'file_name': tfds.features.Text(),
-        }),
-        supervised_keys=('image', 'label'),
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    self._skipped = {}
-    return {split: self._generate_examples(split)
-            for split in SPLIT_DIRS}
-
-  def _generate_examples(self, split):
-    root = os.path.join(self._root_dir, SPLIT_DIRS[split])
-    skipped = []
-    for label in self._classes:
-      folder = os.path.join(root, label)
-      if not os.path.isdir(folder):
-        continue
-      for fname in sorted(os.listdir(folder)):
-        path = os.path.join(folder, fname)
-        if fname.startswith('.') or not os.path.isfile(path):
-          continue
-        try:
-          with open(path, 'rb') as f:
-            data = to_rgb_jpeg(f.read(), self._max_pixels)
-        except Exception as e:  # pylint: disable=broad-except
-          skipped.append(f'{path} ({type(e).__name__}: {e})')
-          continue
-        rel = os.path.relpath(path, self._root_dir)
-        yield rel, {'image': data, 'label': label, 'file_name': rel}
-    self._report(split, skipped)
-
-  def _report(self, split, skipped):
-    self._skipped[split] = skipped
-    if skipped:
-      logging.warning('image_folder %s: skipped %d unreadable file(s), e.g. %s',
-                      split, len(skipped), '; '.join(skipped[:SHOW_SKIPPED]))
-    path = os.path.join(os.path.dirname(self.data_dir.rstrip('/')),
-                        'skipped.json')
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, 'w') as f:
-      json.dump({k: {'count': len(v), 'files': v}
-                 for k, v in self._skipped.items()}, f, indent=1)
+  Costs one stat per file and reads no image (README "Data" gives the time).
+  """
+  if split not in SPLIT_DIRS:
+    raise errors.DataError(f'image_folder has no split {split!r}; it has '
+                           f'{sorted(SPLIT_DIRS)}.')
+  root = os.path.abspath(root)
+  classes = class_names(root)
+  digest = hashlib.sha256('\n'.join(classes).encode())
+  files = []
+  for label, name in enumerate(classes):
+    rel_dir = os.path.join(SPLIT_DIRS[split], name)
+    with os.scandir(os.path.join(root, rel_dir)) as found:
+      entries = sorted((e for e in found
+                        if not e.name.startswith('.') and e.is_file()),
+                       key=lambda e: e.name)
+    for entry in entries:
+      stat = entry.stat()
+      rel = os.path.join(rel_dir, entry.name)
+      digest.update(f'\n{rel}\t{stat.st_size}\t{stat.st_mtime_ns}'.encode())
+      files.append((rel, label))
+  return Listing(classes, files, digest.hexdigest())
 
 
-def skipped_report(builder) -> dict:
-  path = os.path.join(os.path.dirname(str(builder.data_dir).rstrip('/')),
-                      'skipped.json')
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
+class _Preprocess:
+  """The host preprocessing of one image, compiled once per image size."""
 
+  def __init__(self, image_size: int, fmt: str, quality: int):
+    tf = preprocess.tf()
+    self._tf = tf
+
+    def finish(image):
+      image = preprocess.resize_and_crop(image, image_size)
+      if fmt == 'jpeg':
+        return tf.io.encode_jpeg(image, quality=quality)
+      return image
+
+    # decode_image is what the tfds route (preprocess.decode) calls.
+    self.from_jpeg = tf.function(
+        lambda data: finish(tf.io.decode_image(
+            data, channels=3, expand_animations=False)),
+        input_signature=[tf.TensorSpec([], tf.string)])
+    self.from_pixels = tf.function(
+        finish, input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+
+  def __call__(self, data: bytes, limit: int):
+    """Encoded bytes -> the stored image (uint8 S x S x 3, or JPEG bytes)."""
+    with preprocess.open_checked(data, limit) as image:
+      if image.format == 'JPEG' and image.mode == 'RGB':
+        out = self.from_jpeg(data)
+      else:
+        image.load()  # Decodes fully: truncated files fail here.
+        out = self.from_pixels(np.asarray(image.convert('RGB')))
+    return out.numpy()
+
+
+def _reason(error: Exception) -> str:
+  """An error's message on one line, without Pillow's buffer address or
+  TensorFlow's graph-node names."""
+  text = getattr(error, 'message', None) or str(error)
+  text = re.sub(r'\{\{[^}]*\}\}\s*', '', text)
+  text = re.sub(r'\s*<_io\.BytesIO object at 0x[0-9a-f]+>', '', text)
+  return ' '.join(text.split())[:200]
+
+
+def preprocessed(root: str, files: List[Tuple[str, int]], image_size: int,
+                 fmt: str = 'raw', quality: int = 95,
+                 limit: int = preprocess.MAX_IMAGE_PIXELS,
+                 batch_size: int = 256, workers: int = 0,
+                 skipped: List[str] = None) -> Iterator[Dict[str, list]]:
+  """Batches {'image': [...], 'label': [...]} of `files`, in order.
+
+  Each image is decoded once, on `workers` threads (0: every core). Files
+  that cannot be read are left out and appended to `skipped` as
+  'path (reason)'.
+  """
+  skipped = [] if skipped is None else skipped
+  fn = _Preprocess(image_size, fmt, quality)
+  tf_errors = preprocess.tf().errors
+
+  def load(item):
+    rel, label = item
+    path = os.path.join(root, rel)
+    try:
+      with open(path, 'rb') as f:
+        return fn(f.read(), limit), label
+    except (OSError, ValueError, SyntaxError, tf_errors.OpError) as e:
+      # Pillow raises OSError (UnidentifiedImageError), ValueError or
+      # SyntaxError on bad data; TensorFlow an OpError.
+      return f'{path} ({type(e).__name__}: {_reason(e)})', None
+
+  with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count()) as ex:
+    for start in range(0, len(files), batch_size):
+      batch = {'image': [], 'label': []}
+      for out, label in ex.map(load, files[start:start + batch_size]):
+        if label is None:
+          skipped.append(out)
+        else:
+          batch['image'].append(out)
+          batch['label'].append(np.int32(label))
+      if batch['image']:
+        yield batch

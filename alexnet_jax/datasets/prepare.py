@@ -41,7 +41,7 @@ def main(argv):
     store = store_lib.get(config, repair=True)
     for name in (config.train_split, config.eval_split):
       split = store.split(name)
-      print(f'{store.builder.name} {name}: {len(split):,} examples in '
+      print(f'{config.dataset} {name}: {len(split):,} examples in '
             f'{split.path} ({split.format}, {split.bytes_per_image:,.0f} '
             'bytes per image)')
     stats = stats_lib.load_or_compute(store, config)

@@ -1,8 +1,8 @@
 """Where a dataset comes from: its tfds builder, prepared once by tfds.
 
-tfds defines every dataset this project reads: the embedded digits, a
-researcher's image folder, ImageNet from its ILSVRC-2012 tars, or any tfds
-name. `get_builder` returns the prepared builder (tfds converts the source
+tfds defines the datasets this project reads by name: the embedded digits,
+ImageNet from its ILSVRC-2012 tars, or any tfds name (an image folder is read
+by the store directly: `alexnet_jax.datasets.image_folder`). `get_builder` returns the prepared builder (tfds converts the source
 files into its records once); `preprocessed` reads a split of it in stored
 order through the paper's host preprocessing, which is how the store
 (`alexnet_jax.datasets.store`) is written and what the JPEG path costs.
@@ -27,22 +27,14 @@ def get_builder(config):
   if name == 'digits':
     from alexnet_jax.datasets import digits  # pylint: disable=unused-import,g-import-not-at-top
   if name == 'image_folder':
-    from alexnet_jax.datasets import image_folder  # pylint: disable=g-import-not-at-top
-    if not config.data_dir:
-      raise errors.DataError('dataset image_folder needs --config.data_dir='
-                             f'DATA_DIR holding {image_folder.LAYOUT}.')
-    try:
-      builder = image_folder.ImageFolder(root_dir=config.data_dir,
-                                         max_pixels=max_pixels(config))
-    except image_folder.LayoutError as e:
-      raise errors.DataError(str(e)) from e
-  else:
-    try:
-      builder = tfds.builder(name, data_dir=config.data_dir)
-    except Exception as e:  # tfds raises several types for unknown names.
-      raise errors.DataError(
-          f'dataset {name!r} is not a tfds dataset ({e}); use '
-          "'digits', 'image_folder' or a tfds name.") from e
+    raise errors.DataError('an image folder is read by the store itself, not '
+                           'through tfds (alexnet_jax.datasets.store.get).')
+  try:
+    builder = tfds.builder(name, data_dir=config.data_dir)
+  except Exception as e:  # tfds raises several types for unknown names.
+    raise errors.DataError(
+        f'dataset {name!r} is not a tfds dataset ({e}); use '
+        "'digits', 'image_folder' or a tfds name.") from e
   if not builder.is_prepared():
     if name == 'imagenet2012':
       _check_imagenet_tars(config.manual_dir, builder.data_dir)
@@ -53,12 +45,6 @@ def get_builder(config):
       kwargs['download_config'] = tfds.download.DownloadConfig(
           manual_dir=config.manual_dir)
     builder.download_and_prepare(**kwargs)
-  if name == 'image_folder':
-    for split, report in image_folder.skipped_report(builder).items():
-      if report['count']:
-        logging.warning('image_folder %s: %d unreadable file(s) were skipped '
-                        'when the dataset was prepared, e.g. %s', split,
-                        report['count'], '; '.join(report['files'][:3]))
   return builder
 
 

@@ -1,18 +1,31 @@
 """The prepared store: every split decoded and preprocessed once, read by index.
 
 `python -m alexnet_jax.datasets.prepare --config CONFIG` (or the first
-training run) reads each split of the tfds source once through the paper's
-host preprocessing (RGB, shorter side to `image_size`, centre crop, uint8:
-`alexnet_jax.preprocess`) and writes the results here. Training then only
-reads: any example by its index, so an epoch's order is a permutation, each
-host reads only its own rows, and a resumed run starts at its batch without
-reading what came before (`alexnet_jax.input_pipeline`).
+training run) reads each split of the source once (a tfds dataset's records,
+or an image folder's files: `alexnet_jax.datasets.image_folder`) through the
+paper's host preprocessing (RGB, shorter side to `image_size`, centre crop,
+uint8: `alexnet_jax.preprocess`) and writes the results here. Training then
+only reads: any example by its index, so an epoch's order is a permutation,
+each host reads only its own rows, and a resumed run starts at its batch
+without reading what came before (`alexnet_jax.input_pipeline`).
 
-Layout, beside the tfds source's records (or under `store.dir`):
+Where (`directory`, from the config alone: finding a prepared store needs
+neither tfds nor TensorFlow, nor the source):
 
-  store_<S>_<format>/<split>/data-NNNNN.array_record   the records
-  store_<S>_<format>/<split>/split.json                what they hold
-  store_<S>_<format>/<split>/stats.npz                 (train) mean and PCA
+  BASE/alexnet_jax_stores/<dataset>/store_<S>_<format>/<split>/
+      data-NNNNN.array_record   the records
+      split.json                what they hold: dataset, classes, size,
+                                format, source and its fingerprint, the
+                                files skipped as unreadable
+      stats.npz                 (train) mean image and RGB PCA
+
+BASE is `store.dir`; else, for a tfds dataset, its `data_dir`; else tfds'
+default ($TFDS_DATA_DIR, else ~/tensorflow_datasets). <dataset> is the tfds
+name, or for an image folder `image_folder_<folder name>_<hash of its path>`:
+nothing is ever written inside an image folder. Each time a store is opened
+while its image folder is present, the folder's listing (names, sizes, mtimes)
+is compared with the one recorded, and a changed split is prepared again
+(`store.check_source=False` skips that).
 
 Each record is a 4-byte little-endian int32 label followed by the image:
 `raw`, S x S x 3 uint8 pixels (196,608 bytes at S = 256), or `jpeg`, the same
@@ -29,6 +42,7 @@ file's size: a missing or truncated file is one error line naming it and the
 prepare command, and prepare rewrites that split.
 """
 
+import hashlib
 import io
 import json
 import os
@@ -51,6 +65,8 @@ LABEL_BYTES = 4  # int32, little-endian, before the image bytes.
 WRITER_OPTIONS = 'group_size:1,uncompressed'
 PREPARE_COMMAND = 'python -m alexnet_jax.datasets.prepare --config CONFIG'
 INCOMPLETE = '.incomplete'
+SHOW_SKIPPED = 5  # Unreadable files named in the log.
+MAX_LISTED = 1000  # ... and in split.json.
 
 
 class StoreError(errors.DataError):
@@ -61,8 +77,39 @@ class MissingSplit(StoreError):
   """The split has not been prepared (or its preparation did not finish)."""
 
 
-def directory(builder, config) -> str:
-  """Where the config's store lives: beside the tfds records or in store.dir."""
+STORES = 'alexnet_jax_stores'
+
+
+def base_dir(config) -> str:
+  """The writable root that stores go under: store.dir; else, for tfds
+  datasets, their data_dir; else tfds' default ($TFDS_DATA_DIR, else
+  ~/tensorflow_datasets). An image folder is never written to."""
+  if config.store.dir:
+    return os.path.abspath(os.path.expanduser(config.store.dir))
+  if config.dataset != 'image_folder' and config.data_dir:
+    return os.path.abspath(os.path.expanduser(config.data_dir))
+  return os.path.abspath(os.path.expanduser(
+      os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'))
+
+
+def dataset_key(config) -> str:
+  """The store's name for the config's dataset: the tfds name, or for an
+  image folder its name and a hash of its absolute path (two folders are
+  both 'image_folder')."""
+  if config.dataset == 'image_folder':
+    if not config.data_dir:
+      from alexnet_jax.datasets import image_folder  # pylint: disable=g-import-not-at-top
+      raise errors.DataError('dataset image_folder needs --config.data_dir='
+                             f'DATA_DIR holding {image_folder.LAYOUT}.')
+    path = os.path.abspath(os.path.expanduser(config.data_dir))
+    tag = hashlib.sha1(path.encode()).hexdigest()[:8]
+    return _safe(f'image_folder_{os.path.basename(path.rstrip("/"))}_{tag}')
+  return _safe(config.dataset)
+
+
+def directory(config) -> str:
+  """Where the config's store lives, from the config alone (no tfds):
+  BASE/alexnet_jax_stores/<dataset>/store_<S>_<format>[_q<Q>]."""
   store = config.store
   if store.format not in FORMATS:
     raise errors.ConfigError(f'store.format={store.format!r}: use one of '
@@ -70,15 +117,11 @@ def directory(builder, config) -> str:
   name = f'store_{config.image_size}_{store.format}'
   if store.format == 'jpeg':
     name += f'_q{store.jpeg_quality}'
-  if store.dir:
-    # Two image folders are both 'image_folder': the source's path tells
-    # them apart.
-    import hashlib  # pylint: disable=g-import-not-at-top
-    tag = hashlib.sha1(os.path.abspath(str(builder.data_dir)).encode()
-                       ).hexdigest()[:8]
-    return os.path.join(store.dir, f'{builder.name}_{tag}',
-                        str(builder.version), name)
-  return os.path.join(str(builder.data_dir), name)
+  return os.path.join(base_dir(config), STORES, dataset_key(config), name)
+
+
+def _safe(name: str) -> str:
+  return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)
 
 
 def _split_dir(root: str, split: str) -> str:
@@ -184,11 +227,11 @@ def _decode_jpeg(data: bytes) -> np.ndarray:
 
 
 class Store:
-  """A prepared dataset: its splits, class names and where it lives."""
+  """A prepared dataset: its splits and where it lives."""
 
-  def __init__(self, root: str, builder=None):
+  def __init__(self, root: str, dataset: str = None):
     self.root = root
-    self.builder = builder
+    self.dataset = dataset
     self._splits = {}
 
   def split(self, name: str) -> Split:
@@ -202,26 +245,32 @@ class Store:
 
 def get(config, splits: Optional[Sequence[str]] = None,
         repair: bool = False) -> Store:
-  """The config's store, preparing the tfds source and the store if needed.
+  """The config's store, found from the config alone; a split that is
+  missing, or whose image folder changed since it was written, is prepared
+  (which needs TensorFlow, and tfds for tfds datasets).
 
   A damaged split raises StoreError (naming the file and the prepare
   command) unless `repair`, which rewrites it.
   """
-  builder = source.get_builder(config)
-  return prepare(builder, config, splits, repair)
+  return prepare(None, config, splits, repair)
 
 
 def prepare(builder, config, splits: Optional[Sequence[str]] = None,
             repair: bool = False) -> Store:
   """Writes every split (default: the config's train and eval splits) that
-  is missing (or, with `repair`, damaged); returns the store."""
-  root = directory(builder, config)
-  store = Store(root, builder)
+  is missing, changed at its source, or (with `repair`) damaged; returns the
+  store. `builder`: the tfds builder to read (None: the config's own, made
+  only if a split must be written)."""
+  store = Store(directory(config), config.dataset)
   for split in splits or (config.train_split, config.eval_split):
-    source.num_examples(builder, split)  # A clear error for unknown splits.
+    path = _split_dir(store.root, split)
+    listing = None
     try:
-      store.split(split)
-      continue
+      prepared = store.split(split)
+      listing = _changed_folder(prepared, config, split)
+      if listing is None:
+        _report_skipped(prepared)
+        continue
     except MissingSplit:
       pass
     except StoreError as e:
@@ -229,28 +278,125 @@ def prepare(builder, config, splits: Optional[Sequence[str]] = None,
         raise
       logging.warning('%s Rewriting it.', e)
       print(f'store: {e} Rewriting it.', flush=True)
-      shutil.rmtree(_split_dir(root, split))
-    _write_split(builder, config, split, _split_dir(root, split))
+    if config.dataset == 'image_folder':
+      source_ = _FolderSource(config, split, listing)
+    else:
+      if builder is None:
+        builder = source.get_builder(config)
+      source_ = _TfdsSource(builder, config, split)
+    _write_split(config, split, path, source_)
     store._splits.pop(split, None)  # pylint: disable=protected-access
   return store
+
+
+def _changed_folder(prepared: Split, config, split: str):
+  """For an image-folder split whose folder is present (and store.check_source
+  is on): the folder's new listing if it differs from the store's, else
+  None. Costs one stat per file."""
+  if config.dataset != 'image_folder' or not config.store.get(
+      'check_source', True):
+    return None
+  from alexnet_jax.datasets import image_folder  # pylint: disable=g-import-not-at-top
+  root = os.path.abspath(os.path.expanduser(config.data_dir))
+  if not os.path.isdir(os.path.join(root, 'train')):
+    logging.info('store %s: its source folder %s is not here; using the '
+                 'store as it was prepared.', prepared.path, root)
+    return None
+  start = time.time()
+  listing = image_folder.listing(root, split)
+  recorded = prepared.meta.get('source', {}).get('fingerprint')
+  logging.info('store %s: %d files of %s checked in %.2f s.', split,
+               len(listing.files), root, time.time() - start)
+  if listing.fingerprint == recorded:
+    return None
+  then = prepared.meta.get('source', {}).get('num_files', '?')
+  message = (f'store: {root} {split} changed since its store was written '
+             f'({len(listing.files):,} files now, {then} then); preparing it '
+             'again (--config.store.check_source=False skips this check).')
+  logging.warning(message)
+  print(message, flush=True)
+  return listing
+
+
+def _report_skipped(split: Split):
+  skipped = split.meta.get('skipped') or {}
+  if skipped.get('count'):
+    logging.warning('%s: %d unreadable file(s) were skipped when it was '
+                    'prepared, e.g. %s (all in its %s).', split.path,
+                    skipped['count'], '; '.join(skipped['files'][:3]),
+                    SPLIT_FILE)
 
 
 def _gb(n: float) -> str:
   return f'{n / 1e9:,.2f} GB'
 
 
-def _encoded(builder, config, split):
-  """The split's preprocessed images in stored order, as record payloads."""
-  tf = preprocess.tf()
-  ds = source.preprocessed_dataset(builder, split, config.image_size,
-                                   source.max_pixels(config))
-  if config.store.format == 'jpeg':
-    quality = int(config.store.jpeg_quality)
-    ds = ds.map(lambda e: {'image': tf.io.encode_jpeg(e['image'],
-                                                      quality=quality),
-                           'label': e['label']},
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.batch(256).prefetch(2).as_numpy_iterator()
+class _TfdsSource:
+  """A split of a prepared tfds dataset, read through the host
+  preprocessing in tf.data."""
+
+  def __init__(self, builder, config, split):
+    self.builder, self.config, self.split = builder, config, split
+    self.name = f'{builder.name} {split}'
+    self.num_examples = source.num_examples(builder, split)
+    self.skipped = []
+
+  def batches(self):
+    """The split's preprocessed images in stored order, as numpy batches."""
+    tf = preprocess.tf()
+    config = self.config
+    ds = source.preprocessed_dataset(self.builder, self.split,
+                                     config.image_size,
+                                     source.max_pixels(config))
+    if config.store.format == 'jpeg':
+      quality = int(config.store.jpeg_quality)
+      ds = ds.map(lambda e: {'image': tf.io.encode_jpeg(e['image'],
+                                                        quality=quality),
+                             'label': e['label']},
+                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _too_large_is_one_line(ds.batch(256).prefetch(2).as_numpy_iterator(),
+                                  self.name, source.max_pixels(self.config))
+
+  def meta(self):
+    return {'classes': source.class_names(self.builder),
+            'source': {'tfds': self.builder.name,
+                       'version': str(self.builder.version),
+                       'data_dir': str(self.builder.data_dir)}}
+
+
+class _FolderSource:
+  """A split of an image folder, each file decoded once (image_folder)."""
+
+  def __init__(self, config, split, listing=None):
+    from alexnet_jax.datasets import image_folder  # pylint: disable=g-import-not-at-top
+    self._lib = image_folder
+    self.config, self.split = config, split
+    self.root = os.path.abspath(os.path.expanduser(config.data_dir))
+    self.listing = listing or image_folder.listing(self.root, split)
+    self.name = f'{self.root} {split}'
+    self.num_examples = len(self.listing.files)  # At most: bad files skip.
+    self.skipped = []
+
+  def batches(self):
+    config = self.config
+    return self._lib.preprocessed(
+        self.root, self.listing.files, config.image_size,
+        config.store.format, int(config.store.jpeg_quality),
+        source.max_pixels(config), skipped=self.skipped)
+
+  def meta(self):
+    return {'classes': self.listing.classes,
+            'source': {'folder': self.root,
+                       'fingerprint': self.listing.fingerprint,
+                       'num_files': len(self.listing.files)}}
+
+
+def source_batches(config, split: str):
+  """The source's preprocessed batches of `split`, as the store is written
+  from them (the benchmark's decode path)."""
+  if config.dataset == 'image_folder':
+    return _FolderSource(config, split).batches()
+  return _TfdsSource(source.get_builder(config), config, split).batches()
 
 
 def _too_large_is_one_line(batches, where, limit):
@@ -269,19 +415,13 @@ def _too_large_is_one_line(batches, where, limit):
 
 def _payloads(batch, fmt) -> List[bytes]:
   if fmt == 'raw':
-    return [label.astype('<i4').tobytes() + image.tobytes()
+    return [np.int32(label).astype('<i4').tobytes() + image.tobytes()
             for image, label in zip(batch['image'], batch['label'])]
-  return [label.astype('<i4').tobytes() + image
+  return [np.int32(label).astype('<i4').tobytes() + bytes(image)
           for image, label in zip(batch['image'], batch['label'])]
 
 
-def _write_split(builder, config, split: str, path: str):
-  """Writes one split into path.incomplete/, then renames it to path."""
-  import tqdm  # pylint: disable=g-import-not-at-top
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-  fmt = config.store.format
-  n = source.num_examples(builder, split)
-  tmp = path + INCOMPLETE
+def _make_dir(tmp: str, path: str):
   if os.path.exists(tmp):
     logging.info('Removing %s, left by an interrupted prepare.', tmp)
     shutil.rmtree(tmp)
@@ -290,10 +430,19 @@ def _write_split(builder, config, split: str, path: str):
   except OSError as e:
     raise errors.DataError(
         f'cannot write the store in {os.path.dirname(path)} ({e.strerror}); '
-        'set --config.store.dir=DIR to a writable directory.') from e
-  batches = _too_large_is_one_line(_encoded(builder, config, split),
-                                   f'{builder.name} {split}',
-                                   source.max_pixels(config))
+        'set --config.store.dir=DIR to a writable directory.') from None
+
+
+def _write_split(config, split: str, path: str, src):
+  """Writes one split from `src` into path.incomplete/, then renames it to
+  path (replacing what was there only once the new one is complete)."""
+  import tqdm  # pylint: disable=g-import-not-at-top
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  fmt = config.store.format
+  n = src.num_examples
+  tmp = path + INCOMPLETE
+  _make_dir(tmp, path)
+  batches = src.batches()
   start = time.time()
   first = next(batches, None)
   payloads = _payloads(first, fmt) if first is not None else []
@@ -301,7 +450,7 @@ def _write_split(builder, config, split: str, path: str):
   per_record = (np.mean([len(p) for p in payloads]) if payloads else 0) + 32
   estimate = per_record * n * (1.0 if fmt == 'raw' else 1.15)
   free = shutil.disk_usage(tmp).free
-  print(f'store: {builder.name} {split}: {n:,} images as {fmt} '
+  print(f'store: {src.name}: {n:,} images as {fmt} '
         f'{config.image_size}x{config.image_size} -> {path}, about '
         f'{_gb(estimate)} ({per_record:,.0f} bytes per image); '
         f'{_gb(free)} free', flush=True)
@@ -313,8 +462,7 @@ def _write_split(builder, config, split: str, path: str):
         f'the {split} split needs about {_gb(estimate)} in {path} but only '
         f'{_gb(free)} is free; free space, or set --config.store.dir=DIR on a '
         f'larger disk{smaller}.')
-  per_shard = max(1, int(config.store.file_bytes //
-                         per_record))
+  per_shard = max(1, int(config.store.file_bytes // per_record))
   files, written, total_bytes = [], 0, 0
   writer = None
 
@@ -337,31 +485,40 @@ def _write_split(builder, config, split: str, path: str):
         files[-1]['num_records'] += 1
         total_bytes += len(payload) - LABEL_BYTES
         written += 1
-      bar.update(len(payloads))
+      bar.update(written + len(src.skipped) - bar.n)
       batch = next(batches, None)
       payloads = _payloads(batch, fmt) if batch is not None else []
     if writer is not None:
       close(writer)
-  if written != n:
+  skipped = src.skipped
+  if written + len(skipped) != n or not written:
+    shutil.rmtree(tmp)
+    what = ('no readable image' if not written else
+            f'{written} images but says it has {n}')
     raise errors.DataError(
-        f'{builder.name} {split}: the tfds source gave {written} images but '
-        f'says it has {n}; prepare the tfds dataset again.')
+        f'{src.name}: the source gave {what}; check the source, and prepare '
+        'it again.')
+  if skipped:
+    logging.warning('%s: skipped %d unreadable file(s), e.g. %s', src.name,
+                    len(skipped), '; '.join(skipped[:SHOW_SKIPPED]))
+    print(f'store: {src.name}: skipped {len(skipped):,} unreadable file(s), '
+          f'listed in {os.path.join(path, SPLIT_FILE)}', flush=True)
   seconds = time.time() - start
-  meta = {'dataset': builder.name, 'version': str(builder.version),
-          'split': split, 'num_examples': n, 'format': fmt,
-          'image_size': int(config.image_size),
+  meta = {'dataset': config.dataset, 'split': split, 'num_examples': written,
+          'format': fmt, 'image_size': int(config.image_size),
           'jpeg_quality': int(config.store.jpeg_quality) if fmt == 'jpeg'
                           else None,
           'record': 'int32 little-endian label, then the image: raw uint8 '
                     'HxWx3 or JPEG bytes',
-          'classes': source.class_names(builder),
+          **src.meta(),
+          'skipped': {'count': len(skipped), 'files': skipped[:MAX_LISTED]},
           'bytes': total_bytes, 'files': files,
           'prepare_seconds': round(seconds, 3)}
   with open(os.path.join(tmp, SPLIT_FILE), 'w') as f:
     json.dump(meta, f, indent=1)
-  if os.path.exists(path):  # A split directory without its split.json.
+  if os.path.exists(path):  # The old split: changed, damaged or incomplete.
     shutil.rmtree(path)
   os.rename(tmp, path)
-  print(f'store: {split} written, {n:,} images in {seconds:.1f} s '
-        f'({n / max(seconds, 1e-9):,.0f} img/s), '
+  print(f'store: {split} written, {written:,} images in {seconds:.1f} s '
+        f'({written / max(seconds, 1e-9):,.0f} img/s), '
         f'{_gb(sum(f["bytes"] for f in files))}', flush=True)
