@@ -36,6 +36,7 @@ from alexnet_jax import errors
 from alexnet_jax import model as model_lib
 from alexnet_jax import ops
 from alexnet_jax import preprocess
+from alexnet_jax import progress as progress_lib
 from alexnet_jax import workdir as workdir_lib
 
 # Every layer whose output can be extracted, input to output.
@@ -185,7 +186,8 @@ class Features:
       crops: 1 (centre) or 10 (the paper's test); default: the config's
         `eval_crops`.
       batch_size: images per jitted call.
-      progress: show a progress bar.
+      progress: show progress (a bar on a terminal, else a log line every
+        30 s).
     """
     if layer not in LAYERS:
       raise FeaturesError(f'layer {layer!r} is unknown; use one of {LAYERS}.')
@@ -200,8 +202,11 @@ class Features:
     out = []
     bar = None
     if progress:
-      from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
-      bar = tqdm.tqdm(total=n, desc=f'{layer} features', unit='img')
+      # Lines go to stderr: this is a library call or an argparse CLI,
+      # where absl's INFO log may not be shown.
+      bar = progress_lib.Progress(
+          n, f'{layer} features',
+          log=lambda line: print(line, file=sys.stderr, flush=True))
     try:
       for start in range(0, n, batch_size):
         chunk = images[start:start + batch_size]

@@ -6,10 +6,11 @@ log, evaluate and checkpoint in durations.py, fine-tuning in finetune.py.
 
 import contextlib
 import math
+import queue
 import signal
 import threading
 import time
-from typing import Dict
+from typing import Callable, Dict
 
 from absl import logging
 import jax
@@ -25,6 +26,7 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import parallel
+from alexnet_jax import progress
 from alexnet_jax import steps as steps_lib
 from alexnet_jax import workdir as workdir_lib
 from alexnet_jax.datasets import stats as stats_lib
@@ -80,11 +82,17 @@ def evaluate(steps: steps_lib.Steps, params, split, config,
   start = time.time()
   gb = config.eval_batch_size
   rows = input_pipeline.default_rows(gb, steps.mesh)
-  for batch in input_pipeline.prefetch_to_device(
-      input_pipeline.eval_batches(split, config, rows=rows), steps.mesh,
-      global_batch=gb):
-    sums = steps.eval_step(params, batch, stats, crops=config.eval_crops)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  crops = ('centre crop' if config.eval_crops == 1 else
+           f'{config.eval_crops} crops')
+  with progress.Progress(len(split), f'eval ({crops})') as bar:
+    for batch in input_pipeline.prefetch_to_device(
+        input_pipeline.eval_batches(split, config, rows=rows), steps.mesh,
+        global_batch=gb):
+      sums = steps.eval_step(params, batch, stats, crops=config.eval_crops)
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+      done = totals  # Shown only once finished (Progress calls it first).
+      bar.update(min(gb, len(split) - bar.done),
+                 lambda: jax.block_until_ready(done))
   totals = jax.device_get(totals)
   n = float(totals.pop('count'))
   out = {k: float(v) / n for k, v in totals.items()}
@@ -147,57 +155,91 @@ def _open_dataset(config):
 
 
 class _TrainRecords:
-  """Train metrics, logged per window of steps without draining the device.
+  """Train metrics, logged per window of steps without stalling dispatch.
 
-  A window's metrics stay on the device until the next window closes (or a
-  checkpoint), so logging never waits for the step just dispatched. Throughput
-  is images over the wall time between consecutive records, evaluation left
-  out; a record's time is when its steps were seen to be done.
+  A closed window's metrics go to a thread that waits until they are ready
+  on the host, times the window by when its own steps finished
+  (progress.WindowClock), writes its record and logs its line: within moments
+  of the window's end, whatever the training loop is doing then
+  (evaluating, checkpointing, dispatching). `flush` waits for every closed
+  window and raises if one had a non-finite loss.
   """
 
-  def __init__(self, log, durations, config, ckpt):
+  def __init__(self, log, durations, config, ckpt,
+               clock: Callable[[], float] = time.time,
+               fetch: Callable = jax.device_get):
     self.log, self.durations, self.ckpt = log, durations, ckpt
     self.batch_size = config.batch_size
-    self.window, self.pending = [], []
-    self.mark, self.excluded = time.time(), 0.0
-    self.seconds, self.steps = 0.0, 0
+    self._clock, self._fetch = clock, fetch
+    self.window, self.started = [], None
+    self.windows = progress.WindowClock()
+    self.steps = 0
+    self.eval_seconds = []  # Measured by the loop; the ETA counts them in.
+    self.error = None
+    self._queue = queue.Queue()
+    self._thread = threading.Thread(target=self._run, daemon=True,
+                                    name='train-records')
+    self._thread.start()
 
   def add(self, metrics):
+    if not self.window:
+      self.started = self._clock()  # The first step's call has returned.
     self.window.append(metrics)
 
-  def close_window(self, step: int, write_all: bool):
-    """Ends the window at `step`; writes the windows before it, or all."""
-    self.pending.append((self.window, step))
+  def close_window(self, step: int):
+    """Ends the window at `step`; the thread logs it once it is done."""
+    if self.window:
+      self._queue.put((self.window, step, self.started))
     self.window = []
-    self.write(self.pending if write_all else self.pending[:-1])
+    if self.error is not None:
+      raise self.error
 
-  def write(self, windows=None):
-    """Fetches closed windows' metrics (waiting for their steps) and logs."""
-    windows = self.pending if windows is None else windows
-    self.pending = self.pending[len(windows):]
+  def flush(self):
+    """Waits until every closed window is logged; raises on divergence."""
+    self._queue.join()
+    if self.error is not None:
+      raise self.error
+
+  def close(self):
+    self._queue.put(None)
+    self._thread.join()
+
+  def _run(self):
+    while True:
+      item = self._queue.get()
+      try:
+        if item is None:
+          return
+        if self.error is None:
+          self._write(*item)
+      except Exception as e:  # pylint: disable=broad-except
+        self.error = e  # Raised in the training loop.
+      finally:
+        self._queue.task_done()
+
+  def _write(self, metrics, at, started):
+    values = self._fetch(metrics)
+    seconds = self.windows.window(started, self._clock())
+    self.steps += len(values)
     d = self.durations
-    for metrics, at in windows:
-      values = jax.device_get(metrics)
-      now = time.time()
-      seconds = now - self.mark - self.excluded
-      self.mark, self.excluded = now, 0.0
-      self.seconds += seconds
-      self.steps += len(values)
-      record = _train_record(values, at, d.steps_per_epoch, self.batch_size,
-                             seconds)
-      if not all(math.isfinite(record[k]) for k in ('loss', 'top1_err')):
-        raise errors.UserError(
-            f'the training loss became {record["loss"]} by step {at}; '
-            'the run diverged and this state was not saved. Last good '
-            f'checkpoint: step {self.ckpt.latest_step()} in '
-            f'{self.ckpt.directory}. Lower learning_rate (or resume with '
-            '--config.lr_override).')
-      self.log.write(record)
-      logging.info(
-          'epoch %.2f/%g  step %d/%d  loss %.4f  top1_err %.2f%%  lr %g  '
-          '%.1f img/s  ETA %s', d.epoch(at), d.num_epochs, at, d.total_steps,
-          record['loss'], 100 * record['top1_err'], record['lr'],
-          record['img_per_sec'], d.eta(self.seconds / self.steps, at))
+    record = _train_record(values, at, d.steps_per_epoch, self.batch_size,
+                           seconds)
+    if not all(math.isfinite(record[k]) for k in ('loss', 'top1_err')):
+      raise errors.UserError(
+          f'the training loss became {record["loss"]} by step {at}; '
+          'the run diverged and this state was not saved. Last good '
+          f'checkpoint: step {self.ckpt.latest_step()} in '
+          f'{self.ckpt.directory}. Lower learning_rate (or resume with '
+          '--config.lr_override).')
+    self.log.write(record)
+    eval_s = (sum(self.eval_seconds) / len(self.eval_seconds)
+              if self.eval_seconds else None)
+    logging.info(
+        'epoch %.2f/%.2f  step %d/%d  loss %.4f  top1_err %.2f%%  lr %g  '
+        '%.1f img/s  ETA %s', d.epoch(at), d.num_epochs, at, d.total_steps,
+        record['loss'], 100 * record['top1_err'], record['lr'],
+        record['img_per_sec'],
+        progress.eta(d, at, self.windows.seconds / self.steps, eval_s))
 
 
 def _initial_state(steps, ckpt, schedule, source, config, key):
@@ -288,7 +330,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       logging.info('Validation error stopped improving: learning rate / 10 '
                    '(drop %d of at most %d).', schedule.drops,
                    schedule.max_drops)
-    records.excluded += time.time() - t0  # Out of train img/s.
+    records.eval_seconds.append(time.time() - t0)  # For the ETA.
     return result
 
   current_lr, last_eval = None, None
@@ -321,13 +363,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         # resumed run line up with those of an uninterrupted one, and writes
         # every open window, so a non-finite loss is caught before its state
         # could be saved.
-        if durations.is_log(step) or checkpoint_now:
-          records.close_window(step, write_all=checkpoint_now)
-        if durations.is_eval(step) and not stopping:
-          # The training steps finish first (their time is train time), and
-          # their records are written, so a diverged run never evaluates.
-          jax.block_until_ready(state)
-          records.write()
+        evaluate_now = durations.is_eval(step) and not stopping
+        # An evaluation or a checkpoint ends the log window, so the records
+        # of a resumed run line up with those of an uninterrupted one.
+        if durations.is_log(step) or checkpoint_now or evaluate_now:
+          records.close_window(step)
+        if evaluate_now or checkpoint_now:
+          # Every window is logged first, so a diverged run never evaluates
+          # and a non-finite loss is caught before its state could be saved.
+          records.flush()
+        if evaluate_now:
           last_eval = run_eval(step)
         if checkpoint_now:
           save(step)
@@ -339,6 +384,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           return {'stopped_by': stopping, 'step': step}
     finally:
       batches.close()  # Stops the input threads.
+      records.close()
       ckpt.wait()  # Never leave a half-written checkpoint behind on exit.
 
   if last_eval is None:  # Nothing left to train: report the restored state.
