@@ -54,6 +54,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from alexnet_jax import errors
+from alexnet_jax import four_layer_cnn
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
@@ -315,6 +316,31 @@ def bench_pipeline(config, batches: int = 50) -> dict:
   }
 
 
+def torch_twin(model):
+  """The same network in PyTorch (NCHW), for any registered architecture."""
+  if isinstance(model, four_layer_cnn.FourLayerCNN):
+    return torch_four_layer_cnn(model)
+  return torch_alexnet(model)
+
+
+def torch_four_layer_cnn(model):
+  """Figure 1's four-layer net in PyTorch: cuda-convnet's pools, whose last
+  window hangs over the edge, are ceil_mode pools (32 -> 16 -> 8 -> 4)."""
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  act = nn.ReLU if model.activation == 'relu' else nn.Tanh
+  (_, f1, _), (_, f2, _), (_, f3, _) = four_layer_cnn.CONVS
+  size = model.input_size
+  for _ in range(3):
+    size = (size - 2) // 2 + 1
+  return nn.Sequential(
+      nn.Conv2d(3, f1, 5, 1, 2), nn.MaxPool2d(3, 2, ceil_mode=True), act(),
+      nn.Conv2d(f1, f2, 5, 1, 2), act(),
+      nn.AvgPool2d(3, 2, ceil_mode=True, count_include_pad=False),
+      nn.Conv2d(f2, f3, 5, 1, 2), act(),
+      nn.AvgPool2d(3, 2, ceil_mode=True, count_include_pad=False),
+      nn.Flatten(), nn.Linear(f3 * size * size, model.num_classes))
+
+
 def torch_alexnet(model: model_lib.AlexNet):
   """The same network in PyTorch (NCHW), as a user would write it."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -397,7 +423,7 @@ def bench_torch(config, steps, warmup, compiled: bool = False):
     torch.backends.cudnn.benchmark = True
   model = model_lib.create_model(config.model)
   torch.manual_seed(0)
-  net = torch_alexnet(model).to(device)
+  net = torch_twin(model).to(device)
   opt = torch.optim.SGD(net.parameters(), lr=config.learning_rate,
                         momentum=config.momentum,
                         weight_decay=config.weight_decay)
@@ -458,6 +484,7 @@ def run(config, steps=5, warmup=1, vs_torch=False, torch_compile=True):
   """All measurements as one dict (what the command prints)."""
   result = {'batch': config.batch_size,
             'input_size': config.model.input_size,
+            'arch': config.model.arch,
             'layout': config.model.layout,
             'dtype': config.model.dtype}
   result.update(bench_jax(config, steps, warmup))

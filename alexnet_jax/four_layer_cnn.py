@@ -108,3 +108,17 @@ class FourLayerCNN(nn.Module):
       feats['logits'] = logits
       return logits, feats
     return logits
+
+
+def _pooled(size: int) -> int:
+  return (size - 2) // 2 + 1  # 3x3 stride 2, one pixel padded (see _pool).
+
+
+def layer_macs(model: FourLayerCNN):
+  """Multiply-adds of one forward pass of one image, layer by layer."""
+  macs, size, cin = [], model.input_size, 3
+  for _, features, _ in CONVS:
+    macs.append(size * size * 25 * cin * features)
+    size, cin = _pooled(size), features
+  macs.append(size * size * cin * model.num_classes)
+  return macs

@@ -523,10 +523,13 @@ def count_params(tree) -> int:
   return int(sum(np.prod(l.shape) for l in jax.tree.leaves(tree)))
 
 
-def train_macs(model: AlexNet) -> int:
+def train_macs(model) -> int:
   """Multiply-adds of one training step per image: the forward pass and the
   backward pass's two products per layer (input and weight gradients), less
   conv1's input gradient, which is never computed (the image needs none)."""
+  if isinstance(model, four_layer_cnn.FourLayerCNN):
+    macs = four_layer_cnn.layer_macs(model)
+    return 3 * sum(macs) - macs[0]
   c1 = ops.feature_sizes(model.input_size, model.padding1, model.pool_window,
                          model.pool_stride)[0]
   s1 = model.specs()[0]
@@ -534,12 +537,15 @@ def train_macs(model: AlexNet) -> int:
   return 3 * forward_macs(model) - conv1
 
 
-def forward_macs(model: AlexNet) -> int:
-  """Multiply-adds of one forward pass of one image (convs and fc layers).
+def forward_macs(model) -> int:
+  """Multiply-adds of one forward pass of one image (convs and fc layers),
+  for any registered architecture (ARCHS).
 
   The paper's two-tower net at 224 does about 724M (tests/bench_test.py);
   LRN, pooling and the activations are not counted.
   """
+  if isinstance(model, four_layer_cnn.FourLayerCNN):
+    return int(sum(four_layer_cnn.layer_macs(model)))
   specs = model.specs()
   c1, p1, p2, _ = ops.feature_sizes(model.input_size, model.padding1,
                                     model.pool_window, model.pool_stride)

@@ -30,6 +30,58 @@ def test_counted_flops_match_the_paper():
       724e6, rel=1e-3)  # Figure 2's layer sizes at 224 x 224.
 
 
+def test_four_layer_cnn_flops_by_hand():
+  from alexnet_jax import four_layer_cnn  # pylint: disable=g-import-not-at-top
+  model = four_layer_cnn.FourLayerCNN()
+  by_hand = [32 * 32 * 25 * 3 * 32, 16 * 16 * 25 * 32 * 32,
+             8 * 8 * 25 * 32 * 64, 4 * 4 * 64 * 10]
+  assert four_layer_cnn.layer_macs(model) == by_hand
+  assert model_lib.forward_macs(model) == sum(by_hand) == 12_298_240
+  assert model_lib.train_macs(model) == 3 * sum(by_hand) - by_hand[0]
+
+
+def _arch_config(arch):
+  """Each registered architecture's own config, at toy size."""
+  from configs import figure1_cifar10  # pylint: disable=g-import-not-at-top
+  from tests.helpers import shrink  # pylint: disable=g-import-not-at-top
+  if arch == 'four_layer_cnn':
+    config = figure1_cifar10.get_config()
+    config.mesh.data = config.mesh.model = 1
+    config.batch_size = config.eval_batch_size = 16
+    return config
+  return shrink(default.get_config())
+
+
+def test_every_registered_architecture_has_a_bench_config():
+  assert set(model_lib.ARCHS) == {'alexnet', 'four_layer_cnn'}, (
+      'a new architecture: give it a config in _arch_config and the twin')
+
+
+@pytest.mark.parametrize('arch', sorted(model_lib.ARCHS))
+def test_the_benchmark_times_every_architecture(arch):
+  config = _arch_config(arch)
+  assert config.model.arch == arch
+  result = bench.run(config, steps=1, warmup=1, vs_torch=HAVE_TORCH,
+                     torch_compile=False)
+  assert FIELDS <= set(result) and result['arch'] == arch
+  assert result['train_img_per_sec'] > 0 and result['gflops_per_sec'] > 0
+  if HAVE_TORCH:
+    assert result['torch_train_img_per_sec'] > 0
+    assert result['train_speedup_vs_torch'] > 0
+
+
+def test_torch_twin_of_the_four_layer_cnn_matches_ours():
+  torch = pytest.importorskip('torch')
+  config = _arch_config('four_layer_cnn')
+  model = model_lib.create_model(config.model)
+  net = bench.torch_twin(model)
+  import jax  # pylint: disable=g-import-not-at-top
+  params = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
+  assert sum(p.numel() for p in net.parameters()) == model_lib.count_params(
+      params)
+  assert tuple(net(torch.zeros(2, 3, 32, 32)).shape) == (2, 10)
+
+
 def test_torch_twin_has_the_same_parameter_count():
   torch = pytest.importorskip('torch')
   model = model_lib.create_model(default.get_config().model)
