@@ -52,10 +52,46 @@ def kernel_grid(kernels: np.ndarray, cols: int = 8,
   return grid
 
 
+def colour_index(kernel: np.ndarray) -> float:
+  """How coloured one `(kh, kw, 3)` kernel is: 0 grey, 1 no grey at all.
+
+  With w's scalar mean subtracted (one number for all three channels) and
+  u = (1, 1, 1) / sqrt(3): the sum over pixels of |p - (p.u) u|^2 over the
+  sum of |p|^2, i.e. the share of the kernel's energy off the grey axis.
+  """
+  p = np.asarray(kernel, np.float64).reshape(-1, 3)
+  p = p - p.mean()
+  grey = p.mean(1, keepdims=True)  # (p.u) u has every channel at the mean.
+  total = float((p ** 2).sum())
+  return float(((p - grey) ** 2).sum() / total) if total > 0 else 0.0
+
+
+def colour_indices(params) -> Dict[str, object]:
+  """Each tower's conv1 colour indices, medians and quartiles (Section 6.1:
+  one tower's kernels largely colour-agnostic, the other's colour-specific).
+  `shows_it`: one tower's median is at least twice the other's."""
+  kernels = np.asarray(params['conv1']['kernel'])  # (towers, kh, kw, 3, n)
+  out = {}
+  for t in range(kernels.shape[0]):
+    values = [colour_index(kernels[t, ..., i])
+              for i in range(kernels.shape[-1])]
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    out[f'tower{t + 1}'] = {'median': float(median), 'q1': float(q1),
+                            'q3': float(q3), 'values': values}
+  medians = [v['median'] for v in out.values()]
+  if len(medians) == 2:
+    low, high = sorted(medians)
+    out['ratio'] = high / low if low > 0 else float('inf')
+    out['shows_it'] = bool(high >= 2 * low)
+  return out
+
+
 def conv1_kernels(params, path: str) -> str:
-  """Figure 3: conv1's kernels, one block per tower, upper block tower 1."""
+  """Figure 3: conv1's kernels, one block per tower, upper block tower 1,
+  each titled with its median colour index."""
   plt = _plt()
   kernels = np.asarray(params['conv1']['kernel'])  # (towers, kh, kw, 3, n)
+  index = colour_indices(params)
   towers, n = kernels.shape[0], kernels.shape[-1]
   cols = 8 if n % 8 == 0 else int(np.ceil(np.sqrt(n)))
   fig, axes = plt.subplots(towers, 1, figsize=(cols * 0.9, towers * 0.9 *
@@ -65,7 +101,8 @@ def conv1_kernels(params, path: str) -> str:
     ax = axes[t, 0]
     ax.imshow(kernel_grid(kernels[t], cols), interpolation='nearest')
     ax.set_title(f'tower {t + 1} (GPU {t + 1}): {n} kernels '
-                 f'{kernels.shape[1]}x{kernels.shape[2]}x3', fontsize=9)
+                 f'{kernels.shape[1]}x{kernels.shape[2]}x3, median colour '
+                 f'index {index[f"tower{t + 1}"]["median"]:.2f}', fontsize=9)
     ax.axis('off')
   return _save(fig, path)
 
@@ -98,11 +135,12 @@ def top5(images: Sequence[np.ndarray], probs: np.ndarray,
     img_ax, bar_ax = axes[2 * r, c], axes[2 * r + 1, c]
     img_ax.axis('on')
     _show(img_ax, images[i])
-    if labels is not None:
-      img_ax.set_title(class_names[labels[i]], fontsize=8)
+    label = None if labels is None else labels[i]
+    if label is not None:
+      img_ax.set_title(class_names[label], fontsize=8)
     order = np.argsort(-probs[i])[:k]
     bar_ax.axis('on')
-    colours = ['tab:red' if labels is not None and j == labels[i] else
+    colours = ['tab:red' if label is not None and j == label else
                'tab:blue' for j in order]
     bar_ax.barh(range(k), probs[i][order], color=colours)
     bar_ax.set_yticks(range(k))
@@ -184,6 +222,14 @@ def curves(metrics_path: str, path: str) -> str:
   return _save(fig, path)
 
 
+def labels_from_folders(paths: Sequence[str], class_names: Sequence[str]):
+  """Each image's class from its folder's name (DIR/<class>/<file>, as an
+  image folder's val/ is laid out), or None where a folder is no class."""
+  index = {str(name): i for i, name in enumerate(class_names)}
+  labels = [index.get(os.path.basename(os.path.dirname(p))) for p in paths]
+  return labels if any(l is not None for l in labels) else None
+
+
 def main(argv=None):
   import argparse  # pylint: disable=g-import-not-at-top
   from alexnet_jax import features  # pylint: disable=g-import-not-at-top
@@ -205,6 +251,10 @@ def main(argv=None):
     workdir = net.path
     written = [conv1_kernels(net.params, os.path.join(args.out,
                                                       'conv1_kernels.png'))]
+    index_path = os.path.join(args.out, 'colour_index.json')
+    with open(index_path, 'w') as f:
+      json.dump(colour_indices(net.params), f, indent=1)
+    written.append(index_path)
     metrics = os.path.join(workdir, workdir_lib.METRICS_FILE)
     if os.path.exists(metrics):
       written.append(curves(metrics, os.path.join(args.out, 'curves.png')))
@@ -215,7 +265,8 @@ def main(argv=None):
       probs = net.extract(shown, layer='probs')
       names = workdir_lib.class_names(workdir, probs.shape[1])
       written.append(top5(shown, probs, names,
-                          os.path.join(args.out, 'top5.png')))
+                          os.path.join(args.out, 'top5.png'),
+                          labels=labels_from_folders(paths, names)))
       if args.gallery:
         gallery_paths = features.image_files(args.gallery)
         gallery = net.extract(gallery_paths, progress=True)

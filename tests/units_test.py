@@ -68,3 +68,42 @@ def test_finetune_refusals_name_the_fix(tmp_path):
   config.finetune.freeze = ('conv1',)
   with pytest.raises(errors.ConfigError, match='finetune.init_from: .*neither'):
     finetune.source(config)
+
+
+def test_colour_index_of_grey_coloured_and_mixed_kernels():
+  rng = np.random.RandomState(0)
+  grey = np.repeat(rng.normal(size=(11, 11, 1)), 3, axis=2) + 5.0
+  assert viz.colour_index(grey) == pytest.approx(0.0, abs=1e-12)
+  # No grey component: every pixel's channels sum to the kernel's mean.
+  coloured = rng.normal(size=(11, 11, 3))
+  coloured -= coloured.mean(2, keepdims=True)
+  assert viz.colour_index(coloured + 3.0) == pytest.approx(1.0)
+  # Only the scalar mean is removed, not one per channel: a constant red
+  # kernel is colour, not nothing.
+  red = np.zeros((11, 11, 3))
+  red[..., 0] = 1.0
+  # p - mean = (2/3, -1/3, -1/3): its grey part is 0, so all of it is colour.
+  assert viz.colour_index(red) == pytest.approx(1.0)
+  mixed = grey - grey.mean() + coloured
+  want = (coloured ** 2).sum() / ((grey - grey.mean() + coloured) ** 2).sum()
+  assert viz.colour_index(mixed) == pytest.approx(want)
+
+
+def test_colour_indices_per_tower_say_whether_it_shows():
+  rng = np.random.RandomState(0)
+  grey = np.repeat(rng.normal(size=(11, 11, 1, 8)), 3, axis=2)
+  coloured = rng.normal(size=(11, 11, 3, 8))
+  params = {'conv1': {'kernel': np.stack([grey + 0.1 * coloured, coloured])}}
+  got = viz.colour_indices(params)
+  assert got['tower1']['median'] < 0.05 < 0.5 < got['tower2']['median']
+  assert got['shows_it'] and got['ratio'] > 2
+  assert len(got['tower2']['values']) == 8
+  params = {'conv1': {'kernel': np.stack([coloured, coloured * 2])}}
+  assert not viz.colour_indices(params)['shows_it']
+
+
+def test_true_labels_from_the_images_folders():
+  names = ['cat', 'dog']
+  assert viz.labels_from_folders(['v/dog/1.jpg', 'v/cat/2.jpg', 'x/3.jpg'],
+                                 names) == [1, 0, None]
+  assert viz.labels_from_folders(['x/3.jpg'], names) is None
