@@ -290,3 +290,42 @@ def test_layout_errors(tmp_path):
   config.data_dir = None
   with pytest.raises(errors.DataError, match='data_dir'):
     store.get(config)
+
+
+# As on a host without them: importing either fails, and find_spec (which
+# libraries such as etils use to look for TensorFlow) answers None.
+BLOCK_TF = '\n'.join([
+    'import runpy, sys',
+    "sys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None",
+    "sys.argv = ['main'] + sys.argv[1:]",
+    "runpy.run_module('alexnet_jax.main', run_name='__main__')"])
+
+
+@pytest.mark.slow
+def test_a_prepared_store_trains_and_resumes_without_tensorflow(tmp_path):
+  """Once prepared, neither TensorFlow nor tfds is imported: the store is
+  found from the config, and training, resuming and evaluating read it."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from tests.helpers import ROOT  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path / 'images')
+  make_folder(root)
+  config = small_config(root, tmp_path / 'stores')
+  store.get(config)  # Prepared with TensorFlow.
+  from alexnet_jax.datasets import stats  # pylint: disable=g-import-not-at-top
+  stats.load_or_compute(store.get(config), config)
+  env = dict(os.environ, XLA_FLAGS='', TF_CPP_MIN_LOG_LEVEL='2')
+  args = ['--config', 'configs/image_folder.py:toy', '--workdir',
+          str(tmp_path / 'run'), f'--config.data_dir={root}',
+          f'--config.store.dir={tmp_path / "stores"}',
+          '--config.model.num_classes=3', '--config.batch_size=6',
+          '--config.eval_batch_size=6', '--config.mesh.data=1',
+          '--config.log_every_steps=1']
+  for steps in (2, 4):  # A run, then its resumption.
+    proc = subprocess.run(
+        [sys.executable, '-c', BLOCK_TF] + args +
+        [f'--config.num_train_steps={steps}'], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f'Done: {steps} steps' in proc.stderr
+  assert 'Resuming from step 2' in proc.stderr

@@ -166,7 +166,8 @@ def _reason(error: Exception) -> str:
   """An error's message on one line, without Pillow's buffer address or
   TensorFlow's graph-node names."""
   text = getattr(error, 'message', None) or str(error)
-  text = re.sub(r'\{\{[^}]*\}\}\s*', '', text)
+  text = re.sub(r'\{\{[^}]*\}\}\s*|\s*\[\[.*?\]\]|\s*\[Op:[^\]]*\]', '',
+                text)
   text = re.sub(r'\s*<_io\.BytesIO object at 0x[0-9a-f]+>', '', text)
   return ' '.join(text.split())[:200]
 
