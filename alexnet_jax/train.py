@@ -321,7 +321,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     t0 = time.time()
     result = evaluate(steps, state.params, eval_split, config, stats)
     log.write({'step': step, 'epoch': durations.epoch(step), 'split': 'eval',
-               'lr': current_lr, **result})
+               'lr': current_lr, 'crops': config.eval_crops, **result})
     logging.info('eval at step %d: loss %.4f  top1_err %.2f%%  top5_err '
                  '%.2f%%  (%d images, %.1fs)', step, result['loss'],
                  100 * result['top1_err'], 100 * result['top5_err'],
@@ -389,6 +389,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   if last_eval is None:  # Nothing left to train: report the restored state.
     last_eval = evaluate(steps, state.params, eval_split, config, stats)
+    # Recorded too: this is how a finished run is evaluated with other
+    # settings (e.g. --config.eval_crops=10).
+    log.write({'step': step, 'epoch': durations.epoch(step), 'split': 'eval',
+               'lr': schedule.lr_at(step), 'crops': config.eval_crops,
+               **last_eval})
   logging.info('Done: %d steps, final top1_err %.2f%%, top5_err %.2f%%, '
                'checkpoints in %s', durations.total_steps,
                100 * last_eval['top1_err'], 100 * last_eval['top5_err'],

@@ -207,3 +207,34 @@ def test_winograd_step_times_both_builds(capsys):
   assert result['xla_defaults_step_s'] > 0 and result['ours_step_s'] > 0
   assert result['xla_cpu_options'] == options
   assert cpu_kernels.XLA_CPU_OPTIONS == options  # Restored.
+
+
+@pytest.mark.slow
+def test_summarise_run_reports_centre_and_ten_crops(digits_dir, tmp_path):
+  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  from experiments import summarise_run  # pylint: disable=g-import-not-at-top
+  config = tiny_config(digits_dir)
+  config.num_train_steps = 4
+  config.eval_crops = 1
+  workdir = str(tmp_path / 'run')
+  centre = train.train_and_evaluate(config, workdir)
+  # The finished run, evaluated again with 10 crops: appended to its log.
+  config.eval_crops = 10
+  ten = train.train_and_evaluate(config, workdir)
+  out = str(tmp_path / 'results')
+  assert summarise_run.main(['--workdir', workdir, '--out', out]) == 0
+  with open(os.path.join(out, 'results.json')) as f:
+    results = json.load(f)
+  assert results['val_top1_err_centre'] == pytest.approx(centre['top1_err'])
+  assert results['val_top1_err_10crop'] == pytest.approx(ten['top1_err'])
+  assert results['val_top5_err_10crop'] == pytest.approx(ten['top5_err'])
+  assert results['epochs'] == pytest.approx(4 / 89)
+  run = results['runs'][0]
+  assert [e['crops'] for e in run['evals']] == [1, 10]
+  assert set(results['colour_index']) >= {'tower1', 'tower2', 'shows_it'}
+  for name in ('results.md', 'curves.png', 'conv1_kernels.png',
+               'colour_index.json', 'main_metrics.jsonl', 'main_config.json'):
+    assert os.path.exists(os.path.join(out, name)), name
+  with open(os.path.join(out, 'results.md')) as f:
+    table = f.read()
+  assert f"| main | {config.model.init} | 0.04 |" in table

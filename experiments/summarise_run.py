@@ -1,0 +1,167 @@
+"""One training run's results, as committed under experiments/results/NAME/.
+
+  python -m experiments.summarise_run --workdir RUN --out experiments/results/imagenette \
+      [--label main] [--runs OTHER_RUN ...]
+
+Reads RUN/metrics.jsonl and RUN's newest checkpoint and writes into --out:
+results.json (the last centre-crop and 10-crop evaluations, epochs, wall
+time and img/s, conv1's colour index per tower, and a `runs` list with the
+same figures for every run given), results.md (the same as a table),
+curves.png (viz.curves), conv1_kernels.png and colour_index.json (viz,
+Figure 3), and metrics.jsonl and config.json copied from each run. Nothing
+here shows a dataset photo: Figure 4 is drawn by the command in command.txt.
+
+The last evaluation is the final checkpoint's; an evaluation with 10 crops
+comes from rerunning the finished workdir with --config.eval_crops=10 (the
+loop then only evaluates).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from typing import Dict, List
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _records(workdir: str) -> List[Dict]:
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def summary(workdir: str) -> Dict:
+  """The run's figures from its metrics.jsonl and config.json."""
+  records = _records(workdir)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    config = json.load(f)
+  train = [r for r in records if r['split'] == 'train']
+  evals = [r for r in records if r['split'] == 'eval']
+  # Evaluations record their crops (records from before they did: the
+  # run's eval_crops).
+  for r in evals:
+    r.setdefault('crops', config['eval_crops'])
+  last_step = train[-1]['step'] if train else 0
+  centre = [r for r in evals if r['crops'] == 1]
+  ten = [r for r in evals if r['crops'] == 10 and r['step'] == last_step]
+  out = {
+      'workdir': os.path.abspath(workdir),
+      'epochs': train[-1]['epoch'] if train else 0.0,
+      'steps': last_step,
+      'train_seconds': sum(config['batch_size'] * 1.0 / r['img_per_sec'] *
+                           _window(train, i) for i, r in enumerate(train)),
+      'train_img_per_sec_median': _median([r['img_per_sec'] for r in train]),
+      'final_train_loss': train[-1]['loss'] if train else None,
+      'model.init': config['model']['init'],
+      'evals': [{k: r[k] for k in ('step', 'epoch', 'crops', 'top1_err',
+                                   'top5_err', 'loss', 'img_per_sec',
+                                   'num_examples')} for r in evals],
+  }
+  final = [r for r in centre if r['step'] == last_step]
+  if final:
+    out['val_top1_err_centre'] = final[-1]['top1_err']
+    out['val_top5_err_centre'] = final[-1]['top5_err']
+  if ten:
+    out['val_top1_err_10crop'] = ten[-1]['top1_err']
+    out['val_top5_err_10crop'] = ten[-1]['top5_err']
+  if centre:
+    best = min(centre, key=lambda r: r['top1_err'])
+    out['best_val_top1_err_centre_selected_on_val'] = best['top1_err']
+    out['best_epoch_selected_on_val'] = best['epoch']
+  return out
+
+
+def _window(train, i):
+  """Steps in train record i's window."""
+  return train[i]['step'] - (train[i - 1]['step'] if i else 0)
+
+
+def _median(values):
+  values = sorted(values)
+  return values[len(values) // 2] if values else None
+
+
+def _pct(x):
+  return '-' if x is None else f'{100 * x:.2f}%'
+
+
+def markdown(name: str, results: Dict) -> str:
+  lines = [f'# {name}', '',
+           '| run | init | epochs | centre top-1 err | centre top-5 err | '
+           '10-crop top-1 err | 10-crop top-5 err | train img/s (median) |',
+           '|---|---|---|---|---|---|---|---|']
+  for run in results['runs']:
+    lines.append(
+        f"| {run['label']} | {run['model.init']} | {run['epochs']:.2f} | "
+        f"{_pct(run.get('val_top1_err_centre'))} | "
+        f"{_pct(run.get('val_top5_err_centre'))} | "
+        f"{_pct(run.get('val_top1_err_10crop'))} | "
+        f"{_pct(run.get('val_top5_err_10crop'))} | "
+        f"{run['train_img_per_sec_median']:.1f} |")
+  index = results.get('colour_index')
+  if index:
+    lines += ['', 'conv1 colour index (0 grey, 1 no grey; median and '
+              'quartiles per tower): ' + '; '.join(
+                  f"{t} {index[t]['median']:.3f} ({index[t]['q1']:.3f}-"
+                  f"{index[t]['q3']:.3f})" for t in ('tower1', 'tower2')
+                  if t in index) +
+              f". Shows the paper's split (one median at least twice the "
+              f"other): {index.get('shows_it')}."]
+  lines += ['', 'Every evaluation of the main run:', '',
+            '| epoch | crops | top-1 err | top-5 err |', '|---|---|---|---|']
+  for r in results['runs'][0]['evals']:
+    lines.append(f"| {r['epoch']:.2f} | {r['crops']} | "
+                 f"{_pct(r['top1_err'])} | {_pct(r['top5_err'])} |")
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog='python -m experiments.summarise_run')
+  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--out', required=True)
+  parser.add_argument('--label', default='main')
+  parser.add_argument('--runs', nargs='*', default=[],
+                      help='other runs, as LABEL=WORKDIR')
+  args = parser.parse_args(argv)
+  sys.path.insert(0, ROOT)
+  from alexnet_jax import features  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import viz  # pylint: disable=g-import-not-at-top
+  os.makedirs(args.out, exist_ok=True)
+  runs = [(args.label, args.workdir)] + [tuple(r.split('=', 1))
+                                         for r in args.runs]
+  results = {'runs': []}
+  for label, workdir in runs:
+    run = dict(summary(workdir), label=label)
+    results['runs'].append(run)
+    for name in ('metrics.jsonl', 'config.json'):
+      shutil.copy(os.path.join(workdir, name),
+                  os.path.join(args.out, f'{label}_{name}'))
+  main_run = results['runs'][0]
+  for key in ('val_top1_err_centre', 'val_top5_err_centre',
+              'val_top1_err_10crop', 'val_top5_err_10crop', 'epochs'):
+    results[key] = main_run.get(key)
+  net = features.load(args.workdir)
+  viz.conv1_kernels(net.params, os.path.join(args.out, 'conv1_kernels.png'))
+  index = viz.colour_indices(net.params)
+  results['colour_index'] = {t: {k: v for k, v in index[t].items()
+                                 if k != 'values'} for t in ('tower1',
+                                                             'tower2')
+                             if t in index}
+  results['colour_index'].update({k: index[k] for k in ('ratio', 'shows_it')
+                                  if k in index})
+  with open(os.path.join(args.out, 'colour_index.json'), 'w') as f:
+    json.dump(index, f, indent=1)
+  viz.curves(os.path.join(args.workdir, 'metrics.jsonl'),
+             os.path.join(args.out, 'curves.png'))
+  with open(os.path.join(args.out, 'results.json'), 'w') as f:
+    json.dump(results, f, indent=1)
+  with open(os.path.join(args.out, 'results.md'), 'w') as f:
+    f.write(markdown(os.path.basename(args.out.rstrip('/')), results))
+  print(f'wrote {args.out}: results.json, results.md, curves.png, '
+        'conv1_kernels.png, colour_index.json')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
