@@ -5,9 +5,12 @@ Command:
   python -m alexnet_jax.main --config configs/image_folder.py --workdir runs/mine \
       --config.data_dir=/path/to/DATA_DIR --config.model.num_classes=N
 
-DATA_DIR holds train/<class>/<images> and val/<class>/<images>; the run stops
-at once, naming the right value, if num_classes does not match the folders.
-Unreadable files are skipped (and reported) when the folder is first prepared.
+DATA_DIR holds train/<class>/<images> and val/<class>/<images> (the same
+classes, none empty); the run stops at once, naming the right value, if
+num_classes does not match the folders. DATA_DIR is only read: its store goes
+under --config.store.dir=DIR or tfds' data dir (~/tensorflow_datasets), and is
+prepared again when the folder's files change. Unreadable files are skipped
+(and reported) when the store is written.
 What to expect depends on your data: with a few hundred images per class,
 train from `model.init='he'` (as configs/digits.py does) rather than the paper's
 init, which needs ImageNet's scale to leave its initial plateau.

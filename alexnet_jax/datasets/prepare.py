@@ -4,12 +4,15 @@
       --config.manual_dir=/path/to/ilsvrc_tars [--config.data_dir=DIR] \
       [--config.store.format=raw|jpeg] [--config.store.dir=DIR]
 
-1. tfds converts the source files into its records under `config.data_dir`
-   (tfds' default, ~/tensorflow_datasets, when unset), with progress bars.
+1. For a tfds dataset, tfds converts the source files into its records
+   under `config.data_dir` (tfds' default, ~/tensorflow_datasets, when
+   unset), with progress bars. An image folder needs no such step: it is
+   only read.
 2. Every image of the train and eval splits is decoded and preprocessed once
    (RGB, shorter side to `image_size`, centre crop) into the store
-   (`alexnet_jax.datasets.store`): it prints the size it will take and the
-   free disk first, and writes each split atomically.
+   (`alexnet_jax.datasets.store`, under `store.dir` or the tfds data dir):
+   it prints the size it will take and the free disk first, and writes each
+   split atomically.
 3. The training split's mean image and RGB eigenpairs are computed in one
    pass over the store and cached in it (`alexnet_jax.datasets.stats`).
 
