@@ -40,6 +40,11 @@ def _no_pillow_limit():
     Image.MAX_IMAGE_PIXELS = saved
 
 
+# For a pool of threads that all open images: Pillow's limit is one global,
+# so it is switched off once around them all (each open checks ours).
+pillow_limit_off = _no_pillow_limit
+
+
 def header_pixels(data: bytes) -> int:
   """The pixel count an encoded image's header declares (0: not an image
   Pillow identifies; the decoder then refuses it). Decodes nothing."""

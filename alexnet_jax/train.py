@@ -88,11 +88,12 @@ def evaluate(steps: steps_lib.Steps, params, split, config,
     for batch in input_pipeline.prefetch_to_device(
         input_pipeline.eval_batches(split, config, rows=rows), steps.mesh,
         global_batch=gb):
+      earlier = totals  # One batch behind: the device is never left idle.
       sums = steps.eval_step(params, batch, stats, crops=config.eval_crops)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-      done = totals  # Shown only once finished (Progress calls it first).
-      bar.update(min(gb, len(split) - bar.done),
-                 lambda: jax.block_until_ready(done))
+      if earlier is not None:  # Shown only once finished (Progress waits).
+        bar.update(min(gb, len(split) - bar.done),
+                   lambda: jax.block_until_ready(earlier))
   totals = jax.device_get(totals)
   n = float(totals.pop('count'))
   out = {k: float(v) / n for k, v in totals.items()}
@@ -131,7 +132,9 @@ def _open_dataset(config):
   """(store, train split, eval split, class names), checked against the
   config."""
   with parallel.process_zero_first('dataset'):  # Prepared once, by process 0.
-    data = store_lib.get(config)
+    # Process 0 alone compares the folder and rewrites a changed split; the
+    # others open what it left.
+    data = store_lib.get(config, check_source=jax.process_index() == 0)
   train_split = data.split(config.train_split)
   eval_split = data.split(config.eval_split)
   names = train_split.classes
@@ -300,6 +303,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if start_step:
     logging.info('Resuming from step %d (epoch %.2f).', start_step,
                  durations.epoch(start_step))
+  fingerprint = train_split.meta.get('source', {}).get('fingerprint')
+  if meta.get('store_fingerprint') not in (None, fingerprint):
+    logging.warning(
+        'The training images changed since step %d was saved (the store was '
+        'prepared again from a changed folder): epochs from here hold the new '
+        'images, in a new order; for a clean comparison, train in a new '
+        '--workdir.', start_step)
 
   if source is not None and source['stats'] is not None:
     stats = source['stats']  # The normalisation the weights were trained on.
@@ -314,6 +324,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   def save(step):
     ckpt.save(step, state, {
+        'store_fingerprint': fingerprint,
         'schedule': schedule.state_dict(), 'epoch': durations.epoch(step),
         'data_position': durations.position(step), 'config': config.to_dict()})
 

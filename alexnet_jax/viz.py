@@ -71,6 +71,8 @@ def colour_indices(params) -> Dict[str, object]:
   one tower's kernels largely colour-agnostic, the other's colour-specific).
   `shows_it`: one tower's median is at least twice the other's."""
   kernels = np.asarray(params['conv1']['kernel'])  # (towers, kh, kw, 3, n)
+  if kernels.ndim == 4:  # One tower (the four-layer net): (kh, kw, 3, n).
+    kernels = kernels[None]
   out = {}
   for t in range(kernels.shape[0]):
     values = [colour_index(kernels[t, ..., i])
@@ -91,6 +93,8 @@ def conv1_kernels(params, path: str) -> str:
   each titled with its median colour index."""
   plt = _plt()
   kernels = np.asarray(params['conv1']['kernel'])  # (towers, kh, kw, 3, n)
+  if kernels.ndim == 4:  # One tower (the four-layer net).
+    kernels = kernels[None]
   index = colour_indices(params)
   towers, n = kernels.shape[0], kernels.shape[-1]
   cols = 8 if n % 8 == 0 else int(np.ceil(np.sqrt(n)))

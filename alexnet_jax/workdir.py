@@ -46,7 +46,7 @@ SAFE_TO_CHANGE = (
     'eval_batch_size', 'eval_crops', 'mesh.data', 'mesh.model', 'mesh.scheme',
     'distributed.coordinator_address', 'distributed.num_processes',
     'distributed.process_id', 'distributed.timeout_seconds', 'data_dir',
-    'manual_dir', 'store.dir', 'input.workers', 'input.prefetch',
+    'manual_dir', 'store.dir', 'store.check_source', 'input.workers', 'input.prefetch',
     'max_image_pixels', 'model.dtype', 'model.matmul_precision',
     'finetune.init_from',
     # Retired keys (the input before the prepared store).

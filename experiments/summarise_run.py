@@ -98,7 +98,7 @@ def markdown(name: str, results: Dict) -> str:
         f"{_pct(run.get('val_top5_err_centre'))} | "
         f"{_pct(run.get('val_top1_err_10crop'))} | "
         f"{_pct(run.get('val_top5_err_10crop'))} | "
-        f"{run['train_img_per_sec_median']:.1f} |")
+        f"{run['train_img_per_sec_median'] or 0:.1f} |")
   index = results.get('colour_index')
   if index:
     lines += ['', 'conv1 colour index (0 grey, 1 no grey; median and '

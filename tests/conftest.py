@@ -15,10 +15,14 @@ on a GPU would take its own share of the memory.
 import importlib.util
 import os
 import sys
+import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# tfds' default data dir, and so the default store root: a fresh directory,
+# never the user's ~/tensorflow_datasets.
+os.environ['TFDS_DATA_DIR'] = tempfile.mkdtemp(prefix='alexnet_jax_tests_')
 
 
 def _has_module(name: str) -> bool:

@@ -285,7 +285,7 @@ def test_layout_errors(tmp_path):
   os.makedirs(tmp_path / 'half' / 'train' / 'a')
   (tmp_path / 'half' / 'train' / 'a' / 'x.jpg').write_bytes(b'x')
   config = small_config(str(tmp_path / 'half'))
-  with pytest.raises(errors.DataError, match='val'):
+  with pytest.raises(errors.DataError, match="val' is missing"):
     store.get(config)
   config.data_dir = None
   with pytest.raises(errors.DataError, match='data_dir'):
@@ -329,3 +329,17 @@ def test_a_prepared_store_trains_and_resumes_without_tensorflow(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f'Done: {steps} steps' in proc.stderr
   assert 'Resuming from step 2' in proc.stderr
+
+
+def test_a_class_with_no_readable_image_names_its_folder(tmp_path):
+  root = tmp_path / 'images'
+  _folder(str(root), {'train': {'a': 1, 'b': 1}, 'val': {'a': 1, 'b': 1}})
+  (root / 'train' / 'b' / '0.jpg').write_bytes(b'not an image')
+  config = small_config(str(root))
+  with pytest.raises(errors.DataError, match=r"train/b' holds no readable "
+                     r'image \(1 class\(es\) like it') as e:
+    store.get(config)
+  assert '\n' not in str(e.value)
+  train_dir = os.path.join(store.directory(config), 'train')
+  assert not os.path.exists(train_dir)
+  assert not os.path.exists(train_dir + store.INCOMPLETE)

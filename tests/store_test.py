@@ -195,3 +195,20 @@ def test_a_split_in_many_files_reads_the_same(digits_dir, tmp_path):
     np.testing.assert_array_equal(got['label'], want['label'])
   with pytest.raises(IndexError, match='out of range'):
     many.read([1438])
+
+
+def test_a_store_where_earlier_versions_kept_it_is_moved_not_rewritten(
+    digits_dir, tmp_path, monkeypatch):
+  # Earlier versions kept a tfds dataset's store beside its records:
+  # DATA_DIR/<name>/<version>/store_...; an ImageNet store must not be
+  # prepared again (hours) because the layout moved.
+  config = tiny_config(digits_dir)
+  config.image_size, config.model.input_size = 72, 64
+  prepared = store_lib.directory(config)
+  config.data_dir = str(tmp_path)
+  old = tmp_path / 'digits' / '1.0.0' / os.path.basename(prepared)
+  shutil.copytree(prepared, str(old))
+  monkeypatch.setattr(store_lib, '_write_split', None)  # Must not be called.
+  data = store_lib.get(config)
+  assert data.root == store_lib.directory(config) != str(old)
+  assert not old.exists() and len(data.split('train')) == 1438

@@ -185,7 +185,6 @@ def preprocessed(root: str, files: List[Tuple[str, int]], image_size: int,
   """
   skipped = [] if skipped is None else skipped
   fn = _Preprocess(image_size, fmt, quality)
-  tf_errors = preprocess.tf().errors
 
   def load(item):
     rel, label = item
@@ -193,12 +192,14 @@ def preprocessed(root: str, files: List[Tuple[str, int]], image_size: int,
     try:
       with open(path, 'rb') as f:
         return fn(f.read(), limit), label
-    except (OSError, ValueError, SyntaxError, tf_errors.OpError) as e:
-      # Pillow raises OSError (UnidentifiedImageError), ValueError or
-      # SyntaxError on bad data; TensorFlow an OpError.
+    except Exception as e:  # pylint: disable=broad-except
+      # Pillow raises OSError (UnidentifiedImageError), ValueError,
+      # SyntaxError and others on bad data; TensorFlow an OpError. Any of
+      # them makes one file unreadable, not the folder.
       return f'{path} ({type(e).__name__}: {_reason(e)})', None
 
-  with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count()) as ex:
+  with preprocess.pillow_limit_off(), \
+      concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count()) as ex:
     for start in range(0, len(files), batch_size):
       batch = {'image': [], 'label': []}
       for out, label in ex.map(load, files[start:start + batch_size]):

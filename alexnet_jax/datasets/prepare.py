@@ -18,7 +18,8 @@
 
 Training does all three on first use too; running this first keeps the long
 ImageNet conversion (hours) out of a training job. Rerunning it is cheap: it
-checks what exists and writes only splits that are missing or damaged (a
+checks what exists and writes only splits that are missing, damaged or
+whose image folder changed (a
 training run stops on a damaged split instead, naming this command).
 """
 

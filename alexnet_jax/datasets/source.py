@@ -2,8 +2,9 @@
 
 tfds defines the datasets this project reads by name: the embedded digits,
 ImageNet from its ILSVRC-2012 tars, or any tfds name (an image folder is read
-by the store directly: `alexnet_jax.datasets.image_folder`). `get_builder` returns the prepared builder (tfds converts the source
-files into its records once); `preprocessed` reads a split of it in stored
+by the store directly: `alexnet_jax.datasets.image_folder`). `get_builder`
+returns the prepared builder (tfds converts the source files into its records
+once); `preprocessed` reads a split of it in stored
 order through the paper's host preprocessing, which is how the store
 (`alexnet_jax.datasets.store`) is written and what the JPEG path costs.
 """

@@ -101,9 +101,13 @@ def dataset_key(config) -> str:
       from alexnet_jax.datasets import image_folder  # pylint: disable=g-import-not-at-top
       raise errors.DataError('dataset image_folder needs --config.data_dir='
                              f'DATA_DIR holding {image_folder.LAYOUT}.')
-    path = os.path.abspath(os.path.expanduser(config.data_dir))
+    path = os.path.realpath(os.path.expanduser(config.data_dir))
     tag = hashlib.sha1(path.encode()).hexdigest()[:8]
     return _safe(f'image_folder_{os.path.basename(path.rstrip("/"))}_{tag}')
+  if config.store.dir and config.data_dir:
+    # One store.dir for several tfds data dirs: keep their stores apart.
+    path = os.path.realpath(os.path.expanduser(config.data_dir))
+    return _safe(f'{config.dataset}_{hashlib.sha1(path.encode()).hexdigest()[:8]}')
   return _safe(config.dataset)
 
 
@@ -244,30 +248,33 @@ class Store:
 
 
 def get(config, splits: Optional[Sequence[str]] = None,
-        repair: bool = False) -> Store:
+        repair: bool = False, check_source: bool = True) -> Store:
   """The config's store, found from the config alone; a split that is
   missing, or whose image folder changed since it was written, is prepared
   (which needs TensorFlow, and tfds for tfds datasets).
 
   A damaged split raises StoreError (naming the file and the prepare
-  command) unless `repair`, which rewrites it.
+  command) unless `repair`, which rewrites it. `check_source=False` opens a
+  prepared split without comparing its image folder.
   """
-  return prepare(None, config, splits, repair)
+  return prepare(None, config, splits, repair, check_source)
 
 
 def prepare(builder, config, splits: Optional[Sequence[str]] = None,
-            repair: bool = False) -> Store:
+            repair: bool = False, check_source: bool = True) -> Store:
   """Writes every split (default: the config's train and eval splits) that
   is missing, changed at its source, or (with `repair`) damaged; returns the
   store. `builder`: the tfds builder to read (None: the config's own, made
   only if a split must be written)."""
   store = Store(directory(config), config.dataset)
+  _adopt_legacy_store(config, store.root)
   for split in splits or (config.train_split, config.eval_split):
     path = _split_dir(store.root, split)
     listing = None
     try:
       prepared = store.split(split)
-      listing = _changed_folder(prepared, config, split)
+      listing = (_changed_folder(prepared, config, split) if check_source
+                 else None)
       if listing is None:
         _report_skipped(prepared)
         continue
@@ -287,6 +294,29 @@ def prepare(builder, config, splits: Optional[Sequence[str]] = None,
     _write_split(config, split, path, source_)
     store._splits.pop(split, None)  # pylint: disable=protected-access
   return store
+
+
+def _adopt_legacy_store(config, root: str):
+  """Moves a tfds dataset's store from where earlier versions kept it
+  (DATA_DIR/<name>/<version>/store_...: beside the tfds records) to `root`,
+  once, so an ImageNet store is not prepared again."""
+  if config.dataset == 'image_folder' or config.store.dir or os.path.exists(
+      root):
+    return
+  import glob  # pylint: disable=g-import-not-at-top
+  old = sorted(glob.glob(os.path.join(base_dir(config),
+                                      *config.dataset.split('/'), '*',
+                                      os.path.basename(root))))
+  if len(old) != 1:
+    if old:
+      logging.warning('Stores of earlier versions in %s: not moved (several '
+                      'tfds versions); move the one to use to %s.',
+                      ', '.join(old), root)
+    return
+  os.makedirs(os.path.dirname(root), exist_ok=True)
+  os.rename(old[0], root)
+  print(f'store: moved {old[0]} (where earlier versions kept it) to {root}',
+        flush=True)
 
 
 def _changed_folder(prepared: Split, config, split: str):
@@ -357,6 +387,9 @@ class _TfdsSource:
     return _too_large_is_one_line(ds.batch(256).prefetch(2).as_numpy_iterator(),
                                   self.name, source.max_pixels(self.config))
 
+  def check(self):
+    pass
+
   def meta(self):
     return {'classes': source.class_names(self.builder),
             'source': {'tfds': self.builder.name,
@@ -379,10 +412,24 @@ class _FolderSource:
 
   def batches(self):
     config = self.config
-    return self._lib.preprocessed(
+    self.counts = np.zeros(len(self.listing.classes), np.int64)
+    for batch in self._lib.preprocessed(
         self.root, self.listing.files, config.image_size,
         config.store.format, int(config.store.jpeg_quality),
-        source.max_pixels(config), skipped=self.skipped)
+        source.max_pixels(config), skipped=self.skipped):
+      np.add.at(self.counts, np.asarray(batch['label'], np.int64), 1)
+      yield batch
+
+  def check(self):
+    """Every class kept at least one readable image."""
+    empty = [c for c, n in zip(self.listing.classes, self.counts) if not n]
+    if empty:
+      split_dir = self._lib.SPLIT_DIRS[self.split]
+      raise self._lib.LayoutError(
+          f'{os.path.join(self.root, split_dir, empty[0])!r} holds no '
+          f'readable image ({len(empty)} class(es) like it; the skipped '
+          'files are logged above); replace its files, or remove the class '
+          'from both train/ and val/.')
 
   def meta(self):
     return {'classes': self.listing.classes,
@@ -392,8 +439,10 @@ class _FolderSource:
 
 
 def source_batches(config, split: str):
-  """The source's preprocessed batches of `split`, as the store is written
-  from them (the benchmark's decode path)."""
+  """The source's preprocessed batches of `split`, as uint8 pixels (the
+  benchmark's decode path: decoding and resizing, no store encoding)."""
+  config = config.copy_and_resolve_references()
+  config.store.format = 'raw'
   if config.dataset == 'image_folder':
     return _FolderSource(config, split).batches()
   return _TfdsSource(source.get_builder(config), config, split).batches()
@@ -491,6 +540,11 @@ def _write_split(config, split: str, path: str, src):
     if writer is not None:
       close(writer)
   skipped = src.skipped
+  try:
+    src.check()
+  except errors.DataError:
+    shutil.rmtree(tmp)
+    raise
   if written + len(skipped) != n or not written:
     shutil.rmtree(tmp)
     what = ('no readable image' if not written else
