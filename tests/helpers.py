@@ -48,6 +48,21 @@ def tiny_config(data_dir=None):
   return config
 
 
+def timed_writes(monkeypatch):
+  """A list that gets (wall time, record) for every metrics record written
+  (the times at which a reader of metrics.jsonl sees them)."""
+  import time  # pylint: disable=g-import-not-at-top
+  written = []
+  write = workdir_lib.MetricsLog.write
+
+  def timed_write(self, record):
+    written.append((time.time(), record))
+    write(self, record)
+
+  monkeypatch.setattr(workdir_lib.MetricsLog, 'write', timed_write)
+  return written
+
+
 def read_metrics(workdir):
   with open(os.path.join(workdir, workdir_lib.METRICS_FILE)) as f:
     return [json.loads(line) for line in f]

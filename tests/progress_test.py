@@ -13,6 +13,7 @@ from alexnet_jax import durations as durations_lib
 from alexnet_jax import errors
 from alexnet_jax import progress
 from alexnet_jax import train
+from tests.helpers import timed_writes
 
 
 def test_window_clock_times_each_window_by_its_own_completion():
@@ -204,7 +205,6 @@ def test_reported_rates_match_the_wall_clock_on_the_figure1_network(
   """Every window's img/s against the wall time between its record and the
   previous one, on the small network, where a window timed by the wrong
   step is furthest off."""
-  from alexnet_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from configs import figure1_digits  # pylint: disable=g-import-not-at-top
   config = figure1_digits.get_config()
   config.data_dir = digits_dir
@@ -213,14 +213,7 @@ def test_reported_rates_match_the_wall_clock_on_the_figure1_network(
   config.log_every_steps = 22  # Two epochs of 11 steps a window.
   config.eval_every_epochs = 4
   config.checkpoint_every_steps = 10_000  # Only at the end.
-  written = []
-  write = workdir_lib.MetricsLog.write
-
-  def timed_write(self, record):
-    written.append((time.time(), record))
-    write(self, record)
-
-  monkeypatch.setattr(workdir_lib.MetricsLog, 'write', timed_write)
+  written = timed_writes(monkeypatch)
   train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert [(r['split'], r['step']) for _, r in written] == [
       ('train', 22), ('train', 44), ('eval', 44), ('train', 66),

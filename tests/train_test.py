@@ -12,6 +12,7 @@ from alexnet_jax import workdir as workdir_lib
 from alexnet_jax.checkpoint import Checkpointer
 from tests.helpers import assert_same_run
 from tests.helpers import read_metrics
+from tests.helpers import timed_writes
 from tests.helpers import tiny_config
 from tests.helpers import train_records
 
@@ -145,20 +146,12 @@ def test_reported_throughput_is_wall_clock_throughput(digits_dir, tmp_path,
   # img/s of each train record is its images over the wall time since the
   # previous record, evaluation left out: measured here by the clock at each
   # record's write, over several windows, with an evaluation in the middle.
-  import time  # pylint: disable=g-import-not-at-top
   config = tiny_config(digits_dir)
   config.num_train_steps = 16
   config.log_every_steps = 2
   config.checkpoint_every_steps = 16
   config.eval_every_epochs = 8 / 89  # Once, at step 8, and at the end.
-  written = []
-  write = workdir_lib.MetricsLog.write
-
-  def timed_write(self, record):
-    written.append((time.time(), record))
-    write(self, record)
-
-  monkeypatch.setattr(workdir_lib.MetricsLog, 'write', timed_write)
+  written = timed_writes(monkeypatch)
   train.train_and_evaluate(config, str(tmp_path / 'run'))
   train_records = [(t, r) for t, r in written if r['split'] == 'train']
   assert [r['step'] for _, r in train_records] == list(range(2, 17, 2))
