@@ -6,6 +6,7 @@ log, evaluate and checkpoint in durations.py, fine-tuning in finetune.py.
 
 import contextlib
 import math
+import os
 import queue
 import signal
 import threading
@@ -311,8 +312,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         'images, in a new order; for a clean comparison, train in a new '
         '--workdir.', start_step)
 
+  saved_stats = os.path.join(workdir, workdir_lib.STATS_FILE)
   if source is not None and source['stats'] is not None:
     stats = source['stats']  # The normalisation the weights were trained on.
+  elif start_step and os.path.exists(saved_stats):
+    # A resumed run keeps the normalisation its checkpoint was trained with,
+    # even if its store was prepared again since.
+    stats = workdir_lib.read_stats(saved_stats)
   else:
     with parallel.process_zero_first('stats'):  # Computed once, by process 0.
       stats = load_stats(data, config)

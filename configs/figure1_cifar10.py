@@ -24,7 +24,7 @@ development machines have no internet, so there is no measured number of ours
 to expect; experiments/results/figure1/ has the same comparison on the
 embedded digits (configs/figure1_digits.py).
 
-The network is cuda-convnet's layers-80sec.cfg (alexnet_jax/four_layer_cnn.py):
+The network is cuda-convnet's layers-19pct.cfg (alexnet_jax/four_layer_cnn.py):
 32x32 images as they are (no crops, flips or lighting: "no regularization"),
 minus the mean image; no weight decay, no dropout; batch 128, momentum 0.9,
 a constant learning rate. `metrics.jsonl` gets one training record per epoch
@@ -48,7 +48,7 @@ def get_config(arg=None):
   config.model.num_classes = 10
   config.model.input_size = 32
   config.model.dropout_rate = 0.0
-  config.model.init = 'paper'  # layers-80sec.cfg's initW.
+  config.model.init = 'paper'  # layers-19pct.cfg's initW.
   config.weight_decay = 0.0
   config.batch_size = 128
   config.eval_batch_size = 500

@@ -162,7 +162,7 @@ EXPERIMENTS = {
     'figure1': TrainingSpeed(
         description=(
             "Figure 1 at small scale: the paper's four-layer CNN "
-            '(cuda-convnet layers-80sec, alexnet_jax/four_layer_cnn.py) on the '
+            '(cuda-convnet layers-19pct, alexnet_jax/four_layer_cnn.py) on the '
             'embedded digits (configs/figure1_digits.py), ReLU vs tanh, each '
             'over a learning-rate sweep, no regularisation.'),
         base=_figure1_digits,
@@ -171,7 +171,7 @@ EXPERIMENTS = {
         paper_result=FIGURE1_PAPER,
         caveat=(
             'Digits are learnt within a few epochs, and in the first ones '
-            "the ReLU network, with layers-80sec's initialisation for raw "
+            "the ReLU network, with layers-19pct's initialisation for raw "
             'pixels (conv1 weights N(0, 1e-4)), falls more slowly than tanh '
             '(results.png): that start weighs more here than over '
             "CIFAR-10's tens of epochs, where the paper measured its "

@@ -225,7 +225,7 @@ def figure1_model(**overrides):
 
 
 @pytest.mark.slow
-def test_four_layer_cnn_is_cuda_convnets_80sec_net():
+def test_four_layer_cnn_is_cuda_convnets_19pct_net():
   net = figure1_model()
   shapes = jax.tree.map(lambda s: s.shape, model_lib.param_shapes(net))
   assert shapes == {
@@ -240,7 +240,7 @@ def test_four_layer_cnn_is_cuda_convnets_80sec_net():
   # cuda-convnet's pooling sizes: 32 -> 16 -> 8 -> 4.
   assert [feats[k].shape[1:] for k in ('conv1', 'conv2', 'conv3')] == [
       (16, 16, 32), (8, 8, 32), (4, 4, 64)]
-  # layers-80sec.cfg's initW: 1e-4 for conv1, 0.01 elsewhere; biases 0.
+  # layers-19pct.cfg's initW: 1e-4 for conv1, 0.01 elsewhere; biases 0.
   assert abs(float(params['conv1']['kernel'].std()) - 1e-4) < 1e-5
   assert abs(float(params['conv3']['kernel'].std()) - 0.01) < 1e-3
   assert all(float(jnp.abs(params[k]['bias']).max()) == 0 for k in params)

@@ -20,7 +20,8 @@ REQUIRED = {'step', 'epoch', 'split', 'loss', 'top1_err', 'top5_err', 'lr',
             'img_per_sec'}
 
 
-def test_train_evaluate_checkpoint_and_resume(digits_dir, tmp_path):
+def test_train_evaluate_checkpoint_and_resume(digits_dir, tmp_path,
+                                              monkeypatch):
   workdir = str(tmp_path / 'run')
   config = tiny_config(digits_dir)
   config.num_train_steps = 6
@@ -50,7 +51,12 @@ def test_train_evaluate_checkpoint_and_resume(digits_dir, tmp_path):
           if r['split'] == split]
   assert Checkpointer(workdir).latest_step() == 6
 
-  # The same command with a longer budget resumes at step 6, not from zero.
+  # The same command with a longer budget resumes at step 6, not from zero,
+  # with the statistics the checkpoint was trained with (the workdir's), not
+  # ones computed again from a store that may have been prepared again.
+  def recompute(*args):
+    raise AssertionError(f'statistics computed again on resume: {args}')
+  monkeypatch.setattr(train.stats_lib, 'load_or_compute', recompute)
   config.num_train_steps = 8
   train.train_and_evaluate(config, workdir)
   records = read_metrics(workdir)

@@ -339,10 +339,13 @@ def _changed_folder(prepared: Split, config, split: str):
                len(listing.files), root, time.time() - start)
   if listing.fingerprint == recorded:
     return None
-  then = prepared.meta.get('source', {}).get('num_files', '?')
+  then = prepared.meta.get('source', {}).get('num_files')
+  then = '?' if then is None else f'{then:,}'
   message = (f'store: {root} {split} changed since its store was written '
-             f'({len(listing.files):,} files now, {then} then); preparing it '
-             'again (--config.store.check_source=False skips this check).')
+             f'({len(listing.files):,} files now, {then} then; the names, '
+             'sizes or modification times differ, as they do in a fresh copy '
+             'of the folder); preparing it again '
+             '(--config.store.check_source=False skips this check).')
   logging.warning(message)
   print(message, flush=True)
   return listing
