@@ -47,6 +47,9 @@ def validate_config(config: ml_collections.ConfigDict):
        f'learning_rate={config.learning_rate} must be > 0 (paper: 0.01).')
   need(config.num_epochs > 0 or config.num_train_steps > 0,
        'set num_epochs > 0 or num_train_steps > 0.')
+  need(config.stop_at_train_err == -1 or 0 < config.stop_at_train_err <= 1,
+       f'stop_at_train_err={config.stop_at_train_err}: use a training error '
+       'in (0, 1], e.g. 0.25, or -1 (off).')
   need(config.eval_every_epochs > 0,
        f'eval_every_epochs={config.eval_every_epochs} must be > 0.')
   need(config.log_every_steps > 0 and config.checkpoint_every_steps > 0,
@@ -180,6 +183,7 @@ class _TrainRecords:
     self.steps = 0
     self.eval_seconds = []  # Measured by the loop; the ETA counts them in.
     self.error = None
+    self.last_train_err = None  # The newest record's, once it is written.
     self._queue = queue.Queue()
     self._thread = threading.Thread(target=self._run, daemon=True,
                                     name='train-records')
@@ -236,6 +240,7 @@ class _TrainRecords:
           f'{self.ckpt.directory}. Lower learning_rate (or resume with '
           '--config.lr_override).')
     self.log.write(record)
+    self.last_train_err = record['top1_err']
     eval_s = (sum(self.eval_seconds) / len(self.eval_seconds)
               if self.eval_seconds else None)
     logging.info(
@@ -328,9 +333,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   log = workdir_lib.MetricsLog(workdir)
   log.roll_back(start_step)
 
-  def save(step):
+  target = config.stop_at_train_err
+  # A run that reached its training-error target is finished (see below).
+  end_step = (start_step if target > 0 and meta.get('reached_train_err')
+              else durations.total_steps)
+
+  def save(step, reached=None):
     ckpt.save(step, state, {
-        'store_fingerprint': fingerprint,
+        'store_fingerprint': fingerprint, 'reached_train_err': reached,
         'schedule': schedule.state_dict(), 'epoch': durations.epoch(step),
         'data_position': durations.position(step), 'config': config.to_dict()})
 
@@ -360,7 +370,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   step = start_step
   with StopSignals() as stop, contextlib.closing(ckpt):
     try:
-      while step < durations.total_steps:
+      while step < end_step:
         lr = schedule.lr_at(step)
         if lr != current_lr:
           state = state.replace(opt_state=optim.set_learning_rate(
@@ -385,6 +395,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         # of a resumed run line up with those of an uninterrupted one.
         if durations.is_log(step) or checkpoint_now or evaluate_now:
           records.close_window(step)
+        reached = None
+        if target > 0 and durations.is_log(step):
+          records.flush()  # Once per record: the newest training error.
+          if records.last_train_err <= target:
+            reached = records.last_train_err
+            evaluate_now = checkpoint_now = True
         if evaluate_now or checkpoint_now:
           # Every window is logged first, so a diverged run never evaluates
           # and a non-finite loss is caught before its state could be saved.
@@ -392,7 +408,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         if evaluate_now:
           last_eval = run_eval(step)
         if checkpoint_now:
-          save(step)
+          save(step, reached)
+        if reached is not None:
+          logging.info('Training error %.2f%% reached the target %g%% at step '
+                       '%d (epoch %.2f): stopped; this run is finished.',
+                       100 * reached, 100 * target, step,
+                       durations.epoch(step))
+          break
         if stopping:
           ckpt.wait()
           logging.warning('%s received: saved checkpoint %d in %s and stopped;'
@@ -412,7 +434,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                'lr': schedule.lr_at(step), 'crops': config.eval_crops,
                **last_eval})
   logging.info('Done: %d steps, final top1_err %.2f%%, top5_err %.2f%%, '
-               'checkpoints in %s', durations.total_steps,
+               'checkpoints in %s', step,
                100 * last_eval['top1_err'], 100 * last_eval['top5_err'],
                ckpt.directory)
   return last_eval

@@ -41,7 +41,8 @@ CLASSES_FILE = 'classes.json'
 # Config keys a resumed run may change; anything else would change the model,
 # the data or the optimisation the checkpoint belongs to.
 SAFE_TO_CHANGE = (
-    'lr_override', 'num_epochs', 'num_train_steps', 'eval_every_epochs',
+    'lr_override', 'num_epochs', 'num_train_steps', 'stop_at_train_err',
+    'eval_every_epochs',
     'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
     'eval_batch_size', 'eval_crops', 'mesh.data', 'mesh.model', 'mesh.scheme',
     'distributed.coordinator_address', 'distributed.num_processes',

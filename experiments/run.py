@@ -1,23 +1,37 @@
 """Runs one of the paper's experiments and writes its table and plot.
 
-  python -m experiments.run NAME [--seeds 3] [--variants a,b] [--data_dir D]
-                                 [--small]
+  python -m experiments.run NAME [--config FILE] [--config.KEY=VALUE ...]
+      [--seeds 3] [--seed K] [--variants a,b] [--aggregate_only] [--out DIR]
+      [--workdir_root DIR] [--small]
 
 Experiments (NAME):
   figure1          Figure 1 on the embedded digits: the four-layer CNN with
                    ReLU vs tanh, each over a learning-rate sweep; epochs to a
                    training-error target and training error against epochs.
-  figure1_cifar10  The same on CIFAR-10 (tfds downloads it) with the paper's
-                   25% target.
-  ablations        The paper's ablations on the digits recipe: LRN, overlapping
-                   pooling, two towers, PCA lighting, dropout, 10-crop testing.
+  figure1_cifar10  The same on CIFAR-10 (tfds downloads it, or any image
+                   folder through --config.dataset=image_folder) with the
+                   paper's 25% target; each run stops there, or at 60 epochs.
+  ablations        The paper's ablations: LRN, overlapping pooling, two
+                   towers, PCA lighting, dropout, 10-crop testing; on the
+                   digits recipe unless --config names another base.
 
 Each experiment is a base config and named variants (config overrides), run
-over seeds. Results go to experiments/results/NAME/ (or --out): results.md (the
+over seeds. `--config` replaces the base config file (for example
+configs/imagenette.py for the ablations on Imagenette) and `--config.KEY=VALUE`
+overrides any of its fields, as for `alexnet_jax.main`; the experiment's own
+protocol (e.g. the ablations' PCA lighting and 10-crop testing) is applied on
+top of the file, your overrides on top of that, and each variant's overrides
+last.
+
+Each (variant, seed) trains in `--workdir_root/NAME/VARIANT/seedK` and, once
+finished, leaves its row there (`experiment_VARIANT.json`), so a run is
+resumed, not repeated, when the command is run again, and `--variants A
+--seed K` runs just one of them (spread runs over jobs that way). Afterwards
+every finished row under the root is aggregated, whether this process trained
+it or not, into --out (default experiments/results/NAME): results.md (the
 table: mean and standard deviation over seeds beside the paper's numbers),
-results.json, a plot, command.txt (the exact command and the git commit) and
-configs/ (every resolved config). Runs live under --workdir_root and are
-resumed, not repeated, when the command is run again.
+results.json, a plot, command.txt (the commands and the git commit) and
+configs/ (every resolved config). `--aggregate_only` trains nothing.
 
 --small shrinks everything to toy size (tiny images and widths, a few steps):
 for tests of the runner, not for results.
@@ -31,7 +45,7 @@ import re
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -60,13 +74,22 @@ class Variant:
 class Experiment:
   """A base config and its variants; each kind says what it measures."""
   description: str
-  base: Callable[[], object]
+  # The base config file (relative to the repository), unless --config.
+  config_file: str
   variants: Sequence[Variant]
   caveat: str = ''
   paper_result: str = ''
+  # Overrides the experiment's protocol needs on any base config.
+  protocol: Dict[str, object] = dataclasses.field(default_factory=dict)
   # At toy size (--small): training records every this many steps (None:
   # only at the end).
   small_log_every = None
+
+  def base(self):
+    """The default base config with the protocol applied."""
+    config, _ = load_config(os.path.join(ROOT, self.config_file))
+    config.update_from_flattened_dict(dict(self.protocol))
+    return config
 
   def row(self, workdir: str, result: Dict, seed: int) -> Dict:
     """What one finished run contributes to the results."""
@@ -76,7 +99,13 @@ class Experiment:
   def summarise(self, chosen, rows):
     raise NotImplementedError
 
-  def markdown(self, name, summary, command, seeds, small) -> str:
+  def headline(self, summary, rows) -> Dict:
+    """The figures results.json gives at its top level."""
+    del summary, rows
+    return {}
+
+  def markdown(self, name, summary, command, seeds, small,
+               default_base=True) -> str:
     raise NotImplementedError
 
   def plot(self, summary, path, name):
@@ -90,8 +119,8 @@ class Ablation(Experiment):
   def summarise(self, chosen, rows):
     return _summarise(chosen, rows)
 
-  def markdown(self, name, summary, command, seeds, small):
-    return _markdown(name, self, summary, command, seeds, small)
+  def markdown(self, name, summary, command, seeds, small, default_base=True):
+    return _markdown(name, self, summary, command, seeds, small, default_base)
 
   def plot(self, summary, path, name):
     _plot(summary, path, name)
@@ -108,13 +137,17 @@ class TrainingSpeed(Experiment):
 
   def row(self, workdir, result, seed):
     return dict(super().row(workdir, result, seed),
-                train_curve=_train_curve(workdir))
+                **_speed_record(workdir, self.target_train_err))
 
   def summarise(self, chosen, rows):
     return _summarise_speed(chosen, rows, self.target_train_err)
 
-  def markdown(self, name, summary, command, seeds, small):
-    return _markdown_speed(name, self, summary, command, seeds, small)
+  def headline(self, summary, rows):
+    return _speed_headline(summary, rows, self.target_train_err)
+
+  def markdown(self, name, summary, command, seeds, small, default_base=True):
+    return _markdown_speed(name, self, summary, command, seeds, small,
+                           default_base)
 
   def plot(self, summary, path, name):
     _plot_speed(summary, self, path, name)
@@ -127,6 +160,13 @@ FIGURE1_RATES = {'relu': (0.001, 0.003, 0.005),
                  'tanh': (0.01, 0.03, 0.1, 0.3)}
 
 
+# On CIFAR-10: around cuda-convnet's own rate for this net (epsW 0.001 on the
+# batch-mean gradient, layer-params-19pct.cfg) for ReLU; tanh, whose units
+# saturate instead of growing, tolerates and needs larger steps.
+FIGURE1_CIFAR10_RATES = {'relu': (0.001, 0.002, 0.004),
+                         'tanh': (0.01, 0.03, 0.1)}
+
+
 def _figure1_variants(rates):
   return tuple(Variant(f'{act}, lr {lr:g}',
                        {'model.activation': act, 'learning_rate': lr},
@@ -134,28 +174,9 @@ def _figure1_variants(rates):
                for act, grid in rates.items() for lr in grid)
 
 
-def _figure1_digits():
-  from configs import figure1_digits  # pylint: disable=g-import-not-at-top
-  return figure1_digits.get_config()
-
-
-def _figure1_cifar10():
-  from configs import figure1_cifar10  # pylint: disable=g-import-not-at-top
-  return figure1_cifar10.get_config()
-
-
 FIGURE1_PAPER = ('Figure 1 (CIFAR-10): ReLU reaches 25% training error six '
                  'times faster than tanh (about 6 vs 36 epochs, read off the '
                  'figure); learning rates tuned for each, no regularisation.')
-
-
-def _ablation_base():
-  from configs import digits  # pylint: disable=g-import-not-at-top
-  config = digits.get_config()
-  # The paper's training and test protocol on top of the digits recipe.
-  config.augment.pca_lighting = 0.1
-  config.eval_crops = 10
-  return config
 
 
 EXPERIMENTS = {
@@ -165,7 +186,7 @@ EXPERIMENTS = {
             '(cuda-convnet layers-19pct, alexnet_jax/four_layer_cnn.py) on the '
             'embedded digits (configs/figure1_digits.py), ReLU vs tanh, each '
             'over a learning-rate sweep, no regularisation.'),
-        base=_figure1_digits,
+        config_file='configs/figure1_digits.py',
         variants=_figure1_variants(FIGURE1_RATES),
         target_train_err=0.05,
         paper_result=FIGURE1_PAPER,
@@ -184,17 +205,20 @@ EXPERIMENTS = {
             "Figure 1 as in the paper: the four-layer CNN on CIFAR-10 "
             '(configs/figure1_cifar10.py), ReLU vs tanh, each over a '
             'learning-rate sweep, no regularisation, 25% training-error '
-            'target.'),
-        base=_figure1_cifar10,
-        variants=_figure1_variants(FIGURE1_RATES),
+            'target; each run stops at the target or at 60 epochs.'),
+        config_file='configs/figure1_cifar10.py',
+        variants=_figure1_variants(FIGURE1_CIFAR10_RATES),
         target_train_err=0.25,
+        protocol={'stop_at_train_err': 0.25},
         paper_result=FIGURE1_PAPER),
     'ablations': Ablation(
         description=(
             "The paper's ablations (Sections 3.3-3.5, 4.1, 4.2), each one "
-            'change to one base config: configs/digits.py with PCA lighting '
-            '(0.1) and 10-crop testing, as in the paper.'),
-        base=_ablation_base,
+            'change to one base config (configs/digits.py unless --config) '
+            'with PCA lighting (0.1) and 10-crop testing, as in the paper.'),
+        config_file='configs/digits.py',
+        # The paper's training and test protocol on any base recipe.
+        protocol={'augment.pca_lighting': 0.1, 'eval_crops': 10},
         variants=(
             Variant('base'),
             Variant('no LRN', {'model.lrn.enabled': False}, (1.4, 1.2)),
@@ -256,11 +280,74 @@ def _commit() -> str:
   return sha + (' (with uncommitted changes)' if dirty else '')
 
 
+def load_config(path: str, overrides: Sequence[str] = ()):
+  """(config, {key: value}) from a config file ('FILE[:ARG]', as --config
+  takes) and `--config.KEY=VALUE` arguments, parsed as alexnet_jax.main
+  parses them (a private flag registry, so nothing global changes)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
+  if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)  # Config files import `configs.default`.
+  registry = flags.FlagValues()
+  argv = ['experiments.run', f'--config={path}', *overrides]
+  # sys_argv: where config_flags finds the --config.KEY flags to define.
+  config_flags.DEFINE_config_file('config', None, 'the base config',
+                                  flag_values=registry, lock_config=True,
+                                  sys_argv=argv)
+  cli.parse_flags(argv, registry, prog='experiments.run')
+  config = cli.loaded_config(registry, prog='experiments.run')
+  return config, dict(config_flags.get_override_values(registry['config']))
+
+
+def _split_config_args(argv: Sequence[str]):
+  """(--config FILE or None, [--config.KEY=VALUE ...], the other arguments)."""
+  path, overrides, rest = None, [], []
+  args = iter(argv)
+  for a in args:
+    if a == '--config':
+      path = next(args, '')
+    elif a.startswith('--config='):
+      path = a.split('=', 1)[1]
+    elif a.startswith('--config.'):
+      overrides.append(a if '=' in a else f'{a}={next(args, "")}')
+    else:
+      rest.append(a)
+  return path, overrides, rest
+
+
+def configure(exp: Experiment, variant: Variant, seed: int,
+              config_file: Optional[str] = None, overrides: Sequence[str] = (),
+              small: bool = False, data_dir: Optional[str] = None):
+  """One run's config: the base file, the experiment's protocol, --small,
+  the user's overrides, then the variant's, then the seed."""
+  path = config_file or os.path.join(ROOT, exp.config_file)
+  config, given = load_config(path, overrides)
+  config.update_from_flattened_dict(dict(exp.protocol))
+  if small:
+    shrink(config, log_every=exp.small_log_every)
+  if data_dir:
+    config.data_dir = data_dir
+  config.update_from_flattened_dict(given)  # Yours win over the protocol's.
+  config.update_from_flattened_dict(dict(variant.overrides))
+  config.seed = seed
+  return config
+
+
+def row_file(workdir: str, variant: Variant) -> str:
+  """Where a finished (variant, seed) leaves its row."""
+  return os.path.join(workdir, f'experiment_{variant.slug}.json')
+
+
 def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = None,
                    out: Optional[str] = None, workdir_root: str = 'runs/experiments',
                    small: bool = False, argv: Sequence[str] = (),
-                   data_dir: Optional[str] = None) -> Dict:
-  """Runs (or resumes) every variant x seed; writes the results directory."""
+                   data_dir: Optional[str] = None,
+                   config_file: Optional[str] = None,
+                   overrides: Sequence[str] = (), only_seed: Optional[int] = None,
+                   train_runs: bool = True) -> Dict:
+  """Runs (or resumes) the chosen variants x seeds, then aggregates every
+  finished run under the root into the results directory."""
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   if name not in EXPERIMENTS:
     raise SystemExit(f'experiments.run: error: unknown experiment {name!r}; '
@@ -274,50 +361,120 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
       raise SystemExit(f'experiments.run: error: unknown variant(s) {unknown}; '
                        f'choose from {sorted(by_slug)}.')
     chosen = [v for v in exp.variants if v.slug in variants or v.slug == 'base']
+  if only_seed is not None and not 0 <= only_seed < seeds:
+    raise SystemExit(f'experiments.run: error: --seed {only_seed} is not one '
+                     f'of the {seeds} seeds (0..{seeds - 1}); raise --seeds.')
   out = out or os.path.join(ROOT, 'experiments', 'results', name)
   os.makedirs(os.path.join(out, 'configs'), exist_ok=True)
-  rows = {v.slug: [] for v in chosen}
   start = time.time()
-  for seed in range(seeds):
+  run_seeds = range(seeds) if only_seed is None else [only_seed]
+  for seed in run_seeds if train_runs else ():
     for v in chosen:
-      config = exp.base()
-      if small:
-        shrink(config, log_every=exp.small_log_every)
-      config.seed = seed
-      if data_dir:
-        config.data_dir = data_dir
-      config.update_from_flattened_dict(dict(v.overrides))
+      config = configure(exp, v, seed, config_file, overrides, small, data_dir)
       source = v.slug if not v.eval_only else 'base'
       workdir = os.path.join(workdir_root, name, source, f'seed{seed}')
       print(f'[{name}] {v.name}, seed {seed} -> {workdir}', flush=True)
       result = train.train_and_evaluate(config, workdir)
-      rows[v.slug].append(exp.row(workdir, result, seed))
-      with open(os.path.join(out, 'configs', f'{v.slug}_seed{seed}.json'),
+      if 'stopped_by' in result:  # Preempted: resumable, nothing to report.
+        raise SystemExit(f'[{name}] stopped by {result["stopped_by"]} at step '
+                         f'{result["step"]}; rerun the same command to '
+                         'resume.')
+      row = dict(exp.row(workdir, result, seed), config=config.to_dict())
+      with open(row_file(workdir, v) + '.tmp', 'w') as f:
+        json.dump(row, f, default=repr)
+      os.replace(row_file(workdir, v) + '.tmp', row_file(workdir, v))
+  rows = _finished_rows(exp, name, workdir_root)
+  shown = [v for v in exp.variants if rows[v.slug]]
+  if not shown:
+    raise SystemExit(f'experiments.run: error: no finished run of {name} '
+                     f'under {workdir_root}; run without --aggregate_only '
+                     'first.')
+  if 'base' in rows and not rows['base']:
+    shown = [v for v in shown if v.slug == 'base']  # Deltas need the base.
+  for v in shown:
+    for r in rows[v.slug]:
+      with open(os.path.join(out, 'configs', f'{v.slug}_seed{r["seed"]}.json'),
                 'w') as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  summary = exp.summarise(chosen, rows)
+        json.dump(r.pop('config'), f, indent=2, sort_keys=True)
+  rows = {v.slug: rows[v.slug] for v in shown}
+  summary = exp.summarise(shown, rows)
   command = 'python -m experiments.run ' + ' '.join(argv or [name])
+  commands = _commands(out, command)
+  n_seeds = max(len(r) for r in rows.values())
+  default_base = config_file is None
   with open(os.path.join(out, 'results.json'), 'w') as f:
-    json.dump({'experiment': name, 'command': command, 'commit': _commit(),
-               'seeds': seeds, 'small': small, 'variants': summary,
+    json.dump({'experiment': name, 'command': command, 'commands': commands,
+               'commit': _commit(), 'base_config': config_file or
+               exp.config_file, 'seeds': n_seeds, 'small': small,
+               **exp.headline(summary, rows), 'variants': summary,
                'runs': rows}, f, indent=1)
   with open(os.path.join(out, 'command.txt'), 'w') as f:
-    f.write(f'{command}\n# commit {_commit()}\n# this invocation: '
-            f'{time.time() - start:.0f} s (runs finished earlier are reused, '
-            'not trained again)\n')
+    f.write('\n'.join(commands) + f'\n# commit {_commit()}\n# this '
+            f'invocation: {time.time() - start:.0f} s (runs finished earlier '
+            'are reused, not trained again)\n')
   with open(os.path.join(out, 'results.md'), 'w') as f:
-    f.write(exp.markdown(name, summary, command, seeds, small))
+    f.write(exp.markdown(name, summary, '; '.join(f'`{c}`' for c in commands),
+                         n_seeds, small, default_base))
   exp.plot(summary, os.path.join(out, 'results.png'), name)
   print(f'[{name}] wrote {out}/results.md')
   return summary
 
 
-def _train_curve(workdir):
+def _commands(out: str, command: str) -> List[str]:
+  """Every command that contributed to this results directory, in order."""
+  try:
+    with open(os.path.join(out, 'results.json')) as f:
+      earlier = json.load(f).get('commands', [])
+  except (OSError, ValueError):
+    earlier = []
+  return [c for c in earlier if c != command] + [command]
+
+
+def _finished_rows(exp: Experiment, name: str, workdir_root: str):
+  """{variant slug: [row per finished seed, by seed]} under the root."""
+  rows = {}
+  for v in exp.variants:
+    source = v.slug if not v.eval_only else 'base'
+    found = []
+    parent = os.path.join(workdir_root, name, source)
+    for seed_dir in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
+      path = row_file(os.path.join(parent, seed_dir), v)
+      if os.path.exists(path):
+        with open(path) as f:
+          found.append(json.load(f))
+    rows[v.slug] = sorted(found, key=lambda r: r['seed'])
+  return rows
+
+
+def _train_curve(records):
   """[(epoch, step, training error)] from a run's training records."""
-  from alexnet_jax import viz  # pylint: disable=g-import-not-at-top
   return [(r['epoch'], r['step'], r['top1_err'])
-          for r in viz.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
-          if r.get('split') == 'train']
+          for r in records if r.get('split') == 'train']
+
+
+def _speed_record(workdir: str, target: float) -> Dict:
+  """A training-speed run's curve, its test error when it first reached the
+  target (if it was evaluated then), and its training time and rate."""
+  from alexnet_jax import viz  # pylint: disable=g-import-not-at-top
+  records = viz.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+  curve = _train_curve(records)
+  hit = first_reaching(curve, target)
+  evals = {r['step']: r['top1_err'] for r in records
+           if r.get('split') == 'eval'}
+  with open(os.path.join(workdir, 'config.json')) as f:
+    batch = json.load(f)['batch_size']
+  seconds, images, step = 0.0, 0, 0
+  for r in records:
+    if r.get('split') == 'train':
+      n = (r['step'] - step) * batch
+      seconds += n / r['img_per_sec']
+      images += n
+      step = r['step']
+  return {'train_curve': curve,
+          'epochs_to_target': hit[0] if hit else None,
+          'test_err_at_target': evals.get(hit[1]) if hit else None,
+          'train_seconds': seconds,
+          'img_per_sec': images / seconds if seconds else None}
 
 
 def first_reaching(curve, target):
@@ -329,7 +486,12 @@ def first_reaching(curve, target):
 
 
 def _summarise_speed(chosen, rows, target):
-  """Epochs to the target per variant, and the fastest variant per group."""
+  """Epochs to the target per variant, and the fastest variant per group.
+
+  The fastest is chosen on the seeds every variant of its group ran (the
+  sweep: seed 0 if only the winners ran more), among the variants that
+  reached the target on all of them; its figures are over all its seeds.
+  """
   variants = []
   for v in chosen:
     hits = [first_reaching(r['train_curve'], target) for r in rows[v.slug]]
@@ -341,29 +503,60 @@ def _summarise_speed(chosen, rows, target):
     mean_curve = [(curves[0][i][0],
                    float(np.mean([c[i][2] for c in curves])))
                   for i in range(length)]
+    at_target = [r.get('test_err_at_target') for r in rows[v.slug]]
+    at_target = [e for e in at_target if e is not None]
+    rates = [r['img_per_sec'] for r in rows[v.slug] if r.get('img_per_sec')]
     variants.append({
         'variant': v.name, 'slug': v.slug, 'group': v.group,
         'learning_rate': v.overrides.get('learning_rate'), 'n': len(hits),
+        'seeds': [r['seed'] for r in rows[v.slug]],
         'reached': len(reached),
         'epochs_to_target': float(epochs.mean()) if reached else None,
         'epochs_std': float(epochs.std(ddof=1)) if len(reached) > 1 else 0.0,
+        'epochs_per_seed': [h[0] if h else None for h in hits],
         'steps_to_target': (float(np.mean([h[1] for h in reached]))
                             if reached else None),
         'final_train_err': float(np.mean([c[-1][2] for c in curves])),
         'val_top1_err': float(np.mean([r['top1_err'] for r in rows[v.slug]])),
+        'test_err_at_target': (float(np.mean(at_target)) if at_target
+                               else None),
+        'train_seconds': float(sum(r.get('train_seconds') or 0
+                                   for r in rows[v.slug])),
+        'img_per_sec': float(np.mean(rates)) if rates else None,
         'curve': mean_curve})
   best = {}
-  for s in variants:
-    # Only variants that reached the target on every seed can be the
-    # fastest; among them the fewest epochs, then the lowest final error.
-    if s['reached'] != s['n']:
-      continue
-    key = (s['epochs_to_target'], s['final_train_err'])
-    if s['group'] not in best or key < best[s['group']][0]:
-      best[s['group']] = (key, s['slug'])
+  for group in {s['group'] for s in variants}:
+    members = [s for s in variants if s['group'] == group]
+    shared = set.intersection(*(set(s['seeds']) for s in members))
+    for s in members:
+      sweep = [e for seed, e in zip(s['seeds'], s['epochs_per_seed'])
+               if seed in shared]
+      if not sweep or None in sweep:
+        continue  # It must reach the target on every seed compared.
+      key = (float(np.mean(sweep)), s['final_train_err'])
+      if group not in best or key < best[group][0]:
+        best[group] = (key, s['slug'])
   for s in variants:
     s['fastest_in_group'] = best.get(s['group'], (None, None))[1] == s['slug']
   return variants
+
+
+def _speed_headline(summary, rows, target):
+  """The fastest variants' figures: epochs to the target (seed mean and per
+  seed) per activation, their ratio, and the test error at the target."""
+  del rows
+  fast = _fastest(summary)
+  key = f'epochs_to_{100 * target:g}pct'
+  out = {key: {g: s['epochs_to_target'] for g, s in fast.items()},
+         f'{key}_per_seed': {g: dict(zip(s['seeds'], s['epochs_per_seed']))
+                             for g, s in fast.items()},
+         'learning_rate': {g: s['learning_rate'] for g, s in fast.items()},
+         'test_err': {g: s['test_err_at_target'] for g, s in fast.items()},
+         'ratio': None}
+  if {'relu', 'tanh'} <= set(fast):
+    out['ratio'] = (fast['tanh']['epochs_to_target'] /
+                    fast['relu']['epochs_to_target'])
+  return out
 
 
 def _fastest(summary):
@@ -383,14 +576,16 @@ def _grid_edge(summary, fastest):
   return ''
 
 
-def _markdown_speed(name, exp, summary, command, seeds, small):
+def _markdown_speed(name, exp, summary, command, seeds, small,
+                    default_base=True):
   target = 100 * exp.target_train_err
   lines = [f'# {name}', '', exp.description, '',
-           f'Command: `{command}` (commit {_commit()}); {seeds} seed(s) per '
-           f'variant. Epochs to reach {target:g}% training error (the mean '
-           "error of each epoch's training batches, as in Figure 1): mean ± "
-           'standard deviation over the seeds that reached it. Fastest of '
-           'each activation in bold.', '']
+           f'Commands: {command} (commit {_commit()}); up to {seeds} seed(s) '
+           f'per variant. Epochs to reach {target:g}% training error (the '
+           "mean error of each epoch's training batches, as in Figure 1): "
+           'mean ± standard deviation over the seeds that reached it. Fastest '
+           'of each activation in bold, chosen on the seeds every rate of '
+           'that activation ran.', '']
   if small:
     lines += ['**Toy size (--small): these numbers test the runner and mean '
               'nothing.**', '']
@@ -407,6 +602,15 @@ def _markdown_speed(name, exp, summary, command, seeds, small):
               f"{t['learning_rate']:g}) in {t['epochs_to_target']:.1f} "
               f"({t['steps_to_target']:.0f} steps): {verdict}.**", '']
     for s in (r, t):
+      per_seed = ', '.join(f'seed {k}: {"never" if e is None else f"{e:g}"}'
+                           for k, e in zip(s['seeds'], s['epochs_per_seed']))
+      lines.append(f"- {s['group']}, lr {s['learning_rate']:g}: epochs to "
+                   f'target per seed {per_seed}' +
+                   ('' if s['test_err_at_target'] is None else
+                    f"; test error then {100 * s['test_err_at_target']:.2f}%")
+                   + '.')
+    lines.append('')
+    for s in (r, t):
       edge = _grid_edge(summary, s)
       if edge:
         lines += [f"Note: lr {s['learning_rate']:g} is the {edge} rate tried "
@@ -420,17 +624,22 @@ def _markdown_speed(name, exp, summary, command, seeds, small):
   if exp.paper_result:
     lines += [f'Paper: {exp.paper_result}', '']
   lines += ['| variant | epochs to target | steps to target | reached | final '
-            'training err | validation err |', '|---|---|---|---|---|---|']
+            'training err | test err at target | final test err | training '
+            'time | img/s |', '|---|---|---|---|---|---|---|---|---|']
   for s in summary:
     bold = '**' if s['fastest_in_group'] else ''
     epochs = ('never' if s['epochs_to_target'] is None else
               f"{s['epochs_to_target']:.1f} ± {s['epochs_std']:.1f}")
     steps = ('—' if s['steps_to_target'] is None else
              f"{s['steps_to_target']:.0f}")
+    at_target = ('—' if s['test_err_at_target'] is None else
+                 f"{100 * s['test_err_at_target']:.2f}%")
+    rate = '—' if s['img_per_sec'] is None else f"{s['img_per_sec']:,.0f}"
     lines.append(f"| {bold}{s['variant']}{bold} | {epochs} | {steps} | "
                  f"{s['reached']}/{s['n']} | {100 * s['final_train_err']:.2f}% "
-                 f"| {100 * s['val_top1_err']:.2f}% |")
-  if exp.caveat:
+                 f"| {at_target} | {100 * s['val_top1_err']:.2f}% | "
+                 f"{s['train_seconds'] / 60:.1f} min | {rate} |")
+  if exp.caveat and default_base:
     lines += ['', f'Caveat: {exp.caveat}']
   return '\n'.join(lines) + '\n'
 
@@ -490,10 +699,10 @@ def _fmt(x):
   return '—' if x is None else f'+{x:.1f}' if x >= 0 else f'{x:.1f}'
 
 
-def _markdown(name, exp, summary, command, seeds, small):
+def _markdown(name, exp, summary, command, seeds, small, default_base=True):
   lines = [f'# {name}', '', exp.description, '',
-           f'Command: `{command}` (commit {_commit()}); {seeds} seed(s) per '
-           'variant; errors in % on the validation split, mean ± standard '
+           f'Commands: {command} (commit {_commit()}); up to {seeds} seed(s) '
+           'per variant; errors in % on the validation split, mean ± standard '
            'deviation over seeds; Δ = variant minus base, paired by seed '
            '(positive: the paper\'s choice helps).', '']
   if small:
@@ -512,7 +721,7 @@ def _markdown(name, exp, summary, command, seeds, small):
     cells = [s['variant'], f"{s['top1_err']:.2f} ± {s['top1_std']:.2f}",
              f"{s['top5_err']:.2f} ± {s['top5_std']:.2f}"] + ours + [paper]
     lines.append('| ' + ' | '.join(cells) + ' |')
-  if exp.caveat:
+  if exp.caveat and default_base:
     lines += ['', f'Caveat: {exp.caveat}']
   return '\n'.join(lines) + '\n'
 
@@ -537,25 +746,42 @@ def _plot(summary, path, name):
 
 def main(argv=None):
   argv = list(sys.argv[1:] if argv is None else argv)
-  parser = argparse.ArgumentParser(prog='python -m experiments.run',
-                                   description=__doc__.split('\n')[0])
+  config_file, overrides, rest = _split_config_args(argv)
+  parser = argparse.ArgumentParser(
+      prog='python -m experiments.run', description=__doc__.split('\n')[0],
+      epilog='--config FILE and --config.KEY=VALUE: the base config and its '
+      'overrides, as for alexnet_jax.main.')
   parser.add_argument('name', help=f'one of {sorted(EXPERIMENTS)}')
   parser.add_argument('--seeds', type=int, default=3)
+  parser.add_argument('--seed', type=int, default=None,
+                      help='run only this seed (of 0..seeds-1)')
   parser.add_argument('--variants', default='',
                       help='comma-separated variant slugs (base always runs)')
+  parser.add_argument('--aggregate_only', action='store_true',
+                      help='train nothing; aggregate the finished runs')
   parser.add_argument('--out', default=None,
                       help='results directory (default experiments/results/NAME)')
   parser.add_argument('--workdir_root', default='runs/experiments')
   parser.add_argument('--data_dir', default=None,
-                      help='tfds data dir (default: tfds\'s own)')
+                      help='the same as --config.data_dir')
   parser.add_argument('--small', action='store_true',
                       help='toy size, for tests of the runner')
-  args = parser.parse_args(argv)
+  args = parser.parse_args(rest)
   from absl import logging  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.WARNING)
-  run_experiment(args.name, args.seeds,
-                 [v for v in args.variants.split(',') if v] or None, args.out,
-                 args.workdir_root, args.small, argv, args.data_dir)
+  from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import errors  # pylint: disable=g-import-not-at-top
+  # Each run's progress, as alexnet_jax.main logs it (not at toy size).
+  logging.set_verbosity(logging.WARNING if args.small else logging.INFO)
+  cli.quiet_libraries()
+  try:
+    run_experiment(args.name, args.seeds,
+                   [v for v in args.variants.split(',') if v] or None,
+                   args.out, args.workdir_root, args.small, argv,
+                   args.data_dir, config_file, overrides, args.seed,
+                   train_runs=not args.aggregate_only)
+  except errors.UserError as e:
+    logging.flush()
+    cli.fail(str(e), prog='experiments.run')
 
 
 if __name__ == '__main__':

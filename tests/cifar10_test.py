@@ -74,16 +74,18 @@ def test_figure1_cifar10_at_toy_size(cifar_dir, tmp_path, monkeypatch):
                       no_download)
   out = str(tmp_path / 'results')
   run.main(['figure1_cifar10', '--small', '--seeds', '1', '--variants',
-            'relu_lr_0_005,tanh_lr_0_03', '--data_dir', cifar_dir, '--out',
+            'relu_lr_0_004,tanh_lr_0_03', '--data_dir', cifar_dir, '--out',
             out, '--workdir_root', str(tmp_path / 'runs')])
   with open(os.path.join(out, 'results.json')) as f:
     results = json.load(f)
-  assert [v['slug'] for v in results['variants']] == ['relu_lr_0_005',
+  assert [v['slug'] for v in results['variants']] == ['relu_lr_0_004',
                                                        'tanh_lr_0_03']
   for runs in results['runs'].values():
-    assert len(runs[0]['train_curve']) == 6
+    # Six steps, or fewer if the run reached its 25% target and stopped.
+    curve = runs[0]['train_curve']
+    assert len(curve) == 6 or curve[-1][2] <= 0.25, curve
     assert 0 <= runs[0]['top1_err'] <= 1
-  with open(os.path.join(out, 'configs', 'relu_lr_0_005_seed0.json')) as f:
+  with open(os.path.join(out, 'configs', 'relu_lr_0_004_seed0.json')) as f:
     config = json.load(f)
   assert config['dataset'] == 'cifar10' and config['eval_split'] == 'test'
   table = open(os.path.join(out, 'results.md')).read()

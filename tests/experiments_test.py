@@ -87,7 +87,8 @@ def test_figure1_runner_at_toy_size(digits_dir, tmp_path, monkeypatch):
 
 def _two_seeds(curve):
   """Two seeds' runner rows with the same training curve."""
-  return [{'train_curve': curve, 'top1_err': 0.1, 'top5_err': 0.0}] * 2
+  return [{'train_curve': curve, 'top1_err': 0.1, 'top5_err': 0.0,
+           'seed': seed} for seed in (0, 1)]
 
 
 def test_first_reaching_and_fastest():
@@ -123,7 +124,7 @@ def test_speed_headline_says_which_activation_is_faster():
               run.Variant('relu, lr 0.4', {'learning_rate': 0.4}, group='relu'),
               run.Variant('tanh, lr 0.1', {'learning_rate': 0.1}, group='tanh'),
               run.Variant('tanh, lr 0.3', {'learning_rate': 0.3}, group='tanh')]
-  exp = run.TrainingSpeed('d', base=None, variants=variants,
+  exp = run.TrainingSpeed('d', config_file='', variants=variants,
                           target_train_err=0.25)
   def headline(rows):
     summary = run._summarise_speed(variants, rows, 0.25)  # pylint: disable=protected-access
@@ -238,3 +239,70 @@ def test_summarise_run_reports_centre_and_ten_crops(digits_dir, tmp_path):
   with open(os.path.join(out, 'results.md')) as f:
     table = f.read()
   assert f"| main | {config.model.init} | 0.04 |" in table
+
+
+def test_runner_config_is_file_then_protocol_then_yours_then_variant():
+  from experiments import run  # pylint: disable=g-import-not-at-top
+  exp = run.EXPERIMENTS['ablations']
+  no_lrn = next(v for v in exp.variants if v.slug == 'no_lrn')
+  config = run.configure(exp, no_lrn, 1, os.path.join(ROOT, 'configs',
+                                                      'imagenette.py'),
+                         ['--config.eval_crops=1', '--config.num_epochs=10'])
+  assert config.dataset.startswith('imagenette')  # The file given.
+  assert config.augment.pca_lighting == 0.1  # The ablations' protocol.
+  assert config.eval_crops == 1 and config.num_epochs == 10  # Yours win.
+  assert not config.model.lrn.enabled and config.seed == 1  # The variant's.
+  # Without --config: the experiment's own base file.
+  assert run.configure(exp, no_lrn, 0).dataset == 'digits'
+  figure1 = run.EXPERIMENTS['figure1_cifar10']
+  config = run.configure(figure1, figure1.variants[0], 0)
+  assert config.stop_at_train_err == 0.25 and config.num_epochs == 60
+
+
+def test_runner_refuses_bad_overrides_in_one_line(capsys):
+  from experiments import run  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as e:
+    run.main(['ablations', '--config.model.no_such_key=1'])
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "unknown config key 'no_such_key'" in err[0], err
+  with pytest.raises(SystemExit, match='--seed 3 is not one of the 3 seeds'):
+    run.main(['ablations', '--seed', '3'])
+
+
+@pytest.mark.slow
+def test_runner_runs_one_variant_and_seed_and_aggregates_all(
+    digits_dir, tmp_path, monkeypatch):
+  from experiments import run  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('TFDS_DATA_DIR', digits_dir)
+  out, root = str(tmp_path / 'results'), str(tmp_path / 'runs')
+  common = ['figure1', '--small', '--seeds', '2', '--out', out,
+            '--workdir_root', root, '--config',
+            os.path.join(ROOT, 'configs', 'figure1_digits.py'),
+            '--config.log_every_steps=2']  # Yours win over --small's 1.
+  first = common + ['--variants', 'relu_lr_0_005,tanh_lr_0_01', '--seed', '0']
+  run.main(first)
+  second = common + ['--variants', 'tanh_lr_0_01', '--seed', '1']
+  run.main(second)
+  with open(os.path.join(out, 'results.json')) as f:
+    results = json.load(f)
+  # The second command ran one (variant, seed); the first one's rows stay.
+  assert {k: [r['seed'] for r in v] for k, v in results['runs'].items()} == {
+      'relu_lr_0_005': [0], 'tanh_lr_0_01': [0, 1]}
+  for runs in results['runs'].values():
+    assert all([c[1] for c in r['train_curve']] == [2, 4, 6] for r in runs)
+    assert all(r['train_seconds'] > 0 and r['img_per_sec'] > 0 for r in runs)
+  assert results['commands'] == [
+      'python -m experiments.run ' + ' '.join(c) for c in (first, second)]
+  assert sorted(os.listdir(os.path.join(out, 'configs'))) == [
+      'relu_lr_0_005_seed0.json', 'tanh_lr_0_01_seed0.json',
+      'tanh_lr_0_01_seed1.json']
+  assert set(results['epochs_to_5pct']) <= {'relu', 'tanh'}
+  # Aggregating alone trains nothing and gives the same rows.
+  run.main(common + ['--aggregate_only'])
+  with open(os.path.join(out, 'results.json')) as f:
+    again = json.load(f)
+  assert again['runs'] == results['runs']
+  with pytest.raises(SystemExit, match='no finished run of figure1'):
+    run.main(['figure1', '--aggregate_only', '--workdir_root',
+              str(tmp_path / 'empty'), '--out', str(tmp_path / 'none')])

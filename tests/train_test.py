@@ -130,6 +130,7 @@ def test_plateau_drop_reaches_the_optimizer(digits_dir, tmp_path):
     ('model.input_size', 300, 'input_size'),
     ('model.layout', 'three', 'layout'),
     ('model.dropout_rate', 1.0, 'dropout_rate'),
+    ('stop_at_train_err', 0.0, 'stop_at_train_err'),
 ])
 def test_bad_config_values_raise_config_error(key, value, match):
   config = tiny_config()
@@ -172,3 +173,28 @@ def test_reported_throughput_is_wall_clock_throughput(digits_dir, tmp_path,
   reported = sum(2 * config.batch_size / r['img_per_sec'] for _, r in rest)
   assert len(eval_times) == 2
   assert abs(reported - wall) <= 0.1 * wall, (reported, wall)
+
+
+def test_a_run_stops_at_its_training_error_target(digits_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(digits_dir)
+  config.num_train_steps = 8
+  config.eval_every_epochs = 10.0  # Never, but at the target and the end.
+  config.stop_at_train_err = 1.0  # Reached by the first record (step 2).
+  result = train.train_and_evaluate(config, workdir)
+  records = read_metrics(workdir)
+  assert [(r['split'], r['step']) for r in records] == [('train', 2),
+                                                       ('eval', 2)]
+  assert result['top1_err'] == records[-1]['top1_err']
+  ckpt = Checkpointer(workdir)
+  assert ckpt.latest_step() == 2
+  ckpt.close()
+  # Finished: the same command trains no further, it only evaluates.
+  train.train_and_evaluate(config, workdir)
+  assert [(r['split'], r['step']) for r in read_metrics(workdir)] == [
+      ('train', 2), ('eval', 2), ('eval', 2)]
+  # Without the target, the same workdir trains on to its length.
+  config.stop_at_train_err = -1.0
+  train.train_and_evaluate(config, workdir)
+  assert [r['step'] for r in read_metrics(workdir)
+          if r['split'] == 'train'] == [2, 4, 6, 8]

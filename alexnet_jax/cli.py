@@ -1,0 +1,69 @@
+"""Command lines: absl flag parsing that fails in one line, never a traceback."""
+
+import logging as std_logging
+import os
+import re
+import sys
+from typing import List, Sequence
+
+from absl import flags
+from absl import logging
+
+
+def fail(message: str, prog: str = 'alexnet_jax'):
+  print(f'{prog}: error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS,
+                prog: str = 'alexnet_jax') -> List[str]:
+  """flag_values(argv), with one-line errors naming the bad flag or key."""
+  try:
+    return flag_values(list(argv))
+  except flags.Error as e:
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    fail(' '.join(lines[:1] + lines[-1:]) if len(lines) > 1 else lines[0],
+         prog)
+  except (AttributeError, KeyError) as e:
+    # ml_collections' locked config refuses keys it does not have.
+    text = str(e).replace('\\', '')
+    found = re.search(r"'(\w+)'", text)
+    key = found.group(1) if found else text
+    hint = re.search(r'Did you mean "(\w+)"', text)
+    given = [a.split('=')[0] for a in argv if a.startswith('--config.')
+             and key in a.split('=')[0].split('.')]
+    fail(f'{given[0] if given else key}: unknown config key {key!r}' +
+         (f'; did you mean {hint.group(1)!r}?' if hint else
+          '; the keys and their meaning are in configs/default.py.'), prog)
+  except (TypeError, ValueError) as e:
+    fail(f'bad --config override: {e}; see configs/default.py.', prog)
+
+
+def loaded_config(flag_values: flags.FlagValues = flags.FLAGS,
+                  prog: str = 'alexnet_jax'):
+  """The --config flag's ConfigDict; a file that will not load is one line."""
+  try:
+    config = flag_values.config
+    config.keys()  # Config files load lazily: fail here, in one line.
+  except OSError as e:
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    fail(f'--config: could not load the config file ({lines[-1]}); pass a '
+         'path such as configs/digits.py.', prog)
+  return config
+
+
+class _QuietLibraries(std_logging.Filter):
+  """Drops the libraries' INFO chatter (orbax logs every file it writes)."""
+
+  def filter(self, record):
+    if record.levelno >= std_logging.WARNING:
+      return True
+    return not any(f'{os.sep}{lib}{os.sep}' in record.pathname
+                   for lib in ('orbax', 'tensorflow_datasets', 'etils', 'jax'))
+
+
+def quiet_libraries():
+  """Our INFO lines only (once per process)."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+    handler.addFilter(_QuietLibraries())
