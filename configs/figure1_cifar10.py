@@ -14,9 +14,15 @@ Commands (tfds downloads CIFAR-10, about 160 MB, on first use):
       --workdir runs/figure1_tanh --config.model.activation=tanh
 
 or the whole figure (both activations over a learning-rate sweep and seeds,
-with the plot and the epochs to 25% training error):
+with the plot and the epochs to 25% training error; each run stops at 25%
+training error or after 60 epochs):
 
   python -m experiments.run figure1_cifar10
+
+On a CIFAR-10 image folder (train/ and val/, one folder per class) instead of
+tfds' download, add
+  --config configs/figure1_cifar10.py --config.dataset=image_folder \
+  --config.data_dir=DIR --config.eval_split=validation
 
 Expected result (the paper's): ReLU reaches 25% training error in about 6
 epochs, tanh in about 36 (read off Figure 1). Not yet run here: the
