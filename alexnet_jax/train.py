@@ -50,6 +50,7 @@ def validate_config(config: ml_collections.ConfigDict):
   need(config.stop_at_train_err == -1 or 0 < config.stop_at_train_err <= 1,
        f'stop_at_train_err={config.stop_at_train_err}: use a training error '
        'in (0, 1], e.g. 0.25, or -1 (off).')
+  parse_profile_steps(config.profile_steps)
   need(config.eval_every_epochs > 0,
        f'eval_every_epochs={config.eval_every_epochs} must be > 0.')
   need(config.log_every_steps > 0 and config.checkpoint_every_steps > 0,
@@ -189,15 +190,19 @@ class _TrainRecords:
                                     name='train-records')
     self._thread.start()
 
-  def add(self, metrics):
+  def add(self, metrics, input_wait: float = 0.0):
+    """One step's metrics, and the seconds the loop waited for its batch."""
     if not self.window:
       self.started = self._clock()  # The first step's call has returned.
+      self.input_wait = 0.0  # Its wait came before the window began.
+    else:
+      self.input_wait += input_wait
     self.window.append(metrics)
 
   def close_window(self, step: int):
     """Ends the window at `step`; the thread logs it once it is done."""
     if self.window:
-      self._queue.put((self.window, step, self.started))
+      self._queue.put((self.window, step, self.started, self.input_wait))
     self.window = []
     if self.error is not None:
       raise self.error
@@ -225,13 +230,17 @@ class _TrainRecords:
       finally:
         self._queue.task_done()
 
-  def _write(self, metrics, at, started):
+  def _write(self, metrics, at, started, input_wait):
     values = self._fetch(metrics)
     seconds = self.windows.window(started, self._clock())
     self.steps += len(values)
     d = self.durations
     record = _train_record(values, at, d.steps_per_epoch, self.batch_size,
                            seconds)
+    # Where the window went: waiting for input, and the memory it needed.
+    record['input_wait_s'] = input_wait
+    record['input_wait_share'] = min(input_wait / seconds, 1.0)
+    record['device_memory_gb'] = peak_device_memory_gb()
     if not all(math.isfinite(record[k]) for k in ('loss', 'top1_err')):
       raise errors.UserError(
           f'the training loss became {record["loss"]} by step {at}; '
@@ -243,12 +252,29 @@ class _TrainRecords:
     self.last_train_err = record['top1_err']
     eval_s = (sum(self.eval_seconds) / len(self.eval_seconds)
               if self.eval_seconds else None)
+    memory = ('' if record['device_memory_gb'] is None else
+              f"  {record['device_memory_gb']:.1f} GB peak")
     logging.info(
         'epoch %.2f/%.2f  step %d/%d  loss %.4f  top1_err %.2f%%  lr %g  '
-        '%.1f img/s  ETA %s', d.epoch(at), d.num_epochs, at, d.total_steps,
-        record['loss'], 100 * record['top1_err'], record['lr'],
-        record['img_per_sec'],
+        '%.1f img/s  input wait %.0f%%%s  ETA %s', d.epoch(at), d.num_epochs,
+        at, d.total_steps, record['loss'], 100 * record['top1_err'],
+        record['lr'], record['img_per_sec'],
+        100 * record['input_wait_share'], memory,
         progress.eta(d, at, self.windows.seconds / self.steps, eval_s))
+
+
+def peak_device_memory_gb():
+  """The largest peak bytes in use over this process's devices, in GB; None
+  where the backend reports none (CPU)."""
+  peaks = []
+  for device in jax.local_devices():
+    try:
+      stats = device.memory_stats()
+    except (NotImplementedError, RuntimeError):
+      stats = None
+    if stats and 'peak_bytes_in_use' in stats:
+      peaks.append(stats['peak_bytes_in_use'])
+  return max(peaks) / 1e9 if peaks else None
 
 
 def _initial_state(steps, ckpt, schedule, source, config, key):
@@ -367,6 +393,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           input_pipeline.default_rows(config.batch_size, mesh)),
       mesh, global_batch=config.batch_size)
   records = _TrainRecords(log, durations, config, ckpt)  # Its clock starts.
+  profiler = Profiler(config.profile_steps, workdir_lib.profile_dir(workdir))
   step = start_step
   with StopSignals() as stop, contextlib.closing(ckpt):
     try:
@@ -378,10 +405,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           if current_lr is not None:
             logging.info('Learning rate -> %g at step %d.', lr, step)
           current_lr = lr
-        state, metrics = steps.train_step(state, next(batches), stats,
-                                          train_key)
-        records.add(metrics)
+        waited = time.perf_counter()
+        batch = next(batches)
+        waited = time.perf_counter() - waited
+        profiler.before(step)
+        state, metrics = steps.train_step(state, batch, stats, train_key)
+        records.add(metrics, waited)
         step += 1
+        profiler.after(step, state)
         # One reading of the flag per step: a signal arriving later in this
         # iteration is handled, consistently, after the next step.
         stopping = stop.signal
@@ -422,6 +453,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                           step, ckpt.directory)
           return {'stopped_by': stopping, 'step': step}
     finally:
+      profiler.close()
       batches.close()  # Stops the input threads.
       records.close()
       ckpt.wait()  # Never leave a half-written checkpoint behind on exit.
@@ -447,6 +479,51 @@ def _train_record(window, step, steps_per_epoch, batch_size, seconds):
   for k in ('loss', 'top1_err', 'top5_err'):
     record[k] = float(np.mean([m[k] for m in window]))
   return record
+
+
+def parse_profile_steps(text: str):
+  """'A:B' -> (A, B): trace global steps A+1 .. B (after A steps, until B);
+  '' -> None."""
+  if not text:
+    return None
+  try:
+    first, last = (int(x) for x in text.split(':'))
+  except ValueError:
+    first, last = -1, -1
+  if not 0 <= first < last:
+    raise errors.ConfigError(
+        f"profile_steps={text!r}: use 'A:B' with 0 <= A < B (global steps, "
+        "e.g. '10:20'), or '' (off).")
+  return first, last
+
+
+class Profiler:
+  """A jax.profiler trace of the steps `profile_steps` names, written under
+  the workdir (TensorBoard's profile tab or Perfetto read it)."""
+
+  def __init__(self, profile_steps: str, directory: str):
+    self.steps = parse_profile_steps(profile_steps)
+    self.directory = directory
+    self.active = False
+
+  def before(self, step: int):
+    """Called before step `step` + 1 is dispatched."""
+    if self.steps and step == self.steps[0] and jax.process_index() == 0:
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+
+  def after(self, step: int, state):
+    """Called once `step` steps have been dispatched."""
+    if self.active and step >= self.steps[1]:
+      jax.block_until_ready(state)  # The traced steps have finished.
+      self.close()
+      logging.info('Profile of steps %d-%d written to %s.',
+                   self.steps[0] + 1, self.steps[1], self.directory)
+
+  def close(self):
+    if self.active:
+      self.active = False
+      jax.profiler.stop_trace()
 
 
 class StopSignals:

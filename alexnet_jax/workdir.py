@@ -7,6 +7,7 @@
     checkpoints_damaged/    unreadable checkpoints, moved aside, never deleted
     metrics.jsonl           one JSON record per line (MetricsLog)
     tensorboard/            the same scalars as event files
+    profile/                jax.profiler traces (--config.profile_steps=A:B)
     stats.npz               the input statistics the weights were trained with
     classes.json            the dataset's class names
 
@@ -37,11 +38,13 @@ METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD = 'tensorboard'
 STATS_FILE = 'stats.npz'
 CLASSES_FILE = 'classes.json'
+PROFILE = 'profile'
 
 # Config keys a resumed run may change; anything else would change the model,
 # the data or the optimisation the checkpoint belongs to.
 SAFE_TO_CHANGE = (
     'lr_override', 'num_epochs', 'num_train_steps', 'stop_at_train_err',
+    'profile_steps',
     'eval_every_epochs',
     'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
     'eval_batch_size', 'eval_crops', 'mesh.data', 'mesh.model', 'mesh.scheme',
@@ -104,6 +107,10 @@ def prepare(workdir: str, config, overwrite: bool = False):
   if jax.process_index() == 0 and (overwrite or not os.path.exists(path)):
     with open(path, 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def profile_dir(workdir: str) -> str:
+  return os.path.join(workdir, PROFILE)
 
 
 def save_stats(workdir: str, stats: Dict[str, np.ndarray],

@@ -195,4 +195,7 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
+  # 'A:B': a jax.profiler trace of global steps A+1..B in WORKDIR/profile
+  # (TensorBoard's profile tab or ui.perfetto.dev read it); '' off.
+  config.profile_steps = ''
   return with_arg(config, arg)

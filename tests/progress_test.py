@@ -116,7 +116,7 @@ def test_each_window_is_logged_when_its_steps_finish(monkeypatch):
                    15: (events[15], 60.0), 20: (events[20], 70.0)}
   try:
     for step in range(1, 11):  # Dispatched at t = 0, far ahead of the device.
-      records.add(_metrics(step))
+      records.add(_metrics(step), input_wait=1.0 if step <= 5 else 0.0)
       if step % 5 == 0:
         records.close_window(step)
     # Nothing is logged before its steps are done, and the first window's
@@ -142,11 +142,17 @@ def test_each_window_is_logged_when_its_steps_finish(monkeypatch):
   # 5 steps x 128 images in 10 s, every window: the evaluation is left out.
   assert got == [(5, 64.0), (10, 64.0), (15, pytest.approx(64.0)),
                  (20, pytest.approx(64.0))]
+  # The first window waited 1 s for each of its batches but the first (whose
+  # wait came before the window began): 4 of its 10 s. CPU reports no memory.
+  first = records.log.records[0]
+  assert (first['input_wait_s'], first['input_wait_share']) == (4.0, 0.4)
+  assert records.log.records[1]['input_wait_share'] == 0.0
+  assert first['device_memory_gb'] is None
   lines = [m for m in messages if 'step 5/20' in m]
   # Epochs as two decimals on both sides; the ETA counts the 2 evaluations
   # still due (at 10 and 20) before one was timed.
   assert lines[0].startswith('epoch 0.10/0.40  step 5/20  loss 1.0000')
-  assert lines[0].endswith('64.0 img/s  ETA 0m30s + 2 evals')
+  assert lines[0].endswith('64.0 img/s  input wait 40%  ETA 0m30s + 2 evals')
   last = [m for m in messages if 'step 15/20' in m][0]
   assert last.endswith('ETA 0m40s')  # 5 steps at 2 s and one 30 s eval.
 

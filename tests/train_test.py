@@ -198,3 +198,23 @@ def test_a_run_stops_at_its_training_error_target(digits_dir, tmp_path):
   train.train_and_evaluate(config, workdir)
   assert [r['step'] for r in read_metrics(workdir)
           if r['split'] == 'train'] == [2, 4, 6, 8]
+
+
+def test_profile_steps_write_a_trace_and_bad_ones_are_one_line(digits_dir,
+                                                               tmp_path):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(digits_dir)
+  config.num_train_steps = 4
+  config.eval_every_epochs = 10.0
+  config.profile_steps = '1:3'
+  train.train_and_evaluate(config, workdir)
+  traces = [os.path.join(d, f) for d, _, files in
+            os.walk(workdir_lib.profile_dir(workdir)) for f in files]
+  assert any(t.endswith('.xplane.pb') for t in traces), traces
+  # Every window says how long the loop waited for input.
+  assert all(0 <= r['input_wait_share'] <= 1 for r in read_metrics(workdir)
+             if r['split'] == 'train')
+  for bad in ('3:1', '2', 'a:b'):
+    config.profile_steps = bad
+    with pytest.raises(errors.ConfigError, match='profile_steps'):
+      train.validate_config(config)
