@@ -231,6 +231,8 @@ class AlexNet(nn.Module):
   pool_window: int = 3
   pool_stride: int = 2
   dropout_rate: float = 0.5
+  # The hand-written VJPs of LRN and max pooling (ops.py), or autodiff's.
+  custom_vjp: bool = True
   init_scheme: str = 'paper'
   dtype: Any = jnp.float32
   # None / 'default': the backend's own; see PRECISIONS.
@@ -348,16 +350,17 @@ class AlexNet(nn.Module):
         return y
       norm = self.lrn
       if not self.lrn.across_towers or all_t == 1:
-        return norm(y)
+        return norm(y, self.custom_vjp)
       if towers != all_t:
         raise ValueError('model.lrn.across_towers needs every tower on one '
                          'device: set mesh.model=1 or mesh.scheme='
                          "'one_weird_trick'.")
-      merged = norm(ops.merge_towers(y))  # The window crosses the towers.
+      merged = norm(ops.merge_towers(y), self.custom_vjp)  # Across towers.
       return jnp.stack(jnp.split(merged, all_t, axis=-1))
 
     def pool(y):
-      return ops.max_pool(y, self.pool_window, self.pool_stride)
+      return ops.max_pool(y, self.pool_window, self.pool_stride,
+                          self.custom_vjp)
 
     def conv(spec, y, in_features):
       return TowerConv(spec, towers, in_features, self.init_scheme, self.dtype,
@@ -436,7 +439,7 @@ def _alexnet(c, common, overrides) -> AlexNet:
       fc_features=c.fc_features, conv1_padding=c.conv1_padding,
       lrn=ops.LRN(**c.lrn),
       pool_window=c.pool_window, pool_stride=c.pool_stride,
-      dropout_rate=c.dropout_rate)
+      dropout_rate=c.dropout_rate, custom_vjp=c.get('custom_vjp', True))
   model = AlexNet(**dict(kwargs, **overrides))
   _, _, _, p5 = ops.feature_sizes(model.input_size, model.padding1,
                                   model.pool_window, model.pool_stride)

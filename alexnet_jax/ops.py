@@ -54,9 +54,9 @@ class LRN:
   alpha_over_n: bool = False
   across_towers: bool = False
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, custom_vjp: bool = True) -> jax.Array:
     return local_response_norm(x, self.n, self.k, self.alpha, self.beta,
-                               self.alpha_over_n)
+                               self.alpha_over_n, custom_vjp)
 
 
 def _window_sum(x: jax.Array, n: int) -> jax.Array:
@@ -113,7 +113,8 @@ def local_response_norm(x: jax.Array,
                         k: float = 2.0,
                         alpha: float = 1e-4,
                         beta: float = 0.75,
-                        alpha_over_n: bool = False) -> jax.Array:
+                        alpha_over_n: bool = False,
+                        custom_vjp: bool = True) -> jax.Array:
   """Local response normalisation across the last (channel) axis.
 
   b_i = a_i / (k + alpha' * sum_{j=max(0,i-n//2)}^{min(N-1,i+n//2)} a_j^2) ** beta,
@@ -129,14 +130,19 @@ def local_response_norm(x: jax.Array,
     n: window size (number of adjacent kernel maps), odd.
     k, alpha, beta: the formula's constants (paper: 2, 1e-4, 0.75).
     alpha_over_n: divide alpha by n (the convention of cuda-convnet and Caffe).
+    custom_vjp: the hand-written VJP (True) or JAX's autodiff of the same
+      formula (False: `model.custom_vjp`, for timing one against the other).
 
   Returns:
     The normalised activations, same shape and dtype as `x`.
   """
   if n % 2 != 1 or n < 1:
     raise ValueError(f'LRN window n must be odd and positive, got {n}.')
-  return _lrn(x, n, float(k), float(alpha / n if alpha_over_n else alpha),
-              float(beta))
+  args = (n, float(k), float(alpha / n if alpha_over_n else alpha),
+          float(beta))
+  if not custom_vjp:
+    return _lrn_terms(x, *args)[0]
+  return _lrn(x, *args)
 
 
 def _lax_conv(x, kernel, stride, padding, precision=None):
@@ -358,13 +364,18 @@ def _max_pool_bwd(window, stride, in_size, first, g):
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-def max_pool(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
+def max_pool(x: jax.Array, window: int = 3, stride: int = 2,
+             custom_vjp: bool = True) -> jax.Array:
   """Max pooling over the two spatial axes just before the channel axis.
 
   window=3, stride=2 is the paper's overlapping pooling (Section 3.4);
   window=2, stride=2 the traditional non-overlapping one it is compared with.
   Any leading axes (tower, batch) are kept. No padding, as in the paper.
+  `custom_vjp` False differentiates XLA's reduce_window instead (its
+  select-and-scatter: atomic adds on GPUs, so not deterministic there).
   """
+  if not custom_vjp:
+    return _reduce_window_max(x, window, stride)
   lead = x.ndim - 3
   return _max_pool(x, window, stride, (x.shape[lead], x.shape[lead + 1]))
 

@@ -51,7 +51,7 @@ SAFE_TO_CHANGE = (
     'distributed.coordinator_address', 'distributed.num_processes',
     'distributed.process_id', 'distributed.timeout_seconds', 'data_dir',
     'manual_dir', 'store.dir', 'store.check_source', 'input.workers', 'input.prefetch',
-    'max_image_pixels', 'model.dtype', 'model.matmul_precision',
+    'max_image_pixels', 'model.dtype', 'model.matmul_precision', 'model.custom_vjp',
     'finetune.init_from',
     # Retired keys (the input before the prepared store).
     'cache_resized', 'shuffle_buffer')
@@ -60,6 +60,7 @@ SAFE_TO_CHANGE = (
 # that reproduces what the code did before the key existed. A saved config
 # without one of them means this value.
 LEGACY_DEFAULTS = {
+    'model.custom_vjp': True,  # The only way, before the switch.
     'augment.pca_lighting': 0.0,  # PCA lighting came later.
     'eval_crops': 1,  # The first evaluation was the centre crop.
     'model.arch': 'alexnet',

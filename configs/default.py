@@ -127,6 +127,10 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   # TF32 on Ampere and Hopper GPUs, one bfloat16 pass on TPU, full float32 on
   # CPU); 'highest' forces full float32 (slower on accelerators).
   config.model.matmul_precision = 'default'
+  # LRN and max pooling with their hand-written VJPs (ops.py: less memory,
+  # and max pooling's is deterministic on GPUs, where XLA's select-and-scatter
+  # adds atomically); False differentiates the plain ops (for timing).
+  config.model.custom_vjp = True
 
   # ---- Devices --------------------------------------------------------------
   # Mesh ('data', 'model'). model=2 puts one tower on each device, as on the

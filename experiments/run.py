@@ -373,6 +373,10 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
       config = configure(exp, v, seed, config_file, overrides, small, data_dir)
       source = v.slug if not v.eval_only else 'base'
       workdir = os.path.join(workdir_root, name, source, f'seed{seed}')
+      if os.path.exists(row_file(workdir, v)):
+        print(f'[{name}] {v.name}, seed {seed}: finished in {workdir}',
+              flush=True)
+        continue  # Its row is there: nothing to train or evaluate again.
       print(f'[{name}] {v.name}, seed {seed} -> {workdir}', flush=True)
       result = train.train_and_evaluate(config, workdir)
       if 'stopped_by' in result:  # Preempted: resumable, nothing to report.
@@ -771,6 +775,7 @@ def main(argv=None):
   from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
   from alexnet_jax import errors  # pylint: disable=g-import-not-at-top
   # Each run's progress, as alexnet_jax.main logs it (not at toy size).
+  logging.use_absl_handler()  # absl's line format, as alexnet_jax.main's.
   logging.set_verbosity(logging.WARNING if args.small else logging.INFO)
   cli.quiet_libraries()
   try:

@@ -298,6 +298,12 @@ def test_runner_runs_one_variant_and_seed_and_aggregates_all(
       'relu_lr_0_005_seed0.json', 'tanh_lr_0_01_seed0.json',
       'tanh_lr_0_01_seed1.json']
   assert set(results['epochs_to_5pct']) <= {'relu', 'tanh'}
+  # Rerun, a finished (variant, seed) is neither trained nor evaluated again.
+  metrics = os.path.join(root, 'figure1', 'relu_lr_0_005', 'seed0',
+                         'metrics.jsonl')
+  before = open(metrics).read()
+  run.main(first)
+  assert open(metrics).read() == before
   # Aggregating alone trains nothing and gives the same rows.
   run.main(common + ['--aggregate_only'])
   with open(os.path.join(out, 'results.json')) as f:

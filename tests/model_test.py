@@ -280,3 +280,19 @@ def test_four_layer_cnn_activation_switch_and_errors():
   config.init, config.arch = 'paper', 'vgg'
   with pytest.raises(ValueError, match="model.arch='vgg' is unknown"):
     model_lib.create_model(config)
+
+
+@pytest.mark.slow
+def test_model_custom_vjp_switch_keeps_the_loss_and_gradients():
+  config = tiny_config().model
+  size = config.input_size
+  x = jax.random.normal(jax.random.key(0), (2, size, size, 3)) * 50
+  grads = []
+  for custom in (True, False):
+    config.custom_vjp = custom
+    net = model_lib.create_model(config)
+    assert net.custom_vjp == custom
+    params = init(net, seed=1)
+    grads.append(jax.grad(lambda p: net.apply({'params': p}, x).sum())(params))
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5)

@@ -471,3 +471,21 @@ def test_conv_bfloat16_gradients_keep_dtype(monkeypatch, stride, padding,
     assert a.dtype == jnp.bfloat16
     np.testing.assert_allclose(a.astype(jnp.float32), b, rtol=0.05,
                                atol=0.05 * float(jnp.abs(b).max()))
+
+
+def test_custom_vjp_off_is_autodiff_of_the_same_ops():
+  # model.custom_vjp=False: the same values and gradients, through autodiff
+  # (XLA's select-and-scatter for pooling), kept for timing on accelerators.
+  x = jnp.asarray(np.random.RandomState(4).normal(0, 30, (2, 9, 9, 8)),
+                  jnp.float32)
+  for fn in (lambda v, c: ops.local_response_norm(v, custom_vjp=c),
+             lambda v, c: ops.max_pool(v, 3, 2, custom_vjp=c)):
+    g = jnp.ones(jax.eval_shape(lambda v: fn(v, True), x).shape)
+    on, = jitted_grads(lambda v: fn(v, True), g, x)
+    off, = jitted_grads(lambda v: fn(v, False), g, x)
+    np.testing.assert_allclose(on, off, rtol=1e-5, atol=1e-6)
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    jax.ad_checkpoint.print_saved_residuals(
+        lambda v: ops.max_pool(v, custom_vjp=False).sum(), x)
+  assert 'int8' not in out.getvalue()  # Not the hand-written backward.
