@@ -1,0 +1,54 @@
+"""The GPU host's device check, rehearsed at toy size on CPU."""
+
+import json
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+
+
+def _folder(root, classes=('a', 'b'), train=12, val=4, size=40):
+  rng = np.random.RandomState(0)
+  for split, n in (('train', train), ('val', val)):
+    for c in classes:
+      os.makedirs(os.path.join(root, split, c))
+      for i in range(n):
+        pixels = rng.randint(0, 256, (size, size, 3), np.uint8)
+        Image.fromarray(pixels).save(os.path.join(root, split, c, f'{i}.jpg'))
+
+
+@pytest.mark.slow
+def test_the_device_check_rehearses_every_part_on_cpu(tmp_path):
+  from experiments import device_check  # pylint: disable=g-import-not-at-top
+  folders = {}
+  for name in ('cifar10', 'imagenette'):
+    folders[name] = str(tmp_path / name)
+    _folder(folders[name])
+  device_dir = str(tmp_path / 'device')
+  data = device_check.prepare(folders, device_dir, rehearse=True,
+                              wheels=False)
+  assert {d['train_images'] for d in data.values()} == {24}
+  out = str(tmp_path / 'out')
+  summary = device_check.check(out, device_dir, rehearse=True)
+  assert all(p['ok'] for p in summary['parts'].values()), summary
+  assert list(summary['parts']) == list(device_check.PARTS)
+  files = sorted(os.listdir(out))
+  assert files == sorted(['sweep.json', 'tests.json', 'cifar10.json',
+                          'imagenette.json', 'custom_vjp.json',
+                          'device_check.json', 'device_check.log'])
+  assert len(files) <= 8  # What the host sends back.
+  read = lambda name: json.load(open(os.path.join(out, name)))
+  assert [r['dtype'] for r in read('sweep.json')['rows']] == [
+      'float32', 'float32', 'bfloat16', 'bfloat16']
+  for name in ('cifar10', 'imagenette'):
+    run = read(f'{name}.json')
+    assert run['train_img_per_sec_median'] > 0, run
+    assert 0 <= run['input_wait_share_median'] <= 1
+    assert run['device_memory_gb'] is None  # CPU reports none.
+    assert run['real_over_synthetic'] > 0
+  assert read('imagenette.json')['dtype'] == 'bfloat16'
+  vjp = read('custom_vjp.json')
+  assert vjp['custom']['bitwise_deterministic']  # On CPU both are.
+  assert vjp['autodiff']['bitwise_deterministic']
+  assert summary['seconds'] < 300  # The rehearsal's budget.
