@@ -172,7 +172,8 @@ def install_missing_wheels(where: str, target: str):
   if wheels:
     subprocess.run([sys.executable, '-m', 'pip', 'install', '-q',
                     '--no-index', '--no-deps', '--no-compile',
-                    '--no-cache-dir', '--target', target, *wheels],
+                    '--no-cache-dir', '--upgrade', '--target', target,
+                    *wheels],
                    check=True)
   return missing
 
@@ -197,8 +198,10 @@ def part_sweep(out, data, rehearse):
 def part_tests(out, data, rehearse):
   del data, rehearse
   proc = subprocess.run(
-      [sys.executable, '-m', 'pytest', '-q', '-m', 'accelerator', '-p',
-       'no:cacheprovider', os.path.join('tests', 'accelerator_test.py')],
+      # No setup.cfg addopts: they name pytest-xdist, which a host may lack.
+      [sys.executable, '-m', 'pytest', '-q', '-o', 'addopts=-ra', '-m',
+       'accelerator', '-p', 'no:cacheprovider',
+       os.path.join('tests', 'accelerator_test.py')],
       cwd=ROOT, capture_output=True, text=True)
   lines = (proc.stdout + proc.stderr).strip().splitlines()
   print('\n'.join(lines[-40:]))
