@@ -297,8 +297,9 @@ def test_layout_errors(tmp_path):
 BLOCK_TF = '\n'.join([
     'import runpy, sys',
     "sys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None",
-    "sys.argv = ['main'] + sys.argv[1:]",
-    "runpy.run_module('alexnet_jax.main', run_name='__main__')"])
+    'module = sys.argv[1]',
+    "sys.argv = ['main'] + sys.argv[2:]",
+    "runpy.run_module(module, run_name='__main__')"])
 
 
 @pytest.mark.slow
@@ -321,14 +322,25 @@ def test_a_prepared_store_trains_and_resumes_without_tensorflow(tmp_path):
           '--config.model.num_classes=3', '--config.batch_size=6',
           '--config.eval_batch_size=6', '--config.mesh.data=1',
           '--config.log_every_steps=1']
-  for steps in (2, 4):  # A run, then its resumption.
+  def run(module, *more):
     proc = subprocess.run(
-        [sys.executable, '-c', BLOCK_TF] + args +
-        [f'--config.num_train_steps={steps}'], cwd=ROOT, env=env,
+        [sys.executable, '-c', BLOCK_TF, module, *more], cwd=ROOT, env=env,
         capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+  for steps in (2, 4):  # A run, then its resumption.
+    proc = run('alexnet_jax.main', *args, f'--config.num_train_steps={steps}')
     assert f'Done: {steps} steps' in proc.stderr
   assert 'Resuming from step 2' in proc.stderr
+  # The finished run evaluated again, with the paper's 10 crops.
+  run('alexnet_jax.main', *args, '--config.num_train_steps=4',
+      '--config.eval_crops=10')
+  evals = [json.loads(l) for l in open(tmp_path / 'run' / 'metrics.jsonl')]
+  assert evals[-1]['split'] == 'eval' and evals[-1]['crops'] == 10
+  # The synthetic benchmark needs no dataset at all.
+  proc = run('alexnet_jax.bench', '--config', 'configs/image_folder.py:toy',
+             '--config.mesh.data=1', '--steps', '1')
+  assert json.loads(proc.stdout)['train_img_per_sec'] > 0
 
 
 def test_a_class_with_no_readable_image_names_its_folder(tmp_path):
