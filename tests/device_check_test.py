@@ -52,3 +52,31 @@ def test_the_device_check_rehearses_every_part_on_cpu(tmp_path):
   assert vjp['custom']['bitwise_deterministic']  # On CPU both are.
   assert vjp['autodiff']['bitwise_deterministic']
   assert summary['seconds'] < 300  # The rehearsal's budget.
+
+
+def test_a_failed_part_is_retried_once_and_a_timed_out_one_is_not(
+    tmp_path, monkeypatch):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  from experiments import device_check  # pylint: disable=g-import-not-at-top
+  calls = []
+
+  class Done:
+    def __init__(self, rc):
+      self.returncode = rc
+
+  def fake_run(cmd, **kwargs):
+    part = cmd[cmd.index('--part') + 1]
+    calls.append((part, kwargs['timeout']))
+    if part == 'sweep':
+      raise subprocess.TimeoutExpired(cmd, kwargs['timeout'])
+    return Done(1 if part == 'tests' and len(calls) == 2 else 0)
+  monkeypatch.setattr(device_check.subprocess, 'run', fake_run)
+  summary = device_check.check(str(tmp_path), str(tmp_path / 'none'),
+                               parts=('sweep', 'tests', 'cifar10'))
+  assert [c[0] for c in calls] == ['sweep', 'tests', 'tests', 'cifar10']
+  assert [c[1] for c in calls] == [170, 60, 60, 60]  # The host's limits.
+  parts = summary['parts']
+  assert not parts['sweep']['ok'] and parts['tests']['ok']
+  assert [a['rc'] for a in parts['tests']['attempts']] == [1, 0]
+  with open(tmp_path / 'device_check.json') as f:
+    assert json.load(f)['parts']['cifar10']['ok']
