@@ -361,8 +361,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   target = config.stop_at_train_err
   # A run that reached its training-error target is finished (see below).
-  end_step = (start_step if target > 0 and meta.get('reached_train_err')
-              else durations.total_steps)
+  reached_before = meta.get('reached_train_err')
+  end_step = (start_step if target > 0 and reached_before is not None and
+              reached_before <= target else durations.total_steps)
 
   def save(step, reached=None):
     ckpt.save(step, state, {

@@ -39,6 +39,7 @@ import glob
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -360,11 +361,16 @@ def check(out: str, device_dir: str = DEVICE_DIR, rehearse: bool = False,
                name, '--out', out, '--device_dir', device_dir]
         if rehearse:
           cmd.append('--rehearse')
+        # Its own process group, so a timeout also ends what it started
+        # (pytest's process, holding GPU memory).
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT,
+                                start_new_session=True)
         try:
-          rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log,
-                              stderr=subprocess.STDOUT, timeout=limit
-                              ).returncode
+          rc = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
+          os.killpg(proc.pid, signal.SIGKILL)
+          proc.wait()
           rc = 'timeout'
         entry['attempts'].append({'rc': rc, 'seconds': time.time() - t})
         print(f'device_check: {name} attempt {attempt}: '

@@ -301,16 +301,28 @@ def load_config(path: str, overrides: Sequence[str] = ()):
 
 
 def _split_config_args(argv: Sequence[str]):
-  """(--config FILE or None, [--config.KEY=VALUE ...], the other arguments)."""
+  """(--config FILE or None, [--config.KEY=VALUE ...], the other arguments).
+
+  '--config.KEY VALUE' takes VALUE unless it is another flag; a bare
+  '--config.KEY' (or '--noconfig.KEY') is a boolean, as absl reads it.
+  """
   path, overrides, rest = None, [], []
-  args = iter(argv)
-  for a in args:
+  argv = list(argv)
+  i = 0
+  while i < len(argv):
+    a = argv[i]
+    i += 1
     if a == '--config':
-      path = next(args, '')
+      path = argv[i] if i < len(argv) else ''
+      i += 1
     elif a.startswith('--config='):
       path = a.split('=', 1)[1]
-    elif a.startswith('--config.'):
-      overrides.append(a if '=' in a else f'{a}={next(args, "")}')
+    elif a.startswith(('--config.', '--noconfig.')):
+      if ('=' not in a and a.startswith('--config.') and i < len(argv) and
+          not argv[i].startswith('--')):
+        a = f'{a}={argv[i]}'
+        i += 1
+      overrides.append(a)
     else:
       rest.append(a)
   return path, overrides, rest
@@ -332,6 +344,17 @@ def configure(exp: Experiment, variant: Variant, seed: int,
   config.update_from_flattened_dict(dict(variant.overrides))
   config.seed = seed
   return config
+
+
+def _finished_with(path: str, config) -> bool:
+  """Whether the row at `path` is of this very config (else the run is
+  resumed, or refused if the change is not one a resume may make)."""
+  from alexnet_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    saved = json.load(f).get('config', {})
+  return not workdir_lib.config_changes(saved, config)
 
 
 def row_file(workdir: str, variant: Variant) -> str:
@@ -373,7 +396,7 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
       config = configure(exp, v, seed, config_file, overrides, small, data_dir)
       source = v.slug if not v.eval_only else 'base'
       workdir = os.path.join(workdir_root, name, source, f'seed{seed}')
-      if os.path.exists(row_file(workdir, v)):
+      if _finished_with(row_file(workdir, v), config):
         print(f'[{name}] {v.name}, seed {seed}: finished in {workdir}',
               flush=True)
         continue  # Its row is there: nothing to train or evaluate again.
@@ -394,7 +417,9 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
                      f'under {workdir_root}; run without --aggregate_only '
                      'first.')
   if 'base' in rows and not rows['base']:
-    shown = [v for v in shown if v.slug == 'base']  # Deltas need the base.
+    raise SystemExit(f'experiments.run: error: {name} has no finished base '
+                     f'run under {workdir_root}, and its deltas need one; run '
+                     '--variants base first.')
   for v in shown:
     for r in rows[v.slug]:
       with open(os.path.join(out, 'configs', f'{v.slug}_seed{r["seed"]}.json'),
@@ -406,12 +431,14 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
   commands = _commands(out, command)
   n_seeds = max(len(r) for r in rows.values())
   default_base = config_file is None
-  with open(os.path.join(out, 'results.json'), 'w') as f:
+  with open(os.path.join(out, 'results.json.tmp'), 'w') as f:
     json.dump({'experiment': name, 'command': command, 'commands': commands,
                'commit': _commit(), 'base_config': config_file or
                exp.config_file, 'seeds': n_seeds, 'small': small,
                **exp.headline(summary, rows), 'variants': summary,
                'runs': rows}, f, indent=1)
+  os.replace(os.path.join(out, 'results.json.tmp'),
+             os.path.join(out, 'results.json'))
   with open(os.path.join(out, 'command.txt'), 'w') as f:
     f.write('\n'.join(commands) + f'\n# commit {_commit()}\n# this '
             f'invocation: {time.time() - start:.0f} s (runs finished earlier '
@@ -450,10 +477,14 @@ def _finished_rows(exp: Experiment, name: str, workdir_root: str):
   return rows
 
 
-def _train_curve(records):
-  """[(epoch, step, training error)] from a run's training records."""
-  return [(r['epoch'], r['step'], r['top1_err'])
-          for r in records if r.get('split') == 'train']
+def _train_curve(records, log_every: int = 1):
+  """[(epoch, step, training error)] from a run's training records of whole
+  windows (a preemption's or the end's short windows left out, as the
+  training loop's own target check leaves them out)."""
+  train = [r for r in records if r.get('split') == 'train']
+  last = train[-1]['step'] if train else None
+  return [(r['epoch'], r['step'], r['top1_err']) for r in train
+          if r['step'] % log_every == 0 or r['step'] == last]
 
 
 def _speed_record(workdir: str, target: float) -> Dict:
@@ -461,12 +492,13 @@ def _speed_record(workdir: str, target: float) -> Dict:
   target (if it was evaluated then), and its training time and rate."""
   from alexnet_jax import viz  # pylint: disable=g-import-not-at-top
   records = viz.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
-  curve = _train_curve(records)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved = json.load(f)
+  batch = saved['batch_size']
+  curve = _train_curve(records, saved['log_every_steps'])
   hit = first_reaching(curve, target)
   evals = {r['step']: r['top1_err'] for r in records
            if r.get('split') == 'eval'}
-  with open(os.path.join(workdir, 'config.json')) as f:
-    batch = json.load(f)['batch_size']
   seconds, images, step = 0.0, 0, 0
   for r in records:
     if r.get('split') == 'train':
@@ -555,9 +587,14 @@ def _speed_headline(summary, rows, target):
          f'{key}_per_seed': {g: dict(zip(s['seeds'], s['epochs_per_seed']))
                              for g, s in fast.items()},
          'learning_rate': {g: s['learning_rate'] for g, s in fast.items()},
+         # Seeds that reached the target of those run: the means cover those.
+         'reached': {g: f"{s['reached']}/{s['n']}" for g, s in fast.items()},
          'test_err': {g: s['test_err_at_target'] for g, s in fast.items()},
          'ratio': None}
-  if {'relu', 'tanh'} <= set(fast):
+  if {'relu', 'tanh'} <= set(fast) and all(
+      s['reached'] == s['n'] for s in fast.values()):
+    # Only where every seed of both reached it: a seed that never did would
+    # drop out of its mean and flatter it.
     out['ratio'] = (fast['tanh']['epochs_to_target'] /
                     fast['relu']['epochs_to_target'])
   return out
@@ -677,12 +714,17 @@ def _plot_speed(summary, exp, path, name):
 def _summarise(chosen, rows):
   base = rows['base']
   out = []
+  by_seed = {x['seed']: x for x in base}
   for v in chosen:
     r = rows[v.slug]
     top1 = np.array([x['top1_err'] for x in r]) * 100
     top5 = np.array([x['top5_err'] for x in r]) * 100
-    b1 = np.array([x['top1_err'] for x in base]) * 100
-    b5 = np.array([x['top5_err'] for x in base]) * 100
+    # Deltas are paired by seed, on the seeds the base ran too.
+    paired = [x for x in r if x['seed'] in by_seed]
+    p1, p5 = (np.array([x[k] for x in paired]) * 100
+              for k in ('top1_err', 'top5_err'))
+    b1, b5 = (np.array([by_seed[x['seed']][k] for x in paired]) * 100
+              for k in ('top1_err', 'top5_err'))
     out.append({
         'variant': v.name, 'slug': v.slug, 'n': len(r),
         'top1_err': float(top1.mean()), 'top1_std': float(top1.std(ddof=1))
@@ -690,9 +732,11 @@ def _summarise(chosen, rows):
         'top5_err': float(top5.mean()), 'top5_std': float(top5.std(ddof=1))
                                                    if len(r) > 1 else 0.0,
         # The ablation's cost: how much worse without the paper's choice.
-        'delta_top1': float((top1 - b1).mean()),
-        'delta_top1_std': float((top1 - b1).std(ddof=1)) if len(r) > 1 else 0.0,
-        'delta_top5': float((top5 - b5).mean()),
+        'delta_top1': float((p1 - b1).mean()) if paired else None,
+        'delta_top1_std': (float((p1 - b1).std(ddof=1)) if len(paired) > 1
+                           else 0.0),
+        'delta_top5': float((p5 - b5).mean()) if paired else None,
+        'paired_seeds': len(paired),
         'paper_delta': v.paper_delta,
         'paper_source': PAPER_NOTE.get(v.paper_delta, ''),
     })

@@ -58,23 +58,29 @@ def test_a_failed_part_is_retried_once_and_a_timed_out_one_is_not(
     tmp_path, monkeypatch):
   import subprocess  # pylint: disable=g-import-not-at-top
   from experiments import device_check  # pylint: disable=g-import-not-at-top
-  calls = []
+  calls, killed = [], []
 
-  class Done:
-    def __init__(self, rc):
-      self.returncode = rc
+  class FakeProcess:
+    pid = 12345
 
-  def fake_run(cmd, **kwargs):
-    part = cmd[cmd.index('--part') + 1]
-    calls.append((part, kwargs['timeout']))
-    if part == 'sweep':
-      raise subprocess.TimeoutExpired(cmd, kwargs['timeout'])
-    return Done(1 if part == 'tests' and len(calls) == 2 else 0)
-  monkeypatch.setattr(device_check.subprocess, 'run', fake_run)
+    def __init__(self, cmd, **kwargs):
+      assert kwargs['start_new_session']  # Its children die with it.
+      self.part = cmd[cmd.index('--part') + 1]
+      calls.append(self.part)
+
+    def wait(self, timeout=None):
+      if self.part == 'sweep' and timeout is not None:
+        calls.append(timeout)
+        raise subprocess.TimeoutExpired('sweep', timeout)
+      return 1 if self.part == 'tests' and calls.count('tests') == 1 else 0
+  monkeypatch.setattr(device_check.subprocess, 'Popen', FakeProcess)
+  monkeypatch.setattr(device_check.os, 'killpg',
+                      lambda pid, sig: killed.append(pid))
   summary = device_check.check(str(tmp_path), str(tmp_path / 'none'),
                                parts=('sweep', 'tests', 'cifar10'))
-  assert [c[0] for c in calls] == ['sweep', 'tests', 'tests', 'cifar10']
-  assert [c[1] for c in calls] == [170, 60, 60, 60]  # The host's limits.
+  # The sweep ran out of its 170 s: killed, with its group, not retried.
+  assert calls == ['sweep', 170, 'tests', 'tests', 'cifar10']
+  assert killed == [12345]
   parts = summary['parts']
   assert not parts['sweep']['ok'] and parts['tests']['ok']
   assert [a['rc'] for a in parts['tests']['attempts']] == [1, 0]

@@ -304,6 +304,13 @@ def test_runner_runs_one_variant_and_seed_and_aggregates_all(
   before = open(metrics).read()
   run.main(first)
   assert open(metrics).read() == before
+  # A longer run of the same (variant, seed) is not skipped: it resumes.
+  run.main(first[:-2] + ['--seed', '0', '--variants', 'relu_lr_0_005',
+                         '--config.num_train_steps=8'])
+  with open(os.path.join(out, 'results.json')) as f:
+    longer = json.load(f)['runs']['relu_lr_0_005'][0]
+  assert [c[1] for c in longer['train_curve']] == [2, 4, 6, 8]
+  results['runs']['relu_lr_0_005'] = [longer]
   # Aggregating alone trains nothing and gives the same rows.
   run.main(common + ['--aggregate_only'])
   with open(os.path.join(out, 'results.json')) as f:
@@ -312,3 +319,14 @@ def test_runner_runs_one_variant_and_seed_and_aggregates_all(
   with pytest.raises(SystemExit, match='no finished run of figure1'):
     run.main(['figure1', '--aggregate_only', '--workdir_root',
               str(tmp_path / 'empty'), '--out', str(tmp_path / 'none')])
+
+
+def test_ablation_deltas_pair_seeds_that_the_base_ran():
+  from experiments import run  # pylint: disable=g-import-not-at-top
+  variants = [run.Variant('base'), run.Variant('no LRN')]
+  row = lambda seed, err: {'seed': seed, 'top1_err': err, 'top5_err': err}
+  rows = {'base': [row(0, 0.10), row(1, 0.20), row(2, 0.30)],
+          'no_lrn': [row(2, 0.35)]}
+  summary = {s['slug']: s for s in run._summarise(variants, rows)}  # pylint: disable=protected-access
+  assert summary['no_lrn']['delta_top1'] == pytest.approx(5.0)  # 35 - 30.
+  assert summary['no_lrn']['paired_seeds'] == 1

@@ -193,7 +193,15 @@ def test_a_run_stops_at_its_training_error_target(digits_dir, tmp_path):
   train.train_and_evaluate(config, workdir)
   assert [(r['split'], r['step']) for r in read_metrics(workdir)] == [
       ('train', 2), ('eval', 2), ('eval', 2)]
+  # A lower target than the one reached trains on (to its length here:
+  # no training error is below 0.1% at toy size).
+  config.stop_at_train_err = 0.001
+  config.num_train_steps = 4
+  train.train_and_evaluate(config, workdir)
+  assert [r['step'] for r in read_metrics(workdir)
+          if r['split'] == 'train'] == [2, 4]
   # Without the target, the same workdir trains on to its length.
+  config.num_train_steps = 8
   config.stop_at_train_err = -1.0
   train.train_and_evaluate(config, workdir)
   assert [r['step'] for r in read_metrics(workdir)
