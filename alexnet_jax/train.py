@@ -366,6 +366,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
               reached_before <= target else durations.total_steps)
 
   def save(step, reached=None):
+    # The loss is computed before each update: a finite loss can still come
+    # with inf or NaN gradients, so the weights themselves are checked.
+    if not all_finite(state.params):
+      raise errors.UserError(
+          f'the weights became inf or NaN by step {step} although the loss '
+          'stayed finite; the run diverged and this state was not saved. Last '
+          f'good checkpoint: step {ckpt.latest_step()} in {ckpt.directory}. '
+          'Lower learning_rate (or resume with --config.lr_override).')
     ckpt.save(step, state, {
         'store_fingerprint': fingerprint, 'reached_train_err': reached,
         'schedule': schedule.state_dict(), 'epoch': durations.epoch(step),
@@ -480,6 +488,17 @@ def _train_record(window, step, steps_per_epoch, batch_size, seconds):
   for k in ('loss', 'top1_err', 'top5_err'):
     record[k] = float(np.mean([m[k] for m in window]))
   return record
+
+
+@jax.jit
+def _all_finite(tree):
+  return jnp.all(jnp.stack([jnp.isfinite(x).all()
+                            for x in jax.tree.leaves(tree)]))
+
+
+def all_finite(tree) -> bool:
+  """Whether every array of `tree` is free of inf and NaN (one pass)."""
+  return bool(_all_finite(tree))
 
 
 def parse_profile_steps(text: str):

@@ -1,6 +1,7 @@
 """Never lose a run: crashes, preemption, damaged checkpoints, divergence,
 config drift and disk trouble."""
 
+import functools
 import json
 import os
 import random
@@ -10,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -251,3 +254,35 @@ def test_a_torn_metrics_line_is_repaired_on_resume(digits_dir, tmp_path):
   records = read_metrics(workdir)  # Every line parses.
   assert [r['step'] for r in records if r['split'] == 'train'] == [2, 4, 6]
   assert [r['step'] for r in records if r['split'] == 'eval'] == [6]
+
+
+@pytest.mark.slow
+def test_non_finite_weights_with_a_finite_loss_are_never_saved(
+    digits_dir, tmp_path, monkeypatch):
+  # A step whose loss (computed before its update) is finite but whose update
+  # made the weights NaN: the checkpoint after it is refused.
+  from alexnet_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
+  real = steps_lib.Steps.train_step
+
+  def poisoned(self):
+    step = real.func(self)
+
+    def run(state, *args):
+      state, metrics = step(state, *args)
+      if int(state.step) == 4:  # After the last update before a save.
+        state = state.replace(params=jax.tree.map(
+            lambda p: p * jnp.nan, state.params))
+      return state, metrics
+    return run
+  cached = functools.cached_property(poisoned)
+  cached.__set_name__(steps_lib.Steps, 'train_step')
+  monkeypatch.setattr(steps_lib.Steps, 'train_step', cached)
+  config = short_config(digits_dir, steps=8)
+  config.checkpoint_every_steps = 2
+  with pytest.raises(errors.UserError, match='weights became inf or NaN by '
+                     'step 4 although the loss stayed finite') as e:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert 'Last good checkpoint: step 2' in str(e.value)
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  assert ckpt.all_steps() == [2]
+  ckpt.close()
