@@ -296,8 +296,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> Dict[str, float]:
   """Trains, evaluates and checkpoints; resumes from `workdir` if it can.
 
-  Returns the final evaluation's metrics.
+  Returns the final evaluation's metrics. One run at a time per workdir: a
+  second one, while the first is alive, stops in one line.
   """
+  with workdir_lib.exclusive(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir):
   source = finetune.source(config)
   validate_config(config)
   workdir_lib.prepare(workdir, config)

@@ -286,3 +286,22 @@ def test_non_finite_weights_with_a_finite_loss_are_never_saved(
   ckpt = checkpoint.Checkpointer(str(tmp_path))
   assert ckpt.all_steps() == [2]
   ckpt.close()
+
+
+@pytest.mark.slow
+def test_a_second_writer_on_a_workdir_stops_in_one_line(digits_dir, tmp_path):
+  from tests.helpers import assert_one_line_error  # pylint: disable=g-import-not-at-top
+  from tests.helpers import run_cli  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / 'run')
+  with workdir.exclusive(path):
+    # A live run holds the workdir: another process, and this one, refused.
+    proc = run_cli(['--config', 'configs/digits.py:toy', '--workdir', path,
+                    f'--config.data_dir={digits_dir}',
+                    '--config.num_train_steps=2'])
+    assert_one_line_error(proc, 'is in use by another run (pid',
+                          'pass another --workdir')
+    with pytest.raises(errors.UserError, match='in use by another run'):
+      train.train_and_evaluate(short_config(digits_dir, steps=2), path)
+  assert not os.path.exists(os.path.join(path, 'checkpoints'))
+  # Once it has ended (however it ended), the workdir is free again.
+  train.train_and_evaluate(short_config(digits_dir, steps=2), path)
