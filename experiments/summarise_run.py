@@ -89,8 +89,8 @@ def _pct(x):
 def markdown(name: str, results: Dict) -> str:
   lines = [f'# {name}', '',
            '| run | init | epochs | centre top-1 err | centre top-5 err | '
-           '10-crop top-1 err | 10-crop top-5 err | train img/s (median) |',
-           '|---|---|---|---|---|---|---|---|']
+           '10-crop top-1 err | 10-crop top-5 err | train img/s (median) | '
+           'training time |', '|---|---|---|---|---|---|---|---|---|']
   for run in results['runs']:
     lines.append(
         f"| {run['label']} | {run['model.init']} | {run['epochs']:.2f} | "
@@ -98,7 +98,8 @@ def markdown(name: str, results: Dict) -> str:
         f"{_pct(run.get('val_top5_err_centre'))} | "
         f"{_pct(run.get('val_top1_err_10crop'))} | "
         f"{_pct(run.get('val_top5_err_10crop'))} | "
-        f"{run['train_img_per_sec_median'] or 0:.1f} |")
+        f"{run['train_img_per_sec_median'] or 0:.1f} | "
+        f"{run['train_seconds'] / 3600:.2f} h |")
   index = results.get('colour_index')
   if index:
     lines += ['', 'conv1 colour index (0 grey, 1 no grey; median and '
@@ -108,6 +109,9 @@ def markdown(name: str, results: Dict) -> str:
                   if t in index) +
               f". Shows the paper's split (one median at least twice the "
               f"other): {index.get('shows_it')}."]
+  lines += ['', 'Training time is the training windows\' own time (the '
+            'sum of their steps over their img/s): evaluations, checkpoints, '
+            'restarts and compilation left out.']
   lines += ['', 'Every evaluation of the main run:', '',
             '| epoch | crops | top-1 err | top-5 err |', '|---|---|---|---|']
   for r in results['runs'][0]['evals']:

@@ -239,6 +239,7 @@ def test_summarise_run_reports_centre_and_ten_crops(digits_dir, tmp_path):
   with open(os.path.join(out, 'results.md')) as f:
     table = f.read()
   assert f"| main | {config.model.init} | 0.04 |" in table
+  assert " h |" in table  # Training time.
 
 
 def test_runner_config_is_file_then_protocol_then_yours_then_variant():
