@@ -109,9 +109,14 @@ def exclusive(workdir: str):
   if jax.process_index():
     yield
     return
-  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_FILE)
-  f = open(path, 'a+')  # pylint: disable=consider-using-with
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    f = open(path, 'a+')  # pylint: disable=consider-using-with
+  except OSError as e:
+    raise errors.UserError(
+        f'workdir {workdir!r} is not writable ({e.strerror}); pass a '
+        '--workdir you can write to.') from e
   try:
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
