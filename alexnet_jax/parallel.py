@@ -109,17 +109,42 @@ def initialize_distributed(config) -> bool:
 def process_zero_first(name: str):
   """Process 0 runs the block first (e.g. preparing a dataset), then the rest.
 
-  Keeps several processes from writing the same files at once.
+  Keeps several processes from writing the same files at once. If process
+  0's block fails, the others raise its one-line error too, at once, rather
+  than waiting for the coordinator's timeout.
   """
   if jax.process_count() == 1:
     yield
     return
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:
-    multihost_utils.sync_global_devices(name)
-  yield
-  if jax.process_index() == 0:
-    multihost_utils.sync_global_devices(name)
+    failure = _process_zero_verdict('')
+    if failure:
+      raise errors.UserError(failure)
+    yield
+    return
+  try:
+    yield
+  except errors.UserError as e:
+    _process_zero_verdict(str(e) or type(e).__name__)
+    raise
+  except BaseException as e:
+    _process_zero_verdict(f'process 0 failed in {name} ({type(e).__name__}: '
+                          f'{str(e).splitlines()[0] if str(e) else ""}); '
+                          "see process 0's log.")
+    raise
+  _process_zero_verdict('')
+
+
+_VERDICT_BYTES = 1024
+
+
+def _process_zero_verdict(message: str) -> str:
+  """Process 0's message ('' for success), received by every process."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  data = message.encode()[:_VERDICT_BYTES].ljust(_VERDICT_BYTES, b'\0')
+  got = multihost_utils.broadcast_one_to_all(np.frombuffer(data, np.uint8))
+  return bytes(np.asarray(got, np.uint8)).rstrip(b'\0').decode(
+      errors='replace')
 
 
 def process_rows(mesh: Mesh, global_batch: int) -> Tuple[int, int]:

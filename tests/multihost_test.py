@@ -162,3 +162,43 @@ def test_two_processes_each_read_only_their_rows(digits_dir):
     # validation images, split 180 / 179 by rows.
     assert 80 <= h['train_read'] <= 96, h['train_read']
   assert [h['eval_read'] for h in hosts] == [180, 179]
+
+
+@pytest.mark.slow
+def test_process_zero_failing_stops_every_process_with_its_line(digits_dir,
+                                                                tmp_path):
+  # A damaged store: process 0 finds it while the other waits for it; both
+  # stop at once with process 0's one line, not a coordinator timeout.
+  import time  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.datasets import store  # pylint: disable=g-import-not-at-top
+  env, args, _ = command('distributed.num_processes=2')
+  port = next(p for p in iter(lambda: random.randint(20000, 60000), None)
+              if port_free(p))
+  args = [a.replace('localhost:12355', f'localhost:{port}') for a in args]
+  args = with_digits(args, digits_dir, str(tmp_path / 'two'), STEPS) + [
+      f'--config.store.dir={tmp_path / "stores"}']
+  split = os.path.join(store.directory(config_from(args)), 'train')
+  store.get(config_from(args))
+  data = os.path.join(split, 'data-00000.array_record')
+  with open(data, 'r+b') as f:
+    f.truncate(os.path.getsize(data) - 1000)
+  start = time.time()
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'alexnet_jax.main'] + args +
+      [f'--config.distributed.process_id={i}'], cwd=ROOT,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **env),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  try:
+    errs = [p.communicate(timeout=240)[1] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert time.time() - start < 120  # Startup included; no 300 s timeout.
+  lines = []
+  for p, err in zip(procs, errs):
+    assert p.returncode == 2, err[-3000:]
+    found = [l for l in err.splitlines() if l.startswith('alexnet_jax: error:')]
+    assert len(found) == 1 and 'truncated' in found[0], err[-3000:]
+    lines.append(found[0])
+  assert lines[0] == lines[1]
