@@ -169,14 +169,8 @@ def synthetic_stats(config, mesh):
 
 
 def device_peak_memory_gb(mesh):
-  """The largest peak_bytes_in_use over the mesh's local devices, in GB
-  (None where the backend keeps no such count, e.g. CPU)."""
-  peaks = []
-  for d in mesh.local_devices:
-    stats = d.memory_stats() if hasattr(d, 'memory_stats') else None
-    if stats and 'peak_bytes_in_use' in stats:
-      peaks.append(stats['peak_bytes_in_use'])
-  return max(peaks) / 1e9 if peaks else None
+  """The mesh's local devices' peak memory so far (parallel.peak_memory_gb)."""
+  return parallel.peak_memory_gb(mesh.local_devices)
 
 
 def bench_train(config, steps, warmup, devices=None):

@@ -67,3 +67,24 @@ def quiet_libraries():
   handler = logging.get_absl_handler()
   if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
     handler.addFilter(_QuietLibraries())
+
+
+def parse_config(overrides, path=None, config=None, prog='alexnet_jax'):
+  """(config, {key: value}): a config file (`path`, 'FILE[:ARG]') or a
+  ConfigDict, with '--config.KEY=VALUE' arguments applied as
+  alexnet_jax.main applies them, on a private flag registry (nothing global
+  changes); bad ones fail in one line."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  registry = flags.FlagValues()
+  argv = [prog] + ([f'--config={path}'] if path else []) + list(overrides)
+  # sys_argv: where config_flags finds the --config.KEY flags to define.
+  if path:
+    config_flags.DEFINE_config_file('config', None, 'the config',
+                                    flag_values=registry, lock_config=True,
+                                    sys_argv=argv)
+  else:
+    config_flags.DEFINE_config_dict('config', config, flag_values=registry,
+                                    lock_config=True, sys_argv=argv)
+  parse_flags(argv, registry, prog=prog)
+  return (loaded_config(registry, prog),
+          dict(config_flags.get_override_values(registry['config'])))

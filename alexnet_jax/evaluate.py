@@ -34,18 +34,10 @@ PROG = 'python -m alexnet_jax.evaluate'
 
 
 def with_overrides(config, overrides: Sequence[str]):
-  """`config` with '--config.KEY=VALUE' arguments applied, parsed as
-  alexnet_jax.main parses them (a private flag registry)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  """`config` with '--config.KEY=VALUE' arguments applied (cli.parse_config)."""
   if not overrides:
     return config
-  registry = flags.FlagValues()
-  argv = ['evaluate', *overrides]
-  config_flags.DEFINE_config_dict('config', config, flag_values=registry,
-                                  lock_config=True, sys_argv=argv)
-  cli.parse_flags(argv, registry, prog=PROG)
-  return registry.config
+  return cli.parse_config(overrides, config=config, prog=PROG)[0]
 
 
 def evaluate_workdir(path: str, overrides: Sequence[str] = (),

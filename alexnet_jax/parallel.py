@@ -105,6 +105,20 @@ def initialize_distributed(config) -> bool:
   return True
 
 
+def peak_memory_gb(devices) -> float:
+  """The largest peak bytes in use over `devices`, in GB; None where the
+  backend keeps no such count (CPU). The process's peak so far."""
+  peaks = []
+  for device in devices:
+    try:
+      stats = device.memory_stats()
+    except (AttributeError, NotImplementedError, RuntimeError):
+      stats = None
+    if stats and 'peak_bytes_in_use' in stats:
+      peaks.append(stats['peak_bytes_in_use'])
+  return max(peaks) / 1e9 if peaks else None
+
+
 @contextlib.contextmanager
 def process_zero_first(name: str):
   """Process 0 runs the block first (e.g. preparing a dataset), then the rest.

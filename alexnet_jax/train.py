@@ -264,17 +264,8 @@ class _TrainRecords:
 
 
 def peak_device_memory_gb():
-  """The largest peak bytes in use over this process's devices, in GB; None
-  where the backend reports none (CPU)."""
-  peaks = []
-  for device in jax.local_devices():
-    try:
-      stats = device.memory_stats()
-    except (NotImplementedError, RuntimeError):
-      stats = None
-    if stats and 'peak_bytes_in_use' in stats:
-      peaks.append(stats['peak_bytes_in_use'])
-  return max(peaks) / 1e9 if peaks else None
+  """This process's devices' peak memory so far (parallel.peak_memory_gb)."""
+  return parallel.peak_memory_gb(jax.local_devices())
 
 
 def _initial_state(steps, ckpt, schedule, source, config, key):

@@ -282,22 +282,11 @@ def _commit() -> str:
 
 def load_config(path: str, overrides: Sequence[str] = ()):
   """(config, {key: value}) from a config file ('FILE[:ARG]', as --config
-  takes) and `--config.KEY=VALUE` arguments, parsed as alexnet_jax.main
-  parses them (a private flag registry, so nothing global changes)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  takes) and `--config.KEY=VALUE` arguments (cli.parse_config)."""
   from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
   if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # Config files import `configs.default`.
-  registry = flags.FlagValues()
-  argv = ['experiments.run', f'--config={path}', *overrides]
-  # sys_argv: where config_flags finds the --config.KEY flags to define.
-  config_flags.DEFINE_config_file('config', None, 'the base config',
-                                  flag_values=registry, lock_config=True,
-                                  sys_argv=argv)
-  cli.parse_flags(argv, registry, prog='experiments.run')
-  config = cli.loaded_config(registry, prog='experiments.run')
-  return config, dict(config_flags.get_override_values(registry['config']))
+  return cli.parse_config(overrides, path=path, prog='experiments.run')
 
 
 def _split_config_args(argv: Sequence[str]):
