@@ -4,7 +4,13 @@
 
 Any config field can be overridden: --config.batch_size=64. All logic lives in
 `alexnet_jax.train.train_and_evaluate`, importable from a notebook.
+
+Exit status: 0 finished, 2 bad input (one line), 75 stopped by SIGTERM/SIGINT
+after saving a checkpoint (rerun the same command to resume), other non-zero
+a failure.
 """
+
+import sys
 
 from absl import app
 from absl import flags
@@ -15,6 +21,7 @@ from ml_collections import config_flags
 from alexnet_jax import cli
 from alexnet_jax import errors
 from alexnet_jax import parallel
+from alexnet_jax import preemption
 from alexnet_jax import train
 
 FLAGS = flags.FLAGS
@@ -33,10 +40,13 @@ def main(argv):
   try:
     if parallel.initialize_distributed(config) and jax.process_index():
       logging.set_verbosity(logging.WARNING)  # Process 0 reports progress.
-    train.train_and_evaluate(config, FLAGS.workdir)
+    result = train.train_and_evaluate(config, FLAGS.workdir)
   except errors.UserError as e:
     logging.flush()
     cli.fail(str(e))
+  if 'stopped_by' in result:  # Checkpointed on a signal: resumable.
+    logging.flush()
+    sys.exit(preemption.EXIT_PREEMPTED)
 
 
 if __name__ == '__main__':

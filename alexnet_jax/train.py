@@ -8,7 +8,6 @@ import contextlib
 import math
 import os
 import queue
-import signal
 import threading
 import time
 from typing import Callable, Dict
@@ -27,6 +26,7 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import parallel
+from alexnet_jax import preemption
 from alexnet_jax import progress
 from alexnet_jax import steps as steps_lib
 from alexnet_jax import workdir as workdir_lib
@@ -401,7 +401,7 @@ def _train_and_evaluate(config, workdir):
   records = _TrainRecords(log, durations, config, ckpt)  # Its clock starts.
   profiler = Profiler(config.profile_steps, workdir_lib.profile_dir(workdir))
   step = start_step
-  with StopSignals() as stop, contextlib.closing(ckpt):
+  with preemption.StopRequests() as stop, contextlib.closing(ckpt):
     try:
       while step < end_step:
         lr = schedule.lr_at(step)
@@ -419,9 +419,10 @@ def _train_and_evaluate(config, workdir):
         records.add(metrics, waited)
         step += 1
         profiler.after(step, state)
-        # One reading of the flag per step: a signal arriving later in this
-        # iteration is handled, consistently, after the next step.
-        stopping = stop.signal
+        # One reading per step (on every process, of an agreed step where
+        # there are several): a signal arriving later in this iteration is
+        # handled, consistently, after the next step.
+        stopping = stop.stop_at(step)
         checkpoint_now = durations.is_checkpoint(step) or stopping is not None
         # A checkpoint step always closes the log window, so the records of a
         # resumed run line up with those of an uninterrupted one, and writes
@@ -454,9 +455,10 @@ def _train_and_evaluate(config, workdir):
           break
         if stopping:
           ckpt.wait()
-          logging.warning('%s received: saved checkpoint %d in %s and stopped;'
-                          ' rerun the same command to resume.', stopping,
-                          step, ckpt.directory)
+          logging.warning('%s: saved checkpoint %d in %s and stopped (exit '
+                          'status %d); rerun the same command to resume.',
+                          stopping, step, ckpt.directory,
+                          preemption.EXIT_PREEMPTED)
           return {'stopped_by': stopping, 'step': step}
     finally:
       profiler.close()
@@ -541,32 +543,3 @@ class Profiler:
     if self.active:
       self.active = False
       jax.profiler.stop_trace()
-
-
-class StopSignals:
-  """SIGTERM / SIGINT ask the loop to checkpoint and stop (preemption).
-
-  A second SIGINT interrupts at once. Only installed in the main thread.
-  """
-
-  def __init__(self):
-    self.signal = None
-    self._old = {}
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.signal is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    self.signal = signal.Signals(signum).name
-    logging.warning('%s received: checkpointing at the end of this step.',
-                    self.signal)
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for s in (signal.SIGTERM, signal.SIGINT):
-        self._old[s] = signal.signal(s, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    for s, handler in self._old.items():
-      signal.signal(s, handler)

@@ -360,6 +360,7 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
                    train_runs: bool = True) -> Dict:
   """Runs (or resumes) the chosen variants x seeds, then aggregates every
   finished run under the root into the results directory."""
+  from alexnet_jax import preemption  # pylint: disable=g-import-not-at-top
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   if name not in EXPERIMENTS:
     raise SystemExit(f'experiments.run: error: unknown experiment {name!r}; '
@@ -392,9 +393,10 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
       print(f'[{name}] {v.name}, seed {seed} -> {workdir}', flush=True)
       result = train.train_and_evaluate(config, workdir)
       if 'stopped_by' in result:  # Preempted: resumable, nothing to report.
-        raise SystemExit(f'[{name}] stopped by {result["stopped_by"]} at step '
-                         f'{result["step"]}; rerun the same command to '
-                         'resume.')
+        print(f'[{name}] stopped by {result["stopped_by"]} at step '
+              f'{result["step"]}; rerun the same command to resume.',
+              file=sys.stderr, flush=True)
+        raise SystemExit(preemption.EXIT_PREEMPTED)
       row = dict(exp.row(workdir, result, seed), config=config.to_dict())
       with open(row_file(workdir, v) + '.tmp', 'w') as f:
         json.dump(row, f, default=repr)

@@ -18,6 +18,7 @@ import pytest
 
 from alexnet_jax import checkpoint
 from alexnet_jax import errors
+from alexnet_jax import preemption
 from alexnet_jax import train
 from alexnet_jax import workdir
 from tests.helpers import ROOT
@@ -155,8 +156,8 @@ def test_sigterm_saves_and_resumes(digits_dir, tmp_path):
   assert wait_for_records(workdir, 3, proc), proc.communicate()[1][-3000:]
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=60)
-  assert proc.returncode == 0, err[-3000:]
-  assert 'SIGTERM received: saved checkpoint' in err
+  assert proc.returncode == preemption.EXIT_PREEMPTED, err[-3000:]
+  assert 'SIGTERM: saved checkpoint' in err
   saved = checkpoint.Checkpointer(workdir)
   step = saved.latest_step()
   saved.close()

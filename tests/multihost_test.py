@@ -8,10 +8,15 @@ as written, and the SLURM one with the variables `srun` would set.
 import json
 import os
 import random
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
+import jax
+import numpy as np
 import pytest
 
 from alexnet_jax import train
@@ -19,6 +24,8 @@ from tests.helpers import ROOT
 from tests.helpers import assert_same_run
 from tests.helpers import command
 from tests.helpers import config_from
+from tests.helpers import final_params
+from tests.helpers import read_metrics
 from tests.helpers import tiny_config
 from tests.helpers import with_digits
 
@@ -32,6 +39,16 @@ def port_free(port):
     except OSError:
       return False
   return True
+
+
+def start_processes(args, env):
+  """Both processes of a README coordinator command."""
+  return [subprocess.Popen(
+      [sys.executable, '-m', 'alexnet_jax.main'] + args +
+      [f'--config.distributed.process_id={i}'], cwd=ROOT,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **env),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+          for i in range(2)]
 
 
 def run_processes(args, envs):
@@ -63,15 +80,20 @@ def check_like_one_process(args, tmp_path, data):
   assert_same_run(one, str(tmp_path / 'two'))
 
 
-@pytest.mark.slow
-def test_two_processes_with_a_coordinator(digits_dir, tmp_path):
-  # 2 processes x 2 devices, mesh 2 x 2: the towers within each process,
-  # each process reading (decoding) its own half of every batch.
+def coordinator_command(digits_dir, workdir, steps):
+  """README's two-process command, on a free port, made tiny."""
   env, args, _ = command('distributed.num_processes=2')
   port = next(p for p in iter(lambda: random.randint(20000, 60000), None)
               if port_free(p))
   args = [a.replace('localhost:12355', f'localhost:{port}') for a in args]
-  args = with_digits(args, digits_dir, str(tmp_path / 'two'), STEPS)
+  return env, with_digits(args, digits_dir, workdir, steps)
+
+
+@pytest.mark.slow
+def test_two_processes_with_a_coordinator(digits_dir, tmp_path):
+  # 2 processes x 1 device, mesh 2 x 1: each process reads (decodes) its own
+  # half of every batch.
+  env, args = coordinator_command(digits_dir, str(tmp_path / 'two'), STEPS)
   run_processes([args + [f'--config.distributed.process_id={i}']
                  for i in range(2)], [env, env])
   check_like_one_process(args, tmp_path, 2)
@@ -169,26 +191,16 @@ def test_process_zero_failing_stops_every_process_with_its_line(digits_dir,
                                                                 tmp_path):
   # A damaged store: process 0 finds it while the other waits for it; both
   # stop at once with process 0's one line, not a coordinator timeout.
-  import time  # pylint: disable=g-import-not-at-top
   from alexnet_jax.datasets import store  # pylint: disable=g-import-not-at-top
-  env, args, _ = command('distributed.num_processes=2')
-  port = next(p for p in iter(lambda: random.randint(20000, 60000), None)
-              if port_free(p))
-  args = [a.replace('localhost:12355', f'localhost:{port}') for a in args]
-  args = with_digits(args, digits_dir, str(tmp_path / 'two'), STEPS) + [
-      f'--config.store.dir={tmp_path / "stores"}']
+  env, args = coordinator_command(digits_dir, str(tmp_path / 'two'), STEPS)
+  args += [f'--config.store.dir={tmp_path / "stores"}']
   split = os.path.join(store.directory(config_from(args)), 'train')
   store.get(config_from(args))
   data = os.path.join(split, 'data-00000.array_record')
   with open(data, 'r+b') as f:
     f.truncate(os.path.getsize(data) - 1000)
   start = time.time()
-  procs = [subprocess.Popen(
-      [sys.executable, '-m', 'alexnet_jax.main'] + args +
-      [f'--config.distributed.process_id={i}'], cwd=ROOT,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **env),
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
+  procs = start_processes(args, env)
   try:
     errs = [p.communicate(timeout=240)[1] for p in procs]
   finally:
@@ -202,3 +214,100 @@ def test_process_zero_failing_stops_every_process_with_its_line(digits_dir,
     assert len(found) == 1 and 'truncated' in found[0], err[-3000:]
     lines.append(found[0])
   assert lines[0] == lines[1]
+
+
+PREEMPT_STEPS = 200
+
+
+def records(workdir):
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    return sum(1 for _ in f)
+
+
+def wait_until(condition, procs, timeout=180):
+  deadline = time.time() + timeout
+  while not condition():
+    assert time.time() < deadline and all(p.poll() is None for p in procs)
+    time.sleep(0.02)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(digits_dir, tmp_path_factory):
+  """The same two processes trained straight through: what a preempted and
+  resumed run must equal (one process would sum in another order)."""
+  workdir = str(tmp_path_factory.mktemp('straight'))
+  env, args = coordinator_command(digits_dir, workdir, PREEMPT_STEPS)
+  procs = start_processes(args + ['--config.checkpoint_every_steps=100'], env)
+  try:
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for p, err in zip(procs, errs):
+    assert p.returncode == 0, err[-3000:]
+  return workdir
+
+
+def preempt(args, env, workdir, signalled):
+  """Starts both processes; once both are stepping, sends each (process,
+  signal) of `signalled` a step apart; returns the step each says it saved."""
+  from alexnet_jax import preemption  # pylint: disable=g-import-not-at-top
+  procs = start_processes(args, env)
+  try:
+    start = records(workdir)
+    wait_until(lambda: records(workdir) >= start + 10, procs)  # Stepping.
+    for i, signum in signalled:
+      n = records(workdir)
+      procs[i].send_signal(signum)
+      wait_until(lambda: records(workdir) > n, procs)  # A step later.
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  saved = []
+  for p, err in zip(procs, errs):
+    assert p.returncode == preemption.EXIT_PREEMPTED, err[-3000:]
+    found = re.findall(r'saved checkpoint (\d+) in', err)
+    assert len(found) == 1, err[-3000:]
+    saved.append(int(found[0]))
+  return saved
+
+
+@pytest.mark.slow
+def test_preemption_stops_every_process_at_one_step(digits_dir, tmp_path,
+                                                    uninterrupted):
+  # SIGTERM to one process; then, resumed, SIGINT (Ctrl-C) to one and
+  # SIGTERM to the other a step later. Each time both save the same step and
+  # exit 75; the last rerun ends exactly where the uninterrupted run does.
+  from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'two')
+  env, args = coordinator_command(digits_dir, workdir, PREEMPT_STEPS)
+  args += ['--config.checkpoint_every_steps=100']
+  first = preempt(args, env, workdir, [(1, signal.SIGTERM)])
+  assert first[0] == first[1] < PREEMPT_STEPS
+  second = preempt(args, env, workdir,
+                   [(0, signal.SIGINT), (1, signal.SIGTERM)])
+  assert first[0] < second[0] == second[1] < PREEMPT_STEPS
+  ckpt = checkpoint.Checkpointer(workdir)
+  assert ckpt.latest_step() == second[0]
+  ckpt.close()
+  procs = start_processes(args, env)
+  try:
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for p, err in zip(procs, errs):
+    assert p.returncode == 0, err[-3000:]
+  assert f'Resuming from step {second[0]}' in errs[0]
+  # Exactly where the uninterrupted run ends (the log windows differ only
+  # around each stop, which closed one early).
+  jax.tree.map(np.testing.assert_array_equal,
+               final_params(uninterrupted), final_params(workdir))
+  ends = [[r for r in read_metrics(w) if r['split'] == 'eval'][-1]
+          for w in (uninterrupted, workdir)]
+  assert ends[0]['step'] == ends[1]['step'] == PREEMPT_STEPS
+  assert ends[0]['loss'] == ends[1]['loss']

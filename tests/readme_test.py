@@ -7,6 +7,7 @@ multihost_test.
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -72,3 +73,39 @@ def test_slurm_command_scales_the_learning_rate():
   assert config.batch_size == 1024 and config.lr_scaling == 'sqrt'
   from alexnet_jax import optim  # pylint: disable=g-import-not-at-top
   assert optim.scaled_learning_rate(config) == pytest.approx(0.01 * 8 ** 0.5)
+
+
+def job_script():
+  """README's SLURM job script that requeues a preempted run."""
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    text = f.read()
+  section = text.split('## From a laptop to a cluster')[1].split('\n## ')[0]
+  scripts = re.findall(r'```sh\n(.*?)```', section, re.S)
+  assert len(scripts) == 1
+  return '\n'.join(line.strip() for line in scripts[0].splitlines())
+
+
+@pytest.mark.parametrize('status, requeued', [(75, True), (0, False),
+                                              (1, False), (2, False)])
+def test_job_script_requeues_only_a_preempted_run(tmp_path, status,
+                                                  requeued):
+  # Stand-ins for srun (exits as a run would) and scontrol (records calls).
+  from alexnet_jax import preemption  # pylint: disable=g-import-not-at-top
+  assert preemption.EXIT_PREEMPTED == 75
+  bin_dir, log = tmp_path / 'bin', tmp_path / 'calls'
+  bin_dir.mkdir()
+  for name, code in (('srun', status), ('scontrol', 0)):
+    (bin_dir / name).write_text(
+        f'#!/bin/sh\necho "{name} $*" >> {log}\nexit {code}\n')
+    (bin_dir / name).chmod(0o755)
+  (tmp_path / 'job.sh').write_text(job_script())
+  proc = subprocess.run(
+      ['bash', str(tmp_path / 'job.sh')], capture_output=True, text=True,
+      env=dict(os.environ, PATH=f'{bin_dir}:{os.environ["PATH"]}',
+               SLURM_JOB_ID='4242'), check=False)
+  assert proc.returncode == status, proc.stderr
+  calls = log.read_text().splitlines()
+  assert calls[0].startswith('srun python -m alexnet_jax.main ')
+  _, args, _ = split_command(calls[0][len('srun '):])
+  assert config_from(args).mesh.model == 2
+  assert calls[1:] == (['scontrol requeue 4242'] if requeued else [])
