@@ -156,6 +156,10 @@ class Steps:
       updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
       metrics['lr'] = optim.get_learning_rate(state.opt_state)
+      # One reduction (one float across towers): researchers watch it, and
+      # the loop refuses to save a state whose gradients were inf or NaN,
+      # which a finite loss (computed before the update) does not rule out.
+      metrics['grad_norm'] = optax.tree.norm(grads)
       return TrainState(step=state.step + 1, params=params,
                         opt_state=opt_state), metrics
 

@@ -241,11 +241,18 @@ class _TrainRecords:
     record['input_wait_s'] = input_wait
     record['input_wait_share'] = min(input_wait / seconds, 1.0)
     record['device_memory_gb'] = peak_device_memory_gb()
-    if not all(math.isfinite(record[k]) for k in ('loss', 'top1_err')):
+    # The gradients go bad first: the loss follows a step later.
+    bad = next((k for k in ('grad_norm', 'loss', 'top1_err')
+                if not math.isfinite(record[k])), None)
+    if bad is not None:
+      what = (f'the training loss became {record["loss"]}'
+              if bad != 'grad_norm' else
+              f'the gradient norm became {record["grad_norm"]}' +
+              (' while the loss stayed finite' if math.isfinite(
+                  record['loss']) else ''))
       raise errors.UserError(
-          f'the training loss became {record["loss"]} by step {at}; '
-          'the run diverged and this state was not saved. Last good '
-          f'checkpoint: step {self.ckpt.latest_step()} in '
+          f'{what} by step {at}; the run diverged and this state was not '
+          f'saved. Last good checkpoint: step {self.ckpt.latest_step()} in '
           f'{self.ckpt.directory}. Lower learning_rate (or resume with '
           '--config.lr_override).')
     self.log.write(record)
@@ -363,14 +370,7 @@ def _train_and_evaluate(config, workdir):
               reached_before <= target else durations.total_steps)
 
   def save(step, reached=None):
-    # The loss is computed before each update: a finite loss can still come
-    # with inf or NaN gradients, so the weights themselves are checked.
-    if not all_finite(state.params):
-      raise errors.UserError(
-          f'the weights became inf or NaN by step {step} although the loss '
-          'stayed finite; the run diverged and this state was not saved. Last '
-          f'good checkpoint: step {ckpt.latest_step()} in {ckpt.directory}. '
-          'Lower learning_rate (or resume with --config.lr_override).')
+    # Every step's loss and gradient norm were checked first (flush).
     ckpt.save(step, state, {
         'store_fingerprint': fingerprint, 'reached_train_err': reached,
         'schedule': schedule.state_dict(), 'epoch': durations.epoch(step),
@@ -484,20 +484,9 @@ def _train_record(window, step, steps_per_epoch, batch_size, seconds):
   record = {'step': step, 'epoch': step / steps_per_epoch, 'split': 'train',
             'lr': float(window[-1]['lr']),
             'img_per_sec': len(window) * batch_size / max(seconds, 1e-9)}
-  for k in ('loss', 'top1_err', 'top5_err'):
+  for k in ('loss', 'top1_err', 'top5_err', 'grad_norm'):
     record[k] = float(np.mean([m[k] for m in window]))
   return record
-
-
-@jax.jit
-def _all_finite(tree):
-  return jnp.all(jnp.stack([jnp.isfinite(x).all()
-                            for x in jax.tree.leaves(tree)]))
-
-
-def all_finite(tree) -> bool:
-  """Whether every array of `tree` is free of inf and NaN (one pass)."""
-  return bool(_all_finite(tree))
 
 
 def parse_profile_steps(text: str):

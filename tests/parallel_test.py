@@ -85,6 +85,20 @@ COLLECTIVE = re.compile(r' (all-gather|all-reduce|reduce-scatter|all-to-all|'
 
 def replica_groups(line):
   """The device groups of one HLO collective, as a set of frozensets."""
+  named = re.search(r"replica_groups=mesh\[([^\]]*)\], device_ids=\("
+                    r"\[([\d,]+)\](T\(([\d,]+)\))?\) \{([^}]*)\}", line)
+  if named:  # Named form: mesh[axes=sizes], device ids, reduced axes.
+    axes = re.findall(r"'(\w+)'=(\d+)", named.group(1))
+    dims = [int(d) for d in named.group(2).split(',')]
+    ids = np.arange(np.prod(dims)).reshape(dims)
+    if named.group(4):
+      ids = ids.transpose([int(p) for p in named.group(4).split(',')])
+    ids = ids.reshape([int(n) for _, n in axes])
+    over = [i for i, (a, _) in enumerate(axes) if f"'{a}'" in named.group(5)]
+    rest = [i for i in range(len(axes)) if i not in over]
+    rows = ids.transpose(rest + over).reshape(
+        -1, int(np.prod([ids.shape[i] for i in over])))
+    return {frozenset(int(i) for i in r) for r in rows}
   text = re.search(r'replica_groups=(\S+?)(,\s|$)', line)
   if text is None:
     return None
@@ -114,6 +128,7 @@ def collectives(hlo, mesh):
     if not op or '-done(' in line:
       continue
     groups = replica_groups(line)
+    assert groups is not None, f'unparsed replica groups: {line[-300:]}'
     axis = next((a for a, g in axes.items() if groups == g), str(groups))
     if all(len(g) == 1 for g in groups or ()):
       continue  # A group of one device moves nothing.
@@ -129,6 +144,8 @@ def test_towers_exchange_only_at_paper_points():
   # and fc8's inputs, the logits) and the backward reduce-scatters at the
   # four whose gradient flows back to the other tower (the logits are
   # replicated, so their backward is a slice). Over `data`: the gradient sum.
+  # Beside them one all-reduce of scalars, the gradient norm's per-tower
+  # partial sums (a metric: no activation or gradient crosses there).
   steps, state, batch, stats = zero_batch_setup((2, 2))
   batch.pop('mask')
   key = jax.random.key(1)
@@ -137,7 +154,14 @@ def test_towers_exchange_only_at_paper_points():
   counts = collectives(hlo, steps.mesh)
   model = {k: v for k, v in counts.items() if k[0] != 'data'}
   assert model == {('model', 'all-gather'): 5,
-                   ('model', 'reduce-scatter'): 4}, counts
+                   ('model', 'reduce-scatter'): 4,
+                   ('model', 'all-reduce'): 1}, counts
+  norm = [l for l in hlo.splitlines() if COLLECTIVE.search(l) and
+          'all-reduce' in l and replica_groups(l) == {
+              frozenset(r) for r in np.arange(4).reshape(2, 2)}]
+  assert len(norm) == 1 and 'reduce_sum' in norm[0]
+  shapes = norm[0].split(' = ', 1)[1].split(' all-reduce', 1)[0]
+  assert set(re.findall(r'f32\[[\d,]*\]', shapes)) == {'f32[]'}, shapes
   assert set(counts) - set(model) == {('data', 'all-reduce')}, counts
   # Evaluation: the forward's five, nothing else across towers.
   eval_batch = dict(batch, mask=batch['label'].astype(np.float32) + 1)

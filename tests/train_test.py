@@ -34,6 +34,8 @@ def test_train_evaluate_checkpoint_and_resume(digits_dir, tmp_path,
   records = read_metrics(workdir)
   for r in records:
     assert REQUIRED <= set(r), r
+    if r['split'] == 'train':  # Where the window went, and the gradients.
+      assert r['grad_norm'] > 0 and r['input_wait_share'] >= 0, r
   assert [r['step'] for r in records if r['split'] == 'train'] == [2, 4, 6]
   assert [r['step'] for r in records if r['split'] == 'eval'] == [4, 6]
   assert records[-1]['lr'] == pytest.approx(0.01)
