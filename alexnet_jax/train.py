@@ -30,6 +30,7 @@ from alexnet_jax import preemption
 from alexnet_jax import progress
 from alexnet_jax import steps as steps_lib
 from alexnet_jax import workdir as workdir_lib
+from alexnet_jax import writer_lock
 from alexnet_jax.datasets import stats as stats_lib
 from alexnet_jax.datasets import store as store_lib
 from alexnet_jax.parallel import DATA, MODEL
@@ -295,9 +296,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """Trains, evaluates and checkpoints; resumes from `workdir` if it can.
 
   Returns the final evaluation's metrics. One run at a time per workdir: a
-  second one, while the first is alive, stops in one line.
+  second one, while the first is alive, stops in one line (process 0 holds
+  the lock for all the processes of a run; they share its verdict).
   """
-  with workdir_lib.exclusive(workdir):
+  with contextlib.ExitStack() as lock:
+    with parallel.process_zero_first('the workdir lock'):
+      if jax.process_index() == 0:
+        lock.enter_context(writer_lock.hold(workdir))
     return _train_and_evaluate(config, workdir)
 
 

@@ -10,15 +10,13 @@
     profile/                jax.profiler traces (--config.profile_steps=A:B)
     stats.npz               the input statistics the weights were trained with
     classes.json            the dataset's class names
-    writer.lock             held by the run writing here (one at a time)
+    writer.lock             its writer and heartbeat, while a run lives (writer_lock)
 
 Training writes it; features, ensemble, viz and fine-tuning read it, all
 through this module. A checkpoint's own config (in meta/) is the authority;
 `saved_config` fills keys that configs written by older code lack.
 """
 
-import contextlib
-import fcntl
 import itertools
 import json
 import logging as std_logging
@@ -92,48 +90,6 @@ LEGACY_DEFAULTS = {
 
 class WorkdirError(errors.UserError):
   """A workdir or checkpoint that cannot be used as asked."""
-
-
-LOCK_FILE = 'writer.lock'
-
-
-@contextlib.contextmanager
-def exclusive(workdir: str):
-  """This process as the workdir's only writer while the block runs.
-
-  An flock on WORKDIR/writer.lock, which the kernel drops when the process
-  ends however it ends (kill -9 included), so a stale lock never blocks a
-  resume. Process 0 alone writes, so it alone takes it. (Advisory locks on a
-  network filesystem are only as good as its flock support.)
-  """
-  if jax.process_index():
-    yield
-    return
-  path = os.path.join(workdir, LOCK_FILE)
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    f = open(path, 'a+')  # pylint: disable=consider-using-with
-  except OSError as e:
-    raise errors.UserError(
-        f'workdir {workdir!r} is not writable ({e.strerror}); pass a '
-        '--workdir you can write to.') from e
-  try:
-    try:
-      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-      f.seek(0)
-      holder = f.read().strip() or 'another process'
-      raise WorkdirError(
-          f'{workdir} is in use by another run ({holder}); wait for it to '
-          'end, or pass another --workdir.') from None
-    f.seek(0)
-    f.truncate()
-    f.write(f'pid {os.getpid()} on {socket.gethostname()} since '
-            f'{time.strftime("%Y-%m-%d %H:%M:%S")}')
-    f.flush()
-    yield
-  finally:
-    f.close()  # Releases the lock.
 
 
 def prepare(workdir: str, config, overwrite: bool = False):

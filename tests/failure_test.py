@@ -1,11 +1,11 @@
 """Never lose a run: crashes, preemption, damaged checkpoints, divergence,
 config drift and disk trouble."""
 
-import functools
 import json
 import os
 import random
 import shutil
+import socket
 import signal
 import subprocess
 import sys
@@ -21,6 +21,7 @@ from alexnet_jax import errors
 from alexnet_jax import preemption
 from alexnet_jax import train
 from alexnet_jax import workdir
+from alexnet_jax import writer_lock
 from tests.helpers import ROOT
 from tests.helpers import assert_same_run
 from tests.helpers import read_metrics
@@ -307,15 +308,72 @@ def test_a_second_writer_on_a_workdir_stops_in_one_line(digits_dir, tmp_path):
   from tests.helpers import assert_one_line_error  # pylint: disable=g-import-not-at-top
   from tests.helpers import run_cli  # pylint: disable=g-import-not-at-top
   path = str(tmp_path / 'run')
-  with workdir.exclusive(path):
+  with writer_lock.hold(path):
     # A live run holds the workdir: another process, and this one, refused.
     proc = run_cli(['--config', 'configs/digits.py:toy', '--workdir', path,
                     f'--config.data_dir={digits_dir}',
                     '--config.num_train_steps=2'])
     assert_one_line_error(proc, 'is in use by another run (pid',
                           'pass another --workdir')
+    assert f'on {socket.gethostname()}, since' in proc.stderr
     with pytest.raises(errors.UserError, match='in use by another run'):
       train.train_and_evaluate(short_config(digits_dir, steps=2), path)
   assert not os.path.exists(os.path.join(path, 'checkpoints'))
-  # Once it has ended (however it ended), the workdir is free again.
+  assert not os.path.exists(os.path.join(path, writer_lock.LOCK_FILE))
+  # Once it has ended, the workdir is free again, and a second run in the
+  # same process (a notebook, the experiment runner) works too.
   train.train_and_evaluate(short_config(digits_dir, steps=2), path)
+  train.train_and_evaluate(short_config(digits_dir, steps=4), path)
+  assert not os.path.exists(os.path.join(path, writer_lock.LOCK_FILE))
+
+
+def write_lock(path, age_s, **holder):
+  os.makedirs(path, exist_ok=True)
+  lock = os.path.join(path, writer_lock.LOCK_FILE)
+  with open(lock, 'w') as f:
+    json.dump(dict(started='2026-12-01 00:00:00', **holder) if holder
+              else {}, f)
+  os.utime(lock, (time.time() - age_s,) * 2)
+  return lock
+
+
+def test_stale_locks_are_taken_over_and_live_ones_refused(tmp_path,
+                                                          caplog):
+  here = socket.gethostname()
+  gone = subprocess.Popen([sys.executable, '-c', 'pass'])
+  gone.wait()  # A pid whose process has ended (kill -9, a crash).
+  cases = [  # (holder, heartbeat age, taken over?)
+      (dict(host=here, pid=gone.pid), 0, True),
+      (dict(host=here, pid=os.getppid()), 10**6, False),  # Alive here.
+      (dict(host='node-7', pid=4), writer_lock.STALE_S + 5, True),  # Requeued.
+      (dict(host='node-7', pid=4), writer_lock.STALE_S - 60, False),
+      ({}, 1, False),  # Being written: judged by its age alone.
+  ]
+  for i, (holder, age, taken) in enumerate(cases):
+    path = str(tmp_path / str(i))
+    lock = write_lock(path, age, **holder)
+    caplog.clear()
+    if taken:
+      with writer_lock.hold(path):
+        with open(lock) as f:
+          assert json.load(f)['pid'] == os.getpid()
+      assert 'Taking over the workdir lock' in caplog.text, caplog.text
+      assert not os.path.exists(lock)
+    else:
+      with pytest.raises(writer_lock.LockError,
+                         match='in use by another run') as e:
+        with writer_lock.hold(path):
+          pass
+      assert 'pass another --workdir' in str(e.value)
+      assert os.path.exists(lock)  # Left to its holder.
+
+
+def test_the_holder_refreshes_its_heartbeat(tmp_path):
+  path = str(tmp_path)
+  lock = os.path.join(path, writer_lock.LOCK_FILE)
+  with writer_lock.hold(path, heartbeat_s=0.05):
+    os.utime(lock, (time.time() - 1000,) * 2)
+    deadline = time.time() + 10
+    while time.time() - os.stat(lock).st_mtime > 100:
+      assert time.time() < deadline
+      time.sleep(0.02)

@@ -311,3 +311,27 @@ def test_preemption_stops_every_process_at_one_step(digits_dir, tmp_path,
           for w in (uninterrupted, workdir)]
   assert ends[0]['step'] == ends[1]['step'] == PREEMPT_STEPS
   assert ends[0]['loss'] == ends[1]['loss']
+
+
+@pytest.mark.slow
+def test_a_held_workdir_stops_every_process_of_a_job(digits_dir, tmp_path):
+  # Process 0 takes the lock for the job; refused, both processes stop with
+  # its one line.
+  from alexnet_jax import writer_lock  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'two')
+  env, args = coordinator_command(digits_dir, workdir, STEPS)
+  with writer_lock.hold(workdir):
+    procs = start_processes(args, env)
+    try:
+      errs = [p.communicate(timeout=240)[1] for p in procs]
+    finally:
+      for p in procs:
+        p.kill()
+  lines = []
+  for p, err in zip(procs, errs):
+    assert p.returncode == 2, err[-3000:]
+    found = [l for l in err.splitlines() if l.startswith('alexnet_jax: error:')]
+    assert len(found) == 1 and 'in use by another run' in found[0], err[-3000:]
+    lines.append(found[0])
+  assert lines[0] == lines[1]
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
