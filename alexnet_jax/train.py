@@ -338,6 +338,9 @@ def _train_and_evaluate(config, workdir):
   workdir_lib.check_config_drift(ckpt, config)
   state, meta = _initial_state(steps, ckpt, schedule, source, config, init_key)
   start_step = int(jax.device_get(state.step))
+  if not start_step:
+    # config.json is this run's, not that of an attempt that failed earlier.
+    workdir_lib.prepare(workdir, config, overwrite=True)
   # The input stream's position is stored in the checkpoint (it is a function
   # of the step as long as the batch size and dataset do not change).
   position = meta.get('data_position') or durations.position(start_step)

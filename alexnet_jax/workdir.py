@@ -300,8 +300,15 @@ class MetricsLog:
     A line a kill -9 or a full disk cut short is moved to metrics.jsonl.torn
     with a warning; records past `step` go to metrics.jsonl.rolled_back.
     Nothing is lost, and readers of metrics.jsonl see only whole lines.
+    TensorBoard is told of the restart, and hides those records too.
     """
-    if not self.active or not os.path.exists(self.path):
+    if not self.active:
+      return
+    if step:
+      # TensorBoard's restart marker: its readers drop the earlier files'
+      # events from this step on, so each step appears once.
+      self.events.write_restart(step + 1)
+    if not os.path.exists(self.path):
       return
     with open(self.path) as f:
       lines = f.readlines()
@@ -360,6 +367,7 @@ class _EventFile:
     from tensorboard.summary.writer import record_writer
     # pylint: enable=g-import-not-at-top
     self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+    self._session_log = event_pb2.SessionLog
     os.makedirs(directory, exist_ok=True)
     # TensorBoard's file name: it reads files named events.out.tfevents.*.
     name = (f'events.out.tfevents.{int(time.time()):010d}.'
@@ -375,6 +383,13 @@ class _EventFile:
               for k, v in scalars.items()]
     self._write(self._event(wall_time=time.time(), step=step,
                             summary=self._summary(value=values)))
+
+  def write_restart(self, step: int):
+    """Marks a restart at `step`: TensorBoard drops the events of earlier
+    files at `step` and after (its purge of orphaned data)."""
+    self._write(self._event(wall_time=time.time(), step=step,
+                            session_log=self._session_log(
+                                status=self._session_log.START)))
 
   def _write(self, event):
     self._records.write(event.SerializeToString())

@@ -20,7 +20,7 @@ from alexnet_jax import checkpoint
 from alexnet_jax import errors
 from alexnet_jax import preemption
 from alexnet_jax import train
-from alexnet_jax import workdir
+from alexnet_jax import workdir as workdir_lib
 from alexnet_jax import writer_lock
 from tests.helpers import ROOT
 from tests.helpers import assert_same_run
@@ -209,10 +209,10 @@ def test_keys_newer_than_a_checkpoint_are_fine_at_their_default():
   saved = json.loads(json.dumps(config.to_dict()))
   del saved['lr_scaling']  # Written before these keys existed.
   del saved['finetune']  # (Its defaults are tuples: [] in JSON.)
-  workdir.check_config_drift(_FakeCheckpoints(saved), config)
+  workdir_lib.check_config_drift(_FakeCheckpoints(saved), config)
   config.lr_scaling = 'linear'  # Not the old behaviour: refused.
   with pytest.raises(errors.ConfigError, match='lr_scaling: None'):
-    workdir.check_config_drift(_FakeCheckpoints(saved), config)
+    workdir_lib.check_config_drift(_FakeCheckpoints(saved), config)
 
 
 def test_a_key_newer_than_a_checkpoint_means_what_the_old_code_did():
@@ -223,14 +223,14 @@ def test_a_key_newer_than_a_checkpoint_means_what_the_old_code_did():
   del saved['augment']['pca_lighting']
   config.augment.pca_lighting = 0.1
   with pytest.raises(errors.ConfigError, match='augment.pca_lighting'):
-    workdir.check_config_drift(_FakeCheckpoints(saved), config)
+    workdir_lib.check_config_drift(_FakeCheckpoints(saved), config)
   config.augment.pca_lighting = 0.0
-  workdir.check_config_drift(_FakeCheckpoints(saved), config)
+  workdir_lib.check_config_drift(_FakeCheckpoints(saved), config)
   # Readers of old checkpoints see the same values.
-  old = workdir.saved_config({'config': saved}, 'test')
+  old = workdir_lib.saved_config({'config': saved}, 'test')
   assert old.augment.pca_lighting == 0.0
   del saved['store'], saved['input']  # From before the prepared store.
-  old = workdir.saved_config({'config': saved}, 'test')
+  old = workdir_lib.saved_config({'config': saved}, 'test')
   assert (old.store.format, old.input.workers) == ('raw', 0)
 
 
@@ -377,3 +377,48 @@ def test_the_holder_refreshes_its_heartbeat(tmp_path):
     while time.time() - os.stat(lock).st_mtime > 100:
       assert time.time() < deadline
       time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_tensorboard_shows_each_step_once_after_a_crash(digits_dir, tmp_path):
+  # A crash after step 6 was logged but before it was saved: the rerun
+  # resumes from 4 and logs 5 and 6 again; TensorBoard's own reader sees
+  # every step once, with the redone values.
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path)
+  config = short_config(digits_dir, steps=6)
+  config.log_every_steps = 1
+  train.train_and_evaluate(config, workdir)
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '6'))
+  train.train_and_evaluate(config, workdir)
+  events = event_accumulator.EventAccumulator(
+      os.path.join(workdir, workdir_lib.TENSORBOARD))
+  events.Reload()
+  steps = [e.step for e in events.Scalars('train/loss')]
+  assert steps == [1, 2, 3, 4, 5, 6], steps
+  last = {r['step']: r['loss'] for r in read_metrics(workdir)
+          if r['split'] == 'train'}
+  assert [e.value for e in events.Scalars('train/loss')] == pytest.approx(
+      [last[s] for s in steps], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_config_json_is_the_config_that_trained(digits_dir, tmp_path):
+  # A first attempt fails before training (the wrong number of classes);
+  # config.json is then the second attempt's, which trained. A resume keeps
+  # it.
+  workdir = str(tmp_path / 'run')
+  wrong = short_config(digits_dir, steps=2)
+  wrong.model.num_classes = 7
+  with pytest.raises(errors.ConfigError, match='num_classes=10'):
+    train.train_and_evaluate(wrong, workdir)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['model']['num_classes'] == 7  # Written at the start.
+  right = short_config(digits_dir, steps=2)
+  train.train_and_evaluate(right, workdir)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['model']['num_classes'] == 10
+  longer = short_config(digits_dir, steps=4)
+  train.train_and_evaluate(longer, workdir)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['num_train_steps'] == 2
