@@ -8,8 +8,10 @@
 Preprocessing is the paper's evaluation path: shorter side resized to the
 training `image_size`, centre square, mean image subtracted, then the centre
 crop or the 10 crops (`crops=10`; features averaged over the views, and for
-`probs` the softmax averaged, as in the paper's test). The parameters are
-restored onto one device, whatever mesh trained them.
+`probs` the softmax averaged, as in the paper's test). Whatever mesh trained
+them, the parameters are replicated on this process's devices (or the one
+given), and each batch is split over them; image files are decoded by a
+thread pool, the next batch while the devices run this one.
 
 Command line (writes the features, and with --neighbours the K nearest gallery
 images of each query by Euclidean distance of the layer, the paper's Figure 4
@@ -19,6 +21,7 @@ right):
       --layer fc7 --out feats.npz [--neighbours 5 --gallery DIR2]
 """
 
+from concurrent import futures as futures_lib
 import json
 import os
 import sys
@@ -27,6 +30,7 @@ from typing import Dict, List, Optional, Sequence, Union
 from absl import logging
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
@@ -125,9 +129,14 @@ class Features:
   """A restored network that maps images to any named layer."""
 
   def __init__(self, config: ml_collections.ConfigDict, params,
-               stats: Dict[str, np.ndarray], step: int = 0, path: str = ''):
+               stats: Dict[str, np.ndarray], step: int = 0, path: str = '',
+               devices: Optional[Sequence[jax.Device]] = None):
     self.config = config
-    self.params = params
+    self.devices = list(devices or jax.local_devices())
+    mesh = Mesh(np.array(self.devices), ('batch',))
+    self._replicated = NamedSharding(mesh, P())
+    self._split = NamedSharding(mesh, P('batch'))
+    self.params = jax.device_put(params, self._replicated)
     self.step = step
     self.path = path
     self.model = model_lib.create_model(config.model)
@@ -168,7 +177,8 @@ class Features:
       return out.reshape((v, b) + out.shape[1:]).mean(0)
 
     # Compiled as the train and eval steps are (cpu_kernels.XLA_CPU_OPTIONS).
-    self._fns[key] = jax.jit(run,
+    self._fns[key] = jax.jit(run, in_shardings=(self._replicated, self._split),
+                             out_shardings=self._split,
                              compiler_options=cpu_kernels.compiler_options())
     return self._fns[key]
 
@@ -185,7 +195,8 @@ class Features:
       preprocess: apply the paper's evaluation preprocessing.
       crops: 1 (centre) or 10 (the paper's test); default: the config's
         `eval_crops`.
-      batch_size: images per jitted call.
+      batch_size: images per jitted call (rounded up to a multiple of the
+        number of devices).
       progress: show progress (a bar on a terminal, else a log line every
         30 s).
     """
@@ -199,6 +210,8 @@ class Features:
       raise FeaturesError('no images given.')
     size = self.config.image_size if preprocess else self.input_size
     fn = self._fn(layer, crops if preprocess else 1, preprocess)
+    shards = len(self.devices)
+    batch_size = -(-batch_size // shards) * shards  # Splits over devices.
     out = []
     bar = None
     if progress:
@@ -207,52 +220,93 @@ class Features:
       bar = progress_lib.Progress(
           n, f'{layer} features',
           log=lambda line: print(line, file=sys.stderr, flush=True))
+    pool = futures_lib.ThreadPoolExecutor(min(32, os.cpu_count() or 1))
+
+    def decode(start):  # Futures of one batch's images, decoding.
+      if not preprocess or start >= n:
+        return None
+      return [pool.submit(load_image, im, size, self.max_pixels)
+              for im in images[start:start + batch_size]]
+
     try:
+      pending = decode(0)
       for start in range(0, n, batch_size):
         chunk = images[start:start + batch_size]
         if preprocess:
-          batch = np.stack([load_image(im, size, self.max_pixels)
-                            for im in chunk])
+          decoding, pending = pending, decode(start + batch_size)
+          batch = np.stack([f.result() for f in decoding])
         else:
           batch = np.asarray(chunk, np.float32)
           if batch.shape[1:] != (size, size, 3):
             raise FeaturesError(
                 f'preprocess=False needs network-ready images of shape (N, '
                 f'{size}, {size}, 3), got {batch.shape}.')
-        pad = batch_size - len(batch)  # One compiled shape for every batch.
-        if pad and n > batch_size:
-          batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:],
-                                                  batch.dtype)])
+        # One compiled shape for every batch (a single short batch only
+        # rounds up to the devices).
+        rows = batch_size if n > batch_size else -(-len(batch) // shards) * shards
+        if rows > len(batch):
+          batch = np.concatenate([batch, np.zeros(
+              (rows - len(batch),) + batch.shape[1:], batch.dtype)])
         feats = np.asarray(fn(self.params, batch))
         out.append(feats[:len(chunk)])
         if bar:
           bar.update(len(chunk))
     finally:  # Before any error message, not after it.
+      pool.shutdown(wait=True, cancel_futures=True)
       if bar:
         bar.close()
     return np.concatenate(out)
 
 
 def load(path: str, device=None) -> Features:
-  """The network of a workdir (its newest checkpoint) or of one checkpoint."""
+  """The network of a workdir (its newest checkpoint) or of one checkpoint,
+  on this process's devices (or on `device` alone)."""
   workdir, step = workdir_lib.locate(path)
   params, meta = workdir_lib.read_params(workdir, step, device)
   config = workdir_lib.saved_config(meta, f'checkpoint {step} in {workdir}')
   stats = load_stats(workdir, config)
   logging.info('Loaded %s step %d (%s, %d parameters).', workdir, step,
                config.model.layout, model_lib.count_params(params))
-  return Features(config, params, stats, step, workdir)
+  return Features(config, params, stats, step, workdir,
+                  [device] if device is not None else None)
 
 
-def nearest(queries: np.ndarray, gallery: np.ndarray, k: int):
-  """(indices, distances) `(Q, k)` of the k nearest gallery rows (Euclidean)."""
-  q = queries.reshape(len(queries), -1).astype(np.float64)
-  g = gallery.reshape(len(gallery), -1).astype(np.float64)
-  d2 = (q * q).sum(1)[:, None] - 2 * q @ g.T + (g * g).sum(1)[None]
-  k = min(k, len(g))
-  idx = np.argsort(d2, axis=1, kind='stable')[:, :k]
-  dist = np.sqrt(np.maximum(np.take_along_axis(d2, idx, 1), 0))
-  return idx, dist
+def nearest(queries: np.ndarray, gallery: np.ndarray, k: int,
+            block: int = 512, chunk: int = 4096):
+  """(indices, distances) `(Q, k)` of the k nearest gallery rows (Euclidean).
+
+  Exact, in float64, ties to the lower index. Computed `block` queries by
+  `chunk` gallery rows at a time, keeping the k best so far: its memory
+  beyond the features is about `block * chunk * 24` bytes (48 MB), whatever
+  the gallery's size, where the whole distance matrix would be Q x G x 8.
+  """
+  q_all = queries.reshape(len(queries), -1)
+  g_all = gallery.reshape(len(gallery), -1)
+  k = min(k, len(g_all))
+  g_sq = np.einsum('ij,ij->i', g_all, g_all, dtype=np.float64)
+  idx = np.zeros((len(q_all), k), np.int64)
+  d2 = np.zeros((len(q_all), k), np.float64)
+  for qs in range(0, len(q_all), block):
+    q = q_all[qs:qs + block].astype(np.float64)
+    q_sq = (q * q).sum(1)[:, None]
+    best_d = np.full((len(q), 0), np.inf)
+    best_i = np.zeros((len(q), 0), np.int64)
+    for gs in range(0, len(g_all), chunk):
+      g = g_all[gs:gs + chunk].astype(np.float64)
+      d = q_sq - 2 * (q @ g.T) + g_sq[gs:gs + len(g)][None]
+      ids = np.broadcast_to(np.arange(gs, gs + len(g)), d.shape)
+      if d.shape[1] > k:  # This chunk's k best (unordered).
+        part = np.argpartition(d, k - 1, axis=1)[:, :k]
+        d, ids = (np.take_along_axis(d, part, 1),
+                  np.take_along_axis(ids, part, 1))
+      cand_d = np.concatenate([best_d, d], 1)
+      cand_i = np.concatenate([best_i, ids], 1)
+      # Sorted by distance, then index (np.lexsort: last key first).
+      order = np.lexsort((cand_i, cand_d), axis=1)[:, :k]
+      best_d = np.take_along_axis(cand_d, order, 1)
+      best_i = np.take_along_axis(cand_i, order, 1)
+    idx[qs:qs + len(q)], d2[qs:qs + len(q)] = best_i, best_d
+  return idx, np.sqrt(np.maximum(d2, 0))
 
 
 def main(argv=None):

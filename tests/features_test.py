@@ -79,8 +79,9 @@ def test_every_layer_and_kind_of_input(run, tmp_path):
   fc7 = net.extract(images)  # Default: fc7, the run's 10 crops.
   assert not np.allclose(fc7, net.extract(images, crops=1))
   # Compiled with the train step's XLA:CPU options (cpu_kernels).
+  batch = np.concatenate([images] * len(net.devices))  # Splits evenly.
   assert '__ynn_fusion' not in net._fn('fc7', 10, True).lower(  # pylint: disable=protected-access
-      net.params, images).compile().as_text()
+      net.params, batch).compile().as_text()
 
   # Files (PNG, and a larger JPEG-free copy) give what the arrays give.
   from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -290,3 +291,47 @@ def test_a_decompression_bomb_is_refused_with_bounded_memory(run, tmp_path):
                         capture_output=True, text=True, timeout=300,
                         check=False)
   assert 'above the limit of 1,000' in proc.stderr
+
+
+def test_nearest_is_exact_in_blocks():
+  rng = np.random.default_rng(0)
+  q = rng.normal(size=(70, 6)).astype(np.float32)
+  g = rng.normal(size=(300, 6)).astype(np.float32)
+  g[200] = g[3]  # A tie: the lower index comes first.
+  q[5] = g[3]
+  d2 = ((q[:, None].astype(np.float64) - g[None]) ** 2).sum(-1)
+  want = np.argsort(d2, axis=1, kind='stable')[:, :7]
+  idx, dist = features.nearest(q, g, 7, block=16, chunk=32)
+  np.testing.assert_array_equal(idx, want)
+  np.testing.assert_allclose(dist, np.sqrt(np.take_along_axis(d2, want, 1)),
+                             rtol=1e-9, atol=1e-6)
+  assert list(idx[5, :2]) == [3, 200]
+  assert features.nearest(q, g[:4], 7)[0].shape == (70, 4)  # k > gallery.
+
+
+MEMORY = r'''
+import resource, sys
+import numpy as np
+from alexnet_jax import features
+q = np.random.default_rng(0).normal(size=(2000, 64)).astype(np.float32)
+g = np.random.default_rng(1).normal(size=(50000, 64)).astype(np.float32)
+features.nearest(q[:10], g[:10], 5)  # Warm up numpy's paths.
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+features.nearest(q, g, 5)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) * 1024)  # ru_maxrss is in kB on Linux.
+'''
+
+
+@pytest.mark.skipif(sys.platform != 'linux', reason='ru_maxrss units')
+def test_nearest_memory_does_not_grow_with_the_gallery():
+  # 2,000 queries x 50,000 gallery rows: the dense float64 distance matrix
+  # alone is 800 MB. The chunked search must peak at a tenth of that or less
+  # beyond the features (measured as the growth of peak resident memory).
+  proc = subprocess.run([sys.executable, '-c', MEMORY], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'), check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  grown = int(proc.stdout.split()[-1])
+  dense = 2000 * 50000 * 8
+  assert grown * 10 <= dense, (grown, dense)
