@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax import errors
+from alexnet_jax import imagenet_classes
 from alexnet_jax import model as model_lib
 
 # bvlc_alexnet's mean pixel (Caffe's ilsvrc_2012_mean.npy averaged), BGR.
@@ -297,6 +298,10 @@ def write_workdir(workdir: str, config, params, mean_pixel) -> str:
   # The imported network's own, over whatever an earlier run left here.
   workdir_lib.save_stats(workdir, stats, overwrite=True)
   workdir_lib.prepare(workdir, config, overwrite=True)
+  if config.model.num_classes == len(imagenet_classes.wnids()):
+    # ILSVRC-2012's classes, in the label order both files were trained in.
+    workdir_lib.save_class_names(workdir, list(imagenet_classes.wnids()),
+                                 overwrite=True)
   return ckpt.directory
 
 

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from alexnet_jax import errors
+from alexnet_jax import imagenet_classes
 
 
 
@@ -123,9 +124,10 @@ def top5(images: Sequence[np.ndarray], probs: np.ndarray,
   """Figure 4 left: each image over its five most probable classes.
 
   The bar of the correct label (when `labels` are given) is red, as in the
-  paper.
+  paper. ImageNet's WordNet ids are shown by their names.
   """
   plt = _plt()
+  class_names = imagenet_classes.readable(class_names)
   n = len(images)
   rows = -(-n // cols)
   fig, axes = plt.subplots(rows * 2, cols, figsize=(cols * 2.4, rows * 3.6),

@@ -138,10 +138,11 @@ def read_stats(path: str) -> Dict[str, np.ndarray]:
         'was not loaded. Copy stats.npz from the training run.') from e
 
 
-def save_class_names(workdir: str, names):
+def save_class_names(workdir: str, names, overwrite: bool = False):
   """The dataset's class names beside the checkpoints (for the figures)."""
   path = os.path.join(workdir, CLASSES_FILE)
-  if jax.process_index() or os.path.exists(path) or not names:
+  if (jax.process_index() or (os.path.exists(path) and not overwrite) or
+      not names):
     return
   with open(path, 'w') as f:
     json.dump(names, f)

@@ -1,5 +1,7 @@
 """Imported public weights give the same outputs as their own frameworks."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -220,3 +222,27 @@ def test_a_torchvision_file_with_a_payload_runs_nothing(tmp_path):
   assert proc.returncode == 2 and not marker.exists()
   assert 'Traceback' not in proc.stderr
   assert 'is not a PyTorch state_dict file' in proc.stderr.splitlines()[-1]
+
+
+def test_an_imagenet_import_carries_its_classes(tmp_path):
+  # 1000 outputs: ILSVRC-2012's classes, as WordNet ids in label order
+  # (classes.json), shown by their names in the figures.
+  from alexnet_jax import imagenet_classes  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / 'bvlc_alexnet.npy')
+  np.save(path, caffe_weights(classes=1000), allow_pickle=True)
+  workdir = str(tmp_path / 'caffe')
+  assert pretrained.main(['--format', 'caffe', '--weights', path,
+                          '--workdir', workdir]) == 0
+  names = workdir_lib.class_names(workdir, 1000)
+  assert len(set(names)) == 1000 and names == sorted(names)
+  assert names[:2] == ['n01440764', 'n01443537'] and names[-1] == 'n15075141'
+  assert imagenet_classes.readable(names[:2] + ['x']) == ('tench', 'goldfish',
+                                                          'x')
+  # The order is tfds imagenet2012's, so the folder and tars routes agree.
+  tfds_labels = os.path.join(
+      os.path.dirname(__import__('tensorflow_datasets').__file__),
+      'datasets', 'imagenet2012', 'labels.txt')
+  if os.path.exists(tfds_labels):
+    with open(tfds_labels) as f:
+      assert names == f.read().split()
