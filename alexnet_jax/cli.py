@@ -15,11 +15,34 @@ def fail(message: str, prog: str = 'alexnet_jax'):
   sys.exit(2)
 
 
+def config_path(path: str) -> str:
+  """A --config value ('FILE[:ARG]'), found from any working directory: a
+  `configs/NAME.py` that is not there names the shipped one
+  (alexnet_jax/configs/, installed with the package)."""
+  file, sep, arg = path.partition(':')
+  shipped = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                         'configs', os.path.basename(file))
+  if (not os.path.exists(file) and os.path.dirname(os.path.normpath(file)) ==
+      'configs' and os.path.exists(shipped)):
+    return shipped + sep + arg
+  return path
+
+
+def _with_config_paths(argv: Sequence[str]) -> List[str]:
+  out = list(argv)
+  for i, a in enumerate(out):
+    if a.startswith('--config='):
+      out[i] = '--config=' + config_path(a[len('--config='):])
+    elif a == '--config' and i + 1 < len(out):
+      out[i + 1] = config_path(out[i + 1])
+  return out
+
+
 def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS,
                 prog: str = 'alexnet_jax') -> List[str]:
   """flag_values(argv), with one-line errors naming the bad flag or key."""
   try:
-    return flag_values(list(argv))
+    return flag_values(_with_config_paths(argv))
   except flags.Error as e:
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     fail(' '.join(lines[:1] + lines[-1:]) if len(lines) > 1 else lines[0],
@@ -76,7 +99,8 @@ def parse_config(overrides, path=None, config=None, prog='alexnet_jax'):
   changes); bad ones fail in one line."""
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   registry = flags.FlagValues()
-  argv = [prog] + ([f'--config={path}'] if path else []) + list(overrides)
+  argv = [prog] + ([f'--config={config_path(path)}'] if path else []) + list(
+      overrides)
   # sys_argv: where config_flags finds the --config.KEY flags to define.
   if path:
     config_flags.DEFINE_config_file('config', None, 'the config',

@@ -60,7 +60,7 @@ def _expect(name: str, array, shape: Tuple, what: str):
 
 
 def _base_config() -> ml_collections.ConfigDict:
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   config.mesh.data, config.mesh.model = 1, 1
   config.eval_crops = 1  # Both references report single centre-crop results.

@@ -86,9 +86,9 @@ def dataset_config(name: str, data: dict, rehearse: bool = False):
   """The config that trains on the prepared store `name` of data.json."""
   if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-  from configs import default  # pylint: disable=g-import-not-at-top
-  from configs import figure1_cifar10  # pylint: disable=g-import-not-at-top
-  from configs import image_folder  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.configs import default  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.configs import figure1_cifar10  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.configs import image_folder  # pylint: disable=g-import-not-at-top
   entry = data[name]
   if name == 'cifar10':
     config = figure1_cifar10.get_config()
@@ -187,8 +187,8 @@ def install_missing_wheels(where: str, target: str):
 def part_sweep(out, data, rehearse):
   del data
   from alexnet_jax import bench  # pylint: disable=g-import-not-at-top
-  from configs import default  # pylint: disable=g-import-not-at-top
-  from configs import ilsvrc2012  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.configs import default  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.configs import ilsvrc2012  # pylint: disable=g-import-not-at-top
   config = ilsvrc2012.get_config()
   if rehearse:
     default.with_arg(config, 'toy')
@@ -282,8 +282,8 @@ def part_custom_vjp(out, data, rehearse):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from alexnet_jax import bench  # pylint: disable=g-import-not-at-top
-  from configs import default  # pylint: disable=g-import-not-at-top
-  from configs import ilsvrc2012  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.configs import default  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.configs import ilsvrc2012  # pylint: disable=g-import-not-at-top
   result = {'device': jax.local_devices()[0].device_kind}
   for custom in (True, False):
     config = ilsvrc2012.get_config()

@@ -254,7 +254,7 @@ PAPER_NOTE = {
 def shrink(config, steps: Optional[int] = 6, log_every: Optional[int] = None):
   """Toy size (configs/default.py TOY) on a one-device mesh, `steps` long
   (None: keep the duration)."""
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.configs import default  # pylint: disable=g-import-not-at-top
   default.with_arg(config, 'toy')
   config.mesh.data = config.mesh.model = 1
   if steps:
@@ -284,8 +284,6 @@ def load_config(path: str, overrides: Sequence[str] = ()):
   """(config, {key: value}) from a config file ('FILE[:ARG]', as --config
   takes) and `--config.KEY=VALUE` arguments (cli.parse_config)."""
   from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
-  if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)  # Config files import `configs.default`.
   return cli.parse_config(overrides, path=path, prog='experiments.run')
 
 

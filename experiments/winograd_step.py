@@ -86,7 +86,7 @@ def main():
                       help='compare cpu_kernels.XLA_CPU_OPTIONS against '
                       "XLA:CPU's defaults instead")
   args = parser.parse_args()
-  config = importlib.import_module(f'configs.{args.config}').get_config()
+  config = importlib.import_module(f'alexnet_jax.configs.{args.config}').get_config()
   sizes = tuple(int(s) for s in args.sizes.split(','))
   print(json.dumps(compare(config, args.rounds, sizes, args.xla_options)),
         flush=True)

@@ -10,7 +10,7 @@ import pytest
 
 from alexnet_jax import bench
 from alexnet_jax import model as model_lib
-from configs import default
+from alexnet_jax.configs import default
 from tests.helpers import ROOT
 
 try:
@@ -42,7 +42,7 @@ def test_four_layer_cnn_flops_by_hand():
 
 def _arch_config(arch):
   """Each registered architecture's own config, at toy size."""
-  from configs import figure1_cifar10  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.configs import figure1_cifar10  # pylint: disable=g-import-not-at-top
   from tests.helpers import shrink  # pylint: disable=g-import-not-at-top
   if arch == 'four_layer_cnn':
     config = figure1_cifar10.get_config()

@@ -19,20 +19,20 @@ NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(
 
 @pytest.mark.parametrize('name', NAMES)
 def test_config_is_valid(name):
-  config = importlib.import_module(f'configs.{name}').get_config()
+  config = importlib.import_module(f'alexnet_jax.configs.{name}').get_config()
   train.validate_config(config)
   net = model_lib.create_model(config.model)
   params = model_lib.param_shapes(net)
   assert jax.tree.leaves(params)
   if name != 'default' and config.dataset not in ('digits', 'image_folder'):
     tfds.builder_cls(config.dataset.split('/')[0])  # A real tfds dataset.
-  module = importlib.import_module(f'configs.{name}')
+  module = importlib.import_module(f'alexnet_jax.configs.{name}')
   if name != 'default':
     assert 'python -m alexnet_jax.main --config configs/' in module.__doc__
 
 
 def test_paper_defaults():
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.configs import default  # pylint: disable=g-import-not-at-top
   c = default.get_config()
   assert (c.batch_size, c.momentum, c.weight_decay, c.learning_rate) == (
       128, 0.9, 5e-4, 0.01)
@@ -46,7 +46,7 @@ def test_paper_defaults():
 
 def test_four_layer_cnn_is_data_parallel_only():
   from alexnet_jax import errors, optim, parallel  # pylint: disable=g-import-not-at-top
-  from configs import figure1_digits  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.configs import figure1_digits  # pylint: disable=g-import-not-at-top
   config = figure1_digits.get_config()
   net = model_lib.create_model(config.model)
   tx, _ = optim.create(config, 11)

@@ -8,7 +8,7 @@ import pytest
 
 from alexnet_jax import errors
 from alexnet_jax import train
-from configs import finetune
+from alexnet_jax.configs import finetune
 from tests.helpers import final_params
 from tests.helpers import shrink
 from tests.helpers import tiny_config

@@ -24,8 +24,8 @@ from alexnet_jax import parallel
 from alexnet_jax import steps as steps_lib
 from alexnet_jax import workdir as workdir_lib
 from alexnet_jax.datasets import store
-from configs import default
-from configs import digits
+from alexnet_jax.configs import default
+from alexnet_jax.configs import digits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -156,12 +156,12 @@ def run_steps(mesh_shape, config=None, scheme='towers', num_classes=10,
   return losses, jax.device_get(state.params), jax.device_get(sums)
 
 
-def run_cli(args, devices=2, timeout=300):
+def run_cli(args, devices=2, timeout=300, cwd=ROOT):
   env = dict(os.environ)
   env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   env['TF_CPP_MIN_LOG_LEVEL'] = '2'
   return subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.main'] + args, cwd=ROOT, env=env,
+      [sys.executable, '-m', 'alexnet_jax.main'] + args, cwd=cwd, env=env,
       capture_output=True, text=True, timeout=timeout, check=False)
 
 

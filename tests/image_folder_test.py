@@ -10,7 +10,7 @@ import pytest
 from alexnet_jax import errors
 from alexnet_jax import train
 from alexnet_jax.datasets import store
-from configs import image_folder as image_folder_config
+from alexnet_jax.configs import image_folder as image_folder_config
 from tests.helpers import bomb_png
 from tests.helpers import shrink
 

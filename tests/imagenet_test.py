@@ -22,7 +22,7 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import train
 from alexnet_jax.datasets import source
 from alexnet_jax.datasets import store
-from configs import ilsvrc2012
+from alexnet_jax.configs import ilsvrc2012
 from tests.helpers import ROOT
 from tests.helpers import shrink
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from alexnet_jax import cli
 from tests.helpers import ROOT
 from tests.helpers import assert_one_line_error
 from tests.helpers import run_cli
@@ -64,3 +65,22 @@ def test_missing_tensorflow_is_one_line(tmp_path):
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
       check=False)
   assert_one_line_error(proc, 'TensorFlow is needed', "'.[cpu]'")
+
+
+def test_shipped_configs_from_any_directory(digits_dir, tmp_path,
+                                            monkeypatch):
+  # configs/ is part of the package (alexnet_jax/configs; the checkout's
+  # configs/ links to it): `--config configs/NAME.py` works from anywhere,
+  # and a file of that name in the working directory comes first.
+  shipped = os.path.join(ROOT, 'alexnet_jax', 'configs', 'digits.py')
+  assert cli.config_path('configs/digits.py') == 'configs/digits.py'  # Here.
+  monkeypatch.chdir(tmp_path)
+  assert cli.config_path('configs/digits.py:toy') == shipped + ':toy'
+  assert cli.config_path('configs/nope.py') == 'configs/nope.py'
+  assert cli.config_path('mine/digits.py') == 'mine/digits.py'
+  proc = run_cli(['--config', 'configs/digits.py:toy', '--workdir',
+                  str(tmp_path / 'w'), f'--config.data_dir={digits_dir}',
+                  '--config.num_train_steps=1', '--config.eval_crops=1'],
+                 cwd=str(tmp_path))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'Done: 1 steps' in proc.stderr

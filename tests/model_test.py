@@ -8,7 +8,7 @@ import pytest
 from alexnet_jax import model as model_lib
 from alexnet_jax import ops
 from alexnet_jax import steps as steps_lib
-from configs import default
+from alexnet_jax.configs import default
 from tests.helpers import tiny_config
 
 
@@ -219,7 +219,7 @@ def test_lrn_across_towers():
 
 
 def figure1_model(**overrides):
-  from configs import figure1_cifar10  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.configs import figure1_cifar10  # pylint: disable=g-import-not-at-top
   return model_lib.create_model(figure1_cifar10.get_config().model,
                                 **overrides)
 
@@ -272,7 +272,7 @@ def test_four_layer_cnn_activation_switch_and_errors():
   a = relu.apply({'params': params}, x)
   b = tanh.apply({'params': params}, x)
   assert not np.allclose(a, b)
-  from configs import figure1_cifar10  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.configs import figure1_cifar10  # pylint: disable=g-import-not-at-top
   config = figure1_cifar10.get_config().model
   config.init = 'caffe'
   with pytest.raises(ValueError, match='four-layer CNN'):

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from alexnet_jax import optim
-from configs import default
+from alexnet_jax.configs import default
 
 
 def grad_fn(w):

@@ -211,7 +211,7 @@ def test_reported_rates_match_the_wall_clock_on_the_figure1_network(
   """Every window's img/s against the wall time between its record and the
   previous one, on the small network, where a window timed by the wrong
   step is furthest off."""
-  from configs import figure1_digits  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.configs import figure1_digits  # pylint: disable=g-import-not-at-top
   config = figure1_digits.get_config()
   config.data_dir = digits_dir
   config.mesh.data = config.mesh.model = 1

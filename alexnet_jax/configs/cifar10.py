@@ -10,7 +10,7 @@ split (CIFAR-10 has no validation split). Not yet run here (no internet on the
 development machines), so there is no measured result to expect.
 """
 
-from configs import default
+from alexnet_jax.configs import default
 
 
 def get_config(arg=None):

@@ -20,8 +20,8 @@ per run): 5% training error after 7 epochs with ReLU at its fastest rate
 so on digits the paper's ReLU advantage does not show.
 """
 
-from configs import default
-from configs import figure1_cifar10
+from alexnet_jax.configs import default
+from alexnet_jax.configs import figure1_cifar10
 
 
 def get_config(arg=None):

@@ -33,7 +33,7 @@ raw): about 4 minutes an epoch would need 5,300 images/s, e.g. 2 cores reading
 raw (1,281,167 / 5,300 s): arithmetic from those rates, not a measurement.
 """
 
-from configs import default
+from alexnet_jax.configs import default
 
 
 def get_config(arg=None):

@@ -40,7 +40,7 @@ a constant learning rate. `metrics.jsonl` gets one training record per epoch
 batches, which is what Figure 1 plots.
 """
 
-from configs import default
+from alexnet_jax.configs import default
 
 
 def get_config(arg=None):

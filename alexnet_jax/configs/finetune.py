@@ -16,7 +16,7 @@ layers with --config.finetune.reinit='("fc7","fc8")' or
 suite fine-tunes a digits run on a small image folder.
 """
 
-from configs import default
+from alexnet_jax.configs import default
 
 
 def get_config(arg=None):

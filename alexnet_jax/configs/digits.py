@@ -28,7 +28,7 @@ What differs from the paper and why:
     reliable.
 """
 
-from configs import default
+from alexnet_jax.configs import default
 
 
 def get_config(arg=None):

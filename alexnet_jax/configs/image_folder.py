@@ -16,7 +16,7 @@ train from `model.init='he'` (as configs/digits.py does) rather than the paper's
 init, which needs ImageNet's scale to leave its initial plateau.
 """
 
-from configs import default
+from alexnet_jax.configs import default
 
 
 def get_config(arg=None):

@@ -15,7 +15,7 @@ This config's own tfds download (320 px, 60 epochs) has not been run here (no
 internet).
 """
 
-from configs import default
+from alexnet_jax.configs import default
 
 
 def get_config(arg=None):
