@@ -15,3 +15,9 @@ class ConfigError(UserError, ValueError):
 
 class DataError(UserError):
   """A dataset that cannot be found, prepared or read."""
+
+
+def not_writable(workdir: str, error: OSError) -> UserError:
+  """The one line for a workdir that cannot be written."""
+  return UserError(f'workdir {workdir!r} is not writable ({error.strerror}); '
+                   'pass a --workdir you can write to.')

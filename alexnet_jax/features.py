@@ -294,11 +294,9 @@ def nearest(queries: np.ndarray, gallery: np.ndarray, k: int,
     for gs in range(0, len(g_all), chunk):
       g = g_all[gs:gs + chunk].astype(np.float64)
       d = q_sq - 2 * (q @ g.T) + g_sq[gs:gs + len(g)][None]
-      ids = np.broadcast_to(np.arange(gs, gs + len(g)), d.shape)
-      if d.shape[1] > k:  # This chunk's k best (unordered).
-        part = np.argpartition(d, k - 1, axis=1)[:, :k]
-        d, ids = (np.take_along_axis(d, part, 1),
-                  np.take_along_axis(ids, part, 1))
+      # This chunk's k best, ties to the lower index (a stable sort).
+      best = np.argsort(d, axis=1, kind='stable')[:, :k]
+      d, ids = np.take_along_axis(d, best, 1), best + gs
       cand_d = np.concatenate([best_d, d], 1)
       cand_i = np.concatenate([best_i, ids], 1)
       # Sorted by distance, then index (np.lexsort: last key first).

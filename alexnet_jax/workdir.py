@@ -102,9 +102,7 @@ def prepare(workdir: str, config, overwrite: bool = False):
       f.write('ok')
     os.remove(probe)
   except OSError as e:
-    raise errors.UserError(
-        f'workdir {workdir!r} is not writable ({e.strerror}); pass a '
-        '--workdir you can write to.') from e
+    raise errors.not_writable(workdir, e) from e
   path = os.path.join(workdir, CONFIG_FILE)
   if jax.process_index() == 0 and (overwrite or not os.path.exists(path)):
     with open(path, 'w') as f:
@@ -305,10 +303,10 @@ class MetricsLog:
     """
     if not self.active:
       return
-    if step:
-      # TensorBoard's restart marker: its readers drop the earlier files'
-      # events from this step on, so each step appears once.
-      self.events.write_restart(step + 1)
+    # TensorBoard's restart marker: its readers drop the earlier files'
+    # events from this step on, so each step appears once (harmless on a
+    # fresh run).
+    self.events.write_restart(step + 1)
     if not os.path.exists(self.path):
       return
     with open(self.path) as f:

@@ -62,6 +62,8 @@ def _read(path: str):
     age = time.time() - os.stat(path).st_mtime
   except FileNotFoundError:
     return None, None
+  except OSError:
+    return {}, 0.0  # Unreadable for now (NFS): live until proven stale.
   try:
     holder = json.loads(text)
   except ValueError:
@@ -71,14 +73,16 @@ def _read(path: str):
 
 def _stale(holder, age, stale_s):
   """Why the lock may be taken over, or None while its holder is alive."""
-  here = socket.gethostname()
-  if holder.get('host') == here and isinstance(holder.get('pid'), int):
-    pid = holder['pid']
-    if pid != os.getpid() and not _alive(pid, holder.get('pid_start')):
-      return f'its process {pid} on this host is gone'
-    return None
-  if age > stale_s:
+  if age > stale_s:  # A live holder refreshes it, whatever its host.
     return f'its heartbeat is {age:.0f} s old, over {stale_s:.0f} s'
+  pid, start = holder.get('pid'), holder.get('pid_start')
+  if holder.get('host') == socket.gethostname() and isinstance(pid, int):
+    if pid == os.getpid():  # This process, or a dead one of the same pid.
+      if start is not None and start != _process_start(pid):
+        return f'its process {pid} on this host is gone'
+      return None
+    if not _alive(pid, start):
+      return f'its process {pid} on this host is gone'
   return None
 
 
@@ -122,8 +126,12 @@ def _take(workdir: str, path: str, stale_s: float):
         raise LockError(f'{workdir}: another run took it over at the same '
                         'moment; pass another --workdir.')
       return me
-    with os.fdopen(fd, 'w') as f:
-      json.dump(me, f)
+    try:
+      with os.fdopen(fd, 'w') as f:
+        json.dump(me, f)
+    except BaseException:
+      os.remove(path)  # Never leave an empty lock behind (ENOSPC, ^C).
+      raise
     return me
   raise LockError(f'{workdir}: its lock keeps changing hands; pass another '
                   '--workdir.')
@@ -133,32 +141,25 @@ def _take(workdir: str, path: str, stale_s: float):
 def hold(workdir: str, heartbeat_s: float = HEARTBEAT_S,
          stale_s: float = STALE_S):
   """This process as the workdir's only writer while the block runs."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise errors.UserError(
-        f'workdir {workdir!r} is not writable ({e.strerror}); pass a '
-        '--workdir you can write to.') from e
   path = os.path.join(workdir, LOCK_FILE)
   try:
+    os.makedirs(workdir, exist_ok=True)
     me = _take(workdir, path, stale_s)
-  except PermissionError as e:
-    raise errors.UserError(
-        f'workdir {workdir!r} is not writable ({e.strerror}); pass a '
-        '--workdir you can write to.') from e
+  except OSError as e:  # Read-only, full, over quota, not ours.
+    raise errors.not_writable(workdir, e) from e
   done = threading.Event()
 
   def beat():
     while not done.wait(heartbeat_s):
       holder, _ = _read(path)
-      if (holder or {}).get('token') != me['token']:
+      if holder and holder.get('token') != me['token']:
         logging.error('The lock %s was taken over by another run (%s): two '
                       'runs may now write this workdir.', path,
-                      _describe(holder or {}, 0))
+                      _describe(holder, 0))
         return
       try:
         os.utime(path)
-      except OSError as e:
+      except OSError as e:  # Transient (NFS): the next beat tries again.
         logging.warning('Could not refresh the lock %s (%s).', path, e)
 
   thread = threading.Thread(target=beat, daemon=True, name='writer-lock')

@@ -344,7 +344,11 @@ def test_stale_locks_are_taken_over_and_live_ones_refused(tmp_path,
   gone.wait()  # A pid whose process has ended (kill -9, a crash).
   cases = [  # (holder, heartbeat age, taken over?)
       (dict(host=here, pid=gone.pid), 0, True),
-      (dict(host=here, pid=os.getppid()), 10**6, False),  # Alive here.
+      (dict(host=here, pid=os.getppid()), 5, False),  # Alive here.
+      # Hung, or another container with this host name: no heartbeat.
+      (dict(host=here, pid=os.getppid()), writer_lock.STALE_S + 5, True),
+      # A restarted container: this pid, but another process's start.
+      (dict(host=here, pid=os.getpid(), pid_start=-1), 5, True),
       (dict(host='node-7', pid=4), writer_lock.STALE_S + 5, True),  # Requeued.
       (dict(host='node-7', pid=4), writer_lock.STALE_S - 60, False),
       ({}, 1, False),  # Being written: judged by its age alone.

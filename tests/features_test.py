@@ -306,6 +306,10 @@ def test_nearest_is_exact_in_blocks():
   np.testing.assert_allclose(dist, np.sqrt(np.take_along_axis(d2, want, 1)),
                              rtol=1e-9, atol=1e-6)
   assert list(idx[5, :2]) == [3, 200]
+  # Ties within one chunk, across the k-th place: the lowest indices.
+  g[40:60] = q[0]
+  idx, _ = features.nearest(q, g, 3, block=16, chunk=32)
+  assert list(idx[0]) == [40, 41, 42]
   assert features.nearest(q, g[:4], 7)[0].shape == (70, 4)  # k > gallery.
 
 

@@ -130,7 +130,7 @@ def collectives(hlo, mesh):
     groups = replica_groups(line)
     assert groups is not None, f'unparsed replica groups: {line[-300:]}'
     axis = next((a for a, g in axes.items() if groups == g), str(groups))
-    if all(len(g) == 1 for g in groups or ()):
+    if all(len(g) == 1 for g in groups):
       continue  # A group of one device moves nothing.
     key = (axis, op.group(1))
     counts[key] = counts.get(key, 0) + 1

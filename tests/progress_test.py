@@ -84,7 +84,7 @@ class Device:
 
 def _metrics(step, loss=1.0):
   return {'step': step, 'loss': loss, 'top1_err': 0.5, 'top5_err': 0.1,
-          'lr': 0.01}
+          'lr': 0.01, 'grad_norm': 2.0}
 
 
 def _records(device, d, batch=128):
