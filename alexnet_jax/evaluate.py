@@ -54,7 +54,19 @@ def evaluate_workdir(path: str, overrides: Sequence[str] = (),
   tx, _ = optim.create(config, steps_per_epoch=1)
   steps = steps_lib.Steps(config, model, tx, mesh)
   params = jax.device_put(params, steps.state_sharding.params)
-  data = store_lib.get(config, splits=[split])
+  try:
+    data = store_lib.get(config, splits=[split])
+  except errors.DataError as e:
+    if not meta.get('imported') or overrides:
+      raise
+    # Imported weights come without their data: say how to give it.
+    raise errors.DataError(
+        f'{workdir} holds imported weights, and their dataset '
+        f'({config.dataset}) is not prepared here; evaluate them on labelled '
+        'images with --config.dataset=image_folder --config.data_dir=DIR, '
+        'where DIR/val/ holds one folder per class of the network, named as '
+        'in classes.json, or prepare the dataset (features and viz need '
+        f'none). [{e}]') from e
   eval_split = data.split(split)
   stats_path = os.path.join(workdir, workdir_lib.STATS_FILE)
   if not os.path.exists(stats_path):

@@ -39,3 +39,25 @@ def test_evaluate_refuses_bad_input_in_one_line(tmp_path, capsys):
   assert e.value.code == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and 'neither a workdir' in err[0], err
+
+
+def test_an_import_without_its_data_says_how_to_give_it(tmp_path, capsys,
+                                                        monkeypatch):
+  # Imported ImageNet weights, no ImageNet prepared: one line naming the
+  # image_folder route.
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import pretrained  # pylint: disable=g-import-not-at-top
+  from tests.pretrained_test import caffe_weights  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'tfds'))
+  path = str(tmp_path / 'bvlc_alexnet.npy')
+  np.save(path, caffe_weights(classes=1000), allow_pickle=True)
+  workdir = str(tmp_path / 'import')
+  assert pretrained.main(['--format', 'caffe', '--weights', path,
+                          '--workdir', workdir]) == 0
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as e:
+    evaluate.main(['--workdir', workdir])
+  assert e.value.code == 2
+  err = [l for l in capsys.readouterr().err.splitlines() if ': error:' in l]
+  assert len(err) == 1 and 'holds imported weights' in err[0], err
+  assert '--config.dataset=image_folder --config.data_dir=DIR' in err[0]
