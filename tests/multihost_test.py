@@ -51,19 +51,23 @@ def start_processes(args, env):
           for i in range(2)]
 
 
+def outputs(procs, timeout):
+  """Each process's (stdout, stderr) once it ends; all are killed if one
+  overruns `timeout` or the test fails."""
+  try:
+    return [p.communicate(timeout=timeout) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+
+
 def run_processes(args, envs):
   procs = [subprocess.Popen(
       [sys.executable, '-m', 'alexnet_jax.main'] + args[i], cwd=ROOT,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **envs[i]),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in range(2)]
-  errs = []
-  try:
-    for p in procs:
-      errs.append(p.communicate(timeout=400)[1])
-  finally:
-    for p in procs:
-      p.kill()
+  errs = [err for _, err in outputs(procs, 400)]
   for p, err in zip(procs, errs):
     assert p.returncode == 0, err[-4000:]
   # Process 0 reports; process 1 stays quiet (warnings only).
@@ -161,11 +165,7 @@ def test_two_processes_each_read_only_their_rows(digits_dir):
       [sys.executable, '-c', READER, digits_dir, f'localhost:{port}', str(i)],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True) for i in range(2)]
-  try:
-    outs = [p.communicate(timeout=300) for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
+  outs = outputs(procs, 300)
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   hosts = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
@@ -201,11 +201,7 @@ def test_process_zero_failing_stops_every_process_with_its_line(digits_dir,
     f.truncate(os.path.getsize(data) - 1000)
   start = time.time()
   procs = start_processes(args, env)
-  try:
-    errs = [p.communicate(timeout=240)[1] for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
+  errs = [err for _, err in outputs(procs, 240)]
   assert time.time() - start < 120  # Startup included; no 300 s timeout.
   lines = []
   for p, err in zip(procs, errs):
@@ -241,11 +237,7 @@ def uninterrupted(digits_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('straight'))
   env, args = coordinator_command(digits_dir, workdir, PREEMPT_STEPS)
   procs = start_processes(args + ['--config.checkpoint_every_steps=100'], env)
-  try:
-    errs = [p.communicate(timeout=300)[1] for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
+  errs = [err for _, err in outputs(procs, 300)]
   for p, err in zip(procs, errs):
     assert p.returncode == 0, err[-3000:]
   return workdir
@@ -295,11 +287,7 @@ def test_preemption_stops_every_process_at_one_step(digits_dir, tmp_path,
   assert ckpt.latest_step() == second[0]
   ckpt.close()
   procs = start_processes(args, env)
-  try:
-    errs = [p.communicate(timeout=300)[1] for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
+  errs = [err for _, err in outputs(procs, 300)]
   for p, err in zip(procs, errs):
     assert p.returncode == 0, err[-3000:]
   assert f'Resuming from step {second[0]}' in errs[0]
@@ -322,11 +310,7 @@ def test_a_held_workdir_stops_every_process_of_a_job(digits_dir, tmp_path):
   env, args = coordinator_command(digits_dir, workdir, STEPS)
   with writer_lock.hold(workdir):
     procs = start_processes(args, env)
-    try:
-      errs = [p.communicate(timeout=240)[1] for p in procs]
-    finally:
-      for p in procs:
-        p.kill()
+    errs = [err for _, err in outputs(procs, 240)]
   lines = []
   for p, err in zip(procs, errs):
     assert p.returncode == 2, err[-3000:]
