@@ -61,6 +61,18 @@ def outputs(procs, timeout):
       p.kill()
 
 
+def assert_same_one_line(procs, errs, needle):
+  """Every process exited 2 with the same one-line error containing
+  `needle`."""
+  lines = []
+  for p, err in zip(procs, errs):
+    assert p.returncode == 2, err[-3000:]
+    found = [l for l in err.splitlines() if l.startswith('alexnet_jax: error:')]
+    assert len(found) == 1 and needle in found[0], err[-3000:]
+    lines.append(found[0])
+  assert lines[0] == lines[1]
+
+
 def run_processes(args, envs):
   procs = [subprocess.Popen(
       [sys.executable, '-m', 'alexnet_jax.main'] + args[i], cwd=ROOT,
@@ -203,13 +215,7 @@ def test_process_zero_failing_stops_every_process_with_its_line(digits_dir,
   procs = start_processes(args, env)
   errs = [err for _, err in outputs(procs, 240)]
   assert time.time() - start < 120  # Startup included; no 300 s timeout.
-  lines = []
-  for p, err in zip(procs, errs):
-    assert p.returncode == 2, err[-3000:]
-    found = [l for l in err.splitlines() if l.startswith('alexnet_jax: error:')]
-    assert len(found) == 1 and 'truncated' in found[0], err[-3000:]
-    lines.append(found[0])
-  assert lines[0] == lines[1]
+  assert_same_one_line(procs, errs, 'truncated')
 
 
 PREEMPT_STEPS = 200
@@ -311,11 +317,5 @@ def test_a_held_workdir_stops_every_process_of_a_job(digits_dir, tmp_path):
   with writer_lock.hold(workdir):
     procs = start_processes(args, env)
     errs = [err for _, err in outputs(procs, 240)]
-  lines = []
-  for p, err in zip(procs, errs):
-    assert p.returncode == 2, err[-3000:]
-    found = [l for l in err.splitlines() if l.startswith('alexnet_jax: error:')]
-    assert len(found) == 1 and 'in use by another run' in found[0], err[-3000:]
-    lines.append(found[0])
-  assert lines[0] == lines[1]
+  assert_same_one_line(procs, errs, 'in use by another run')
   assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
