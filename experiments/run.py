@@ -32,6 +32,10 @@ it or not, into --out (default experiments/results/NAME): results.md (the
 table: mean and standard deviation over seeds beside the paper's numbers),
 results.json, a plot, command.txt (the commands and the git commit) and
 configs/ (every resolved config). `--aggregate_only` trains nothing.
+The results directory is itself a record of finished runs: the rows already
+in its results.json (with their configs/) are kept and, for the same config,
+not trained again, so a committed results directory grows by seeds or
+variants on another machine or in another session whose workdirs are gone.
 
 --small shrinks everything to toy size (tiny images and widths, a few steps):
 for tests of the runner, not for results.
@@ -333,15 +337,43 @@ def configure(exp: Experiment, variant: Variant, seed: int,
   return config
 
 
+def _same_config(saved: Dict, config) -> bool:
+  from alexnet_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  return not workdir_lib.config_changes(saved, config)
+
+
 def _finished_with(path: str, config) -> bool:
   """Whether the row at `path` is of this very config (else the run is
   resumed, or refused if the change is not one a resume may make)."""
-  from alexnet_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   if not os.path.exists(path):
     return False
   with open(path) as f:
     saved = json.load(f).get('config', {})
-  return not workdir_lib.config_changes(saved, config)
+  return _same_config(saved, config)
+
+
+def recorded_rows(out: str) -> Dict[str, Dict[int, Dict]]:
+  """{variant slug: {seed: row}} already in a results directory, each row
+  with its config (from `configs/`) as a workdir's row file holds it.
+
+  So the results directory, committed, is a record of finished runs that
+  outlives their workdirs: another machine or session adds seeds or
+  variants to it without training the recorded ones again.
+  """
+  try:
+    with open(os.path.join(out, 'results.json')) as f:
+      runs = json.load(f).get('runs', {})
+  except (OSError, ValueError):
+    return {}
+  recorded = {}
+  for slug, rows in runs.items():
+    for row in rows:
+      path = os.path.join(out, 'configs', f'{slug}_seed{row["seed"]}.json')
+      if os.path.exists(path):
+        with open(path) as f:
+          recorded.setdefault(slug, {})[row['seed']] = dict(
+              row, config=json.load(f))
+  return recorded
 
 
 def row_file(workdir: str, variant: Variant) -> str:
@@ -378,6 +410,7 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
   out = out or os.path.join(ROOT, 'experiments', 'results', name)
   os.makedirs(os.path.join(out, 'configs'), exist_ok=True)
   start = time.time()
+  recorded = recorded_rows(out)
   run_seeds = range(seeds) if only_seed is None else [only_seed]
   for seed in run_seeds if train_runs else ():
     for v in chosen:
@@ -388,6 +421,10 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
         print(f'[{name}] {v.name}, seed {seed}: finished in {workdir}',
               flush=True)
         continue  # Its row is there: nothing to train or evaluate again.
+      earlier = recorded.get(v.slug, {}).get(seed)
+      if earlier and _same_config(earlier['config'], config):
+        print(f'[{name}] {v.name}, seed {seed}: recorded in {out}', flush=True)
+        continue
       print(f'[{name}] {v.name}, seed {seed} -> {workdir}', flush=True)
       result = train.train_and_evaluate(config, workdir)
       if 'stopped_by' in result:  # Preempted: resumable, nothing to report.
@@ -399,7 +436,7 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
       with open(row_file(workdir, v) + '.tmp', 'w') as f:
         json.dump(row, f, default=repr)
       os.replace(row_file(workdir, v) + '.tmp', row_file(workdir, v))
-  rows = _finished_rows(exp, name, workdir_root)
+  rows = _finished_rows(exp, name, workdir_root, recorded)
   shown = [v for v in exp.variants if rows[v.slug]]
   if not shown:
     raise SystemExit(f'experiments.run: error: no finished run of {name} '
@@ -450,19 +487,22 @@ def _commands(out: str, command: str) -> List[str]:
   return [c for c in earlier if c != command] + [command]
 
 
-def _finished_rows(exp: Experiment, name: str, workdir_root: str):
-  """{variant slug: [row per finished seed, by seed]} under the root."""
+def _finished_rows(exp: Experiment, name: str, workdir_root: str,
+                   recorded: Dict[str, Dict[int, Dict]]):
+  """{variant slug: [row per finished seed, by seed]}: those under the root,
+  then the recorded ones of seeds the root does not have."""
   rows = {}
   for v in exp.variants:
     source = v.slug if not v.eval_only else 'base'
-    found = []
+    found = dict(recorded.get(v.slug, {}))
     parent = os.path.join(workdir_root, name, source)
     for seed_dir in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
       path = row_file(os.path.join(parent, seed_dir), v)
       if os.path.exists(path):
         with open(path) as f:
-          found.append(json.load(f))
-    rows[v.slug] = sorted(found, key=lambda r: r['seed'])
+          row = json.load(f)
+        found[row['seed']] = row
+    rows[v.slug] = [found[seed] for seed in sorted(found)]
   return rows
 
 

@@ -317,6 +317,23 @@ def test_runner_runs_one_variant_and_seed_and_aggregates_all(
   with open(os.path.join(out, 'results.json')) as f:
     again = json.load(f)
   assert again['runs'] == results['runs']
+  # The results directory outlives the workdirs: with them gone (another
+  # machine, a new session), the recorded runs are neither trained again nor
+  # dropped, and a new seed joins them.
+  moved = common[:common.index('--workdir_root') + 1] + [
+      str(tmp_path / 'elsewhere')] + common[common.index('--workdir_root') + 2:]
+  run.main(moved + ['--variants', 'tanh_lr_0_01', '--seed', '1'])
+  run.main(moved + ['--variants', 'relu_lr_0_005', '--seed', '0',
+                    '--config.num_train_steps=8'])
+  assert not os.path.exists(tmp_path / 'elsewhere' / 'figure1')
+  run.main(moved + ['--variants', 'relu_lr_0_005', '--seed', '1'])
+  with open(os.path.join(out, 'results.json')) as f:
+    joined = json.load(f)['runs']
+  assert {k: [r['seed'] for r in v] for k, v in joined.items()} == {
+      'relu_lr_0_005': [0, 1], 'tanh_lr_0_01': [0, 1]}
+  assert joined['tanh_lr_0_01'] == results['runs']['tanh_lr_0_01']
+  assert joined['relu_lr_0_005'][0] == longer
+  assert os.listdir(tmp_path / 'elsewhere' / 'figure1') == ['relu_lr_0_005']
   with pytest.raises(SystemExit, match='no finished run of figure1'):
     run.main(['figure1', '--aggregate_only', '--workdir_root',
               str(tmp_path / 'empty'), '--out', str(tmp_path / 'none')])
