@@ -65,8 +65,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.')
 flags.DEFINE_integer('steps', 5, 'Timed train steps, run back to back.')
 flags.DEFINE_integer('warmup', 1, 'Untimed steps after compilation.')
-flags.DEFINE_string('dtype', None, "Compute dtype, 'float32' or 'bfloat16' "
-                    '(default: the config\'s model.dtype).')
+flags.DEFINE_string('dtype', None, "Compute dtype, 'float32', 'bfloat16' or "
+                    "'float16' (default: the config's model.dtype).")
 flags.DEFINE_list('batch_sizes', None, 'Global batch sizes to measure, one '
                   'after another (default: the config\'s batch_size).')
 flags.DEFINE_bool('vs_torch', False, 'Also train the same model in PyTorch, '
@@ -82,18 +82,23 @@ flags.DEFINE_integer('batches', 50, 'Batches timed by --pipeline.')
 flags.register_validator('steps', lambda n: n >= 1, '--steps must be >= 1')
 
 # Dense peak TFLOP/s by device kind and compute dtype, from the vendors'
-# datasheets (NVIDIA H100/H200 SXM, A100 SXM, V100 SXM2; Google Cloud TPU
-# v4, v5e, v5p). float32 at the default matmul precision runs as TF32 on
-# Ampere and Hopper and as bfloat16 passes on TPU; 'float32_highest' is true
-# float32. Matched as substrings of `device.device_kind`, first match wins.
+# datasheets (NVIDIA H100/H200 SXM, A100 SXM, V100 SXM2, T4; Google Cloud TPU
+# v4, v5e, v5p; float16 and bfloat16 on the tensor cores). float32 at the
+# default matmul precision runs as TF32 on Ampere and Hopper and as bfloat16
+# passes on TPU; 'float32_highest' is true float32. Matched as substrings of
+# `device.device_kind`, first match wins.
 PEAK_TFLOPS = (
-    ('H100 PCIe', {'bfloat16': 756.0, 'float32': 378.0,
+    ('H100 PCIe', {'bfloat16': 756.0, 'float16': 756.0, 'float32': 378.0,
                    'float32_highest': 51.2}),
     ('H100 NVL', {}),  # Not in the table: no fraction rather than a wrong one.
-    ('H100', {'bfloat16': 989.4, 'float32': 494.7, 'float32_highest': 66.9}),
-    ('H200', {'bfloat16': 989.4, 'float32': 494.7, 'float32_highest': 66.9}),
-    ('A100', {'bfloat16': 312.0, 'float32': 156.0, 'float32_highest': 19.5}),
-    ('V100', {'float32': 15.7, 'float32_highest': 15.7}),
+    ('H100', {'bfloat16': 989.4, 'float16': 989.4, 'float32': 494.7,
+              'float32_highest': 66.9}),
+    ('H200', {'bfloat16': 989.4, 'float16': 989.4, 'float32': 494.7,
+              'float32_highest': 66.9}),
+    ('A100', {'bfloat16': 312.0, 'float16': 312.0, 'float32': 156.0,
+              'float32_highest': 19.5}),
+    ('V100', {'float16': 125.0, 'float32': 15.7, 'float32_highest': 15.7}),
+    ('T4', {'float16': 65.0, 'float32': 8.1, 'float32_highest': 8.1}),
     ('TPU v4', {'bfloat16': 275.0, 'float32': 275.0}),
     ('TPU v5 lite', {'bfloat16': 197.0, 'float32': 197.0}),
     ('TPU v5e', {'bfloat16': 197.0, 'float32': 197.0}),
@@ -400,7 +405,8 @@ def bench_torch(config, steps, warmup, compiled: bool = False):
   time (`torch_compile_seconds`: the warm-up steps' time less as many timed
   steps) is kept out of the step times.
 
-  On CUDA: bfloat16 through autocast when model.dtype is bfloat16, and TF32
+  On CUDA: bfloat16 or float16 (with torch.amp.GradScaler) through autocast
+  when model.dtype says so, and TF32
   for float32 products unless model.matmul_precision is 'highest' (as XLA
   does on Ampere and Hopper). Each step is synchronised. (main() keeps jax
   from preallocating the GPU's memory when --vs-torch is given.)
@@ -425,10 +431,15 @@ def bench_torch(config, steps, warmup, compiled: bool = False):
   x = torch.randn(batch, 3, size, size, device=device)
   y = torch.randint(0, config.model.num_classes, (batch,), device=device)
   cross_entropy = torch.nn.CrossEntropyLoss()
-  bf16 = config.model.dtype == 'bfloat16'
+  half = {'bfloat16': torch.bfloat16,
+          'float16': torch.float16}.get(config.model.dtype)
+  # float16 with PyTorch's dynamic loss scale, as ours (loss_scale.py).
+  scaler = torch.amp.GradScaler(device,
+                                enabled=config.model.dtype == 'float16')
 
   def loss_of(x, y):
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(device, dtype=half or torch.float32,
+                        enabled=half is not None):
       return cross_entropy(net(x), y)
 
   def opt_step():
@@ -439,8 +450,12 @@ def bench_torch(config, steps, warmup, compiled: bool = False):
 
   def train_once():
     opt.zero_grad(set_to_none=True)
-    loss_of(x, y).backward()
-    opt_step()
+    scaler.scale(loss_of(x, y)).backward()
+    if scaler.is_enabled():  # Skips the step on an overflow (uncompiled).
+      scaler.step(opt)
+      scaler.update()
+    else:
+      opt_step()
     if device == 'cuda':
       torch.cuda.synchronize()
 

@@ -51,9 +51,11 @@ LAYOUTS = ('two_towers', 'one_tower_half', 'single_tower')
 INITS = ('paper', 'caffe', 'he')
 ACTIVATIONS = {'relu': nn.relu, 'tanh': jnp.tanh}
 # Compute dtypes. Parameters, optimiser state, the loss and the gradients'
-# all-reduce stay float32 whatever this is; float16 is refused (it would need
-# loss scaling, which bfloat16's float32-sized exponent does not).
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# all-reduce stay float32 whatever this is; float16 (for GPUs without
+# bfloat16 units: T4, V100) trains with a dynamic loss scale (loss_scale.py),
+# which bfloat16's float32-sized exponent does not need.
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
+          'float16': jnp.float16}
 # model.matmul_precision: lax.Precision names. 'default' lets the backend
 # choose (TF32 for float32 on Ampere and Hopper GPUs, one bfloat16 pass on
 # TPU, full float32 on CPU); 'highest' asks for full float32 everywhere.
@@ -467,10 +469,6 @@ def create_model(config: ml_collections.ConfigDict, **overrides) -> nn.Module:
   if arch not in ARCHS:
     raise ValueError(f'model.arch={arch!r} is unknown; use one of '
                      f'{tuple(ARCHS)}.')
-  if c.dtype == 'float16':
-    raise ValueError("model.dtype='float16' is not supported: it needs loss "
-                     "scaling, which this code does not do; use 'bfloat16' "
-                     '(the same speed on GPUs since Ampere, and on TPUs).')
   if c.dtype not in DTYPES:
     raise ValueError(f'model.dtype={c.dtype!r} is unknown; use one of '
                      f'{tuple(DTYPES)}.')

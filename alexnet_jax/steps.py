@@ -19,6 +19,7 @@ import optax
 from alexnet_jax import augment
 from alexnet_jax import cpu_kernels
 from alexnet_jax import errors
+from alexnet_jax import loss_scale as loss_scale_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import parallel
@@ -30,6 +31,9 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
+  # float16 only (loss_scale.DynamicLossScale); None adds no leaf, so other
+  # dtypes' checkpoints hold exactly the three fields above.
+  loss_scale: Any = None
 
 
 def topk_correct(logits, labels, k):
@@ -54,6 +58,7 @@ class Steps:
     self.model = model
     self.scheme = config.mesh.scheme
     parallel.check_scheme(self.scheme)
+    self.float16 = config.model.dtype == 'float16'
     model_size = mesh.shape[MODEL]
     # The axes a batch is split over inside shard_map, and this device's
     # position along them (for mesh-independent example ids).
@@ -89,8 +94,12 @@ class Steps:
   def _init(self, key) -> TrainState:
     params = self.model.init(key, model_lib.example_images(self.model))[
         'params']
+    scale = None
+    if self.float16:
+      scale = loss_scale_lib.DynamicLossScale.create(
+          self.config.loss_scale.initial, self.config.loss_scale.period)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=self.tx.init(params))
+                      opt_state=self.tx.init(params), loss_scale=scale)
 
   def init_state(self, key) -> TrainState:
     """A fresh state, initialised directly in its sharded layout."""
@@ -143,25 +152,46 @@ class Steps:
                         top5_err=err5 / global_batch)
 
     def step_fn(state: TrainState, batch, stats, key):
+      scale = state.loss_scale
+
       def loss_fn(params):
-        return jax.shard_map(
+        loss, metrics = jax.shard_map(
             local_loss, mesh=mesh,
             in_specs=(self._param_specs(params), self.batch_spec,
                       self.batch_spec, P(), P(), P()),
             out_specs=(P(), P()),
         )(params, *self._split(batch['image'], batch['label']), stats,
           state.step, key)
+        # float16: the float32 loss scaled before the backward pass, so its
+        # float16 cotangents stay above float16's smallest numbers.
+        return (scale.scale_loss(loss) if scale is not None else loss), metrics
 
       grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+      if scale is not None:
+        grads = scale.unscale(grads)
       updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
       metrics['lr'] = optim.get_learning_rate(state.opt_state)
       # One reduction (one float across towers): researchers watch it, and
       # the loop refuses to save a state whose gradients were inf or NaN,
       # which a finite loss (computed before the update) does not rule out.
-      metrics['grad_norm'] = optax.tree.norm(grads)
-      return TrainState(step=state.step + 1, params=params,
-                        opt_state=opt_state), metrics
+      grad_norm = optax.tree.norm(grads)
+      metrics['grad_norm'] = grad_norm
+      new = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+      if scale is not None:
+        # An overflow skips the update (the step still counts: the data
+        # moves on) and halves the scale. The loop averages the norm over
+        # the steps applied, and stops the run if none of a window's was.
+        finite = jnp.isfinite(grad_norm)
+        new = new.replace(
+            params=loss_scale_lib.select(finite, params, state.params),
+            opt_state=loss_scale_lib.select(finite, opt_state,
+                                            state.opt_state),
+            loss_scale=scale.adjust(finite))
+        metrics['grad_norm'] = jnp.where(finite, grad_norm, 0.0)
+        metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
+        metrics['loss_scale'] = scale.scale
+      return new, metrics
 
     return jax.jit(step_fn, donate_argnums=(0,),
                    out_shardings=(self.state_sharding,

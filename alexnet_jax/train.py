@@ -23,6 +23,7 @@ from alexnet_jax import durations as durations_lib
 from alexnet_jax import errors
 from alexnet_jax import finetune
 from alexnet_jax import input_pipeline
+from alexnet_jax import loss_scale as loss_scale_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import parallel
@@ -76,6 +77,9 @@ def validate_config(config: ml_collections.ConfigDict):
   try:
     model_lib.create_model(config.model)
     optim.create(config, steps_per_epoch=1)
+    if config.model.dtype == 'float16':
+      loss_scale_lib.DynamicLossScale.create(config.loss_scale.initial,
+                                             config.loss_scale.period)
   except ValueError as e:
     raise errors.ConfigError(str(e)) from e
 
@@ -243,8 +247,19 @@ class _TrainRecords:
     record['input_wait_share'] = min(input_wait / seconds, 1.0)
     record['device_memory_gb'] = peak_device_memory_gb()
     # The gradients go bad first: the loss follows a step later.
+    # float16: a window of skipped steps is the loss scale coming down, until
+    # it overflows even at the smallest scale.
+    all_skipped = record.get('skipped_steps') == len(values)
+    if all_skipped and record['loss_scale'] <= loss_scale_lib.MIN_SCALE:
+      raise errors.UserError(
+          f'every step of the {len(values)} up to step {at} overflowed '
+          f'float16, even at loss scale {record["loss_scale"]:g}; the run '
+          'diverged and this state was not saved. Last good checkpoint: step '
+          f'{self.ckpt.latest_step()} in {self.ckpt.directory}. Lower '
+          "learning_rate, or use model.dtype='bfloat16' or 'float32'.")
     bad = next((k for k in ('grad_norm', 'loss', 'top1_err')
-                if not math.isfinite(record[k])), None)
+                if not (all_skipped and k == 'grad_norm') and
+                not math.isfinite(record[k])), None)
     if bad is not None:
       what = (f'the training loss became {record["loss"]}'
               if bad != 'grad_norm' else
@@ -262,6 +277,9 @@ class _TrainRecords:
               if self.eval_seconds else None)
     memory = ('' if record['device_memory_gb'] is None else
               f"  {record['device_memory_gb']:.1f} GB peak")
+    if 'loss_scale' in record:
+      memory += (f"  loss scale {record['loss_scale']:g} "
+                 f"({record['skipped_steps']} skipped)")
     logging.info(
         'epoch %.2f/%.2f  step %d/%d  loss %.4f  top1_err %.2f%%  lr %g  '
         '%.1f img/s  input wait %.0f%%%s  ETA %s', d.epoch(at), d.num_epochs,
@@ -494,6 +512,13 @@ def _train_record(window, step, steps_per_epoch, batch_size, seconds):
             'img_per_sec': len(window) * batch_size / max(seconds, 1e-9)}
   for k in ('loss', 'top1_err', 'top5_err', 'grad_norm'):
     record[k] = float(np.mean([m[k] for m in window]))
+  if 'skipped' in window[0]:  # float16: the steps an overflow skipped.
+    applied = [m for m in window if not m['skipped']]
+    record['skipped_steps'] = len(window) - len(applied)
+    record['loss_scale'] = float(window[-1]['loss_scale'])
+    # The gradient norm of the steps applied (None if none was).
+    record['grad_norm'] = (float(np.mean([m['grad_norm'] for m in applied]))
+                           if applied else None)
   return record
 
 

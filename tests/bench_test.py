@@ -148,6 +148,9 @@ def test_peak_table():
   assert bench.peak_tflops('NVIDIA A100-SXM4-40GB', 'float32',
                            'highest') == 19.5
   assert bench.peak_tflops('TPU v5 lite', 'bfloat16') == 197.0
+  assert bench.peak_tflops('Tesla T4', 'float16') == 65.0
+  assert bench.peak_tflops('Tesla V100-SXM2-16GB', 'float16') == 125.0
+  assert bench.peak_tflops('TPU v4', 'float16') is None
   assert bench.peak_tflops('cpu', 'float32') is None
   assert bench.device_file_name('NVIDIA H100 80GB HBM3') == (
       'nvidia_h100_80gb_hbm3')
@@ -177,15 +180,15 @@ def test_sweep_writes_a_dtype_batch_mesh_table(tmp_path):
   assert len(proc.stderr.strip().splitlines()) >= 4  # A line per row.
 
 
-def test_bench_refuses_float16_with_one_line():
+def test_bench_refuses_an_unknown_dtype_with_one_line():
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', XLA_FLAGS='')
   proc = subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.bench', '--config',
-       'configs/digits.py', '--dtype=float16'],
+       'configs/digits.py', '--dtype=float8'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
       check=False)
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr
-  assert "use 'bfloat16'" in proc.stderr.strip().splitlines()[-1]
+  assert "'float16')" in proc.stderr.strip().splitlines()[-1]
 
 
 PIPELINE_FIELDS = {'pipeline_img_per_sec', 'pipeline_cores',

@@ -81,14 +81,19 @@ def products(text):
   return out
 
 
+SHORT = {'bfloat16': 'bf16', 'float16': 'f16'}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('mesh_shape,scheme,platform', [
-    ((4, 1), 'towers', None), ((2, 2), 'towers', None),
-    ((2, 2), 'one_weird_trick', None), ((4, 1), 'towers', 'cuda'),
-    ((2, 2), 'towers', 'tpu')])
-def test_bfloat16_gradients_are_all_reduced_in_float32(mesh_shape, scheme,
-                                                       platform):
-  text = lowered_train_step(mesh_shape, platform, scheme=scheme)
+@pytest.mark.parametrize('mesh_shape,scheme,platform,dtype', [
+    ((4, 1), 'towers', None, 'bfloat16'), ((2, 2), 'towers', None, 'bfloat16'),
+    ((2, 2), 'one_weird_trick', None, 'bfloat16'),
+    ((4, 1), 'towers', 'cuda', 'bfloat16'), ((2, 2), 'towers', 'tpu', 'bfloat16'),
+    ((2, 2), 'towers', None, 'float16'), ((4, 1), 'towers', 'cuda', 'float16'),
+    ((2, 2), 'one_weird_trick', 'cuda', 'float16')])
+def test_half_precision_gradients_are_all_reduced_in_float32(
+    mesh_shape, scheme, platform, dtype):
+  text = lowered_train_step(mesh_shape, platform, scheme=scheme, dtype=dtype)
   reduces = [c for c in collectives(text) if c[0] == 'all_reduce']
   # 16 parameter gradients (8 layers' kernels and biases) and 3 metrics.
   assert len(reduces) >= 19, collections.Counter(reduces)
@@ -97,50 +102,48 @@ def test_bfloat16_gradients_are_all_reduced_in_float32(mesh_shape, scheme,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('platform', [None, 'cuda'])
-def test_bfloat16_convolutions_and_dots(platform):
+@pytest.mark.parametrize('platform,dtype', [
+    (None, 'bfloat16'), ('cuda', 'bfloat16'), ('cuda', 'float16')])
+def test_half_precision_convolutions_and_dots(platform, dtype):
   # On CPU the convolution gradients are dots (the CPU kernels); lowered for
-  # a GPU they are XLA's transposed convolutions: bfloat16 either way.
-  prods = products(lowered_train_step((4, 1), platform))
+  # a GPU they are XLA's transposed convolutions: half precision either way.
+  half = (SHORT[dtype],) * 2
+  prods = products(lowered_train_step((4, 1), platform, dtype=dtype))
   convs = [p for p in prods if p[0] == 'convolution']
-  assert convs and all(t == ('bf16', 'bf16') for _, t, _ in convs), convs
-  # Every dot is bfloat16 but fc8's backward pass, whose cotangent is the
-  # float32 logits' (fc8 has 5 units per tower; no other layer does).
+  assert convs and all(t == half for _, t, _ in convs), convs
+  # Every dot is half precision but fc8's backward pass, whose cotangent is
+  # the float32 logits' (fc8 has 5 units per tower; no other layer does).
   dots = [p for p in prods if p[0] == 'dot_general']
-  f32 = [p for p in dots if p[1] != ('bf16', 'bf16')]
+  f32 = [p for p in dots if p[1] != half]
   assert len(dots) > len(f32) > 0
   assert all(any('5' in s.split('x') for s in shapes)
              for _, _, shapes in f32), f32
 
 
-def test_bfloat16_keeps_loss_params_and_optimizer_state_float32():
-  steps, args = _steps((2, 1))
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
+def test_half_precision_keeps_loss_params_and_optimizer_state_float32(dtype):
+  steps, args = _steps((2, 1), dtype=dtype)
   state, metrics = steps.train_step.trace(*args).out_info
   floats = [x for x in jax.tree.leaves(state) if
             jnp.issubdtype(x.dtype, jnp.floating)]
   assert floats and all(x.dtype == jnp.float32 for x in floats)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(metrics))
+  # float16 alone keeps a loss scale in the state (float32) and reports it.
+  assert (state.loss_scale is not None) == (dtype == 'float16')
+  assert ('loss_scale' in metrics) == (dtype == 'float16')
   # The logits are accumulated and returned in float32.
   model = steps.model
   params = args[0].params
   logits = jax.eval_shape(model.apply, {'params': params},
-                          jnp.zeros((2, 64, 64, 3), jnp.bfloat16))
+                          jnp.zeros((2, 64, 64, 3), model_lib.DTYPES[dtype]))
   assert logits.dtype == jnp.float32
   text = jax.jit(lambda p, x: model.apply({'params': p}, x)).lower(
       params, jnp.zeros((2, 64, 64, 3), jnp.float32)).as_text()
   fc8 = [l for l in text.splitlines() if 'stablehlo.dot_general' in l][-1]
-  # bfloat16 inputs, float32 accumulation and output.
-  assert re.search(r': \(tensor<[0-9x]*bf16>, tensor<[0-9x]*bf16>\) -> '
+  # Half-precision inputs, float32 accumulation and output.
+  h = SHORT[dtype]
+  assert re.search(rf': \(tensor<[0-9x]*{h}>, tensor<[0-9x]*{h}>\) -> '
                    r'tensor<[0-9x]*x5x[0-9x]*f32>$', fc8), fc8
-
-
-def test_float16_is_refused_with_one_line():
-  config = tiny_config()
-  config.model.dtype = 'float16'
-  with pytest.raises(ValueError, match=r"float16.*loss scaling.*'bfloat16'"
-                     ) as e:
-    model_lib.create_model(config.model)
-  assert '\n' not in str(e.value)
 
 
 @pytest.mark.parametrize('precision,expected', [

@@ -177,6 +177,42 @@ def test_a_non_finite_window_stops_the_loop():
   assert not records.log.records
 
 
+def test_float16_windows_of_skipped_steps_stop_only_at_the_smallest_scale():
+  # A window of overflows at scale 4 is the scale coming down: logged, with
+  # no gradient norm; the same at scale 1 is a divergence.
+  d = _durations(total=15, log=5)
+  device = Device()
+  ready = threading.Event()
+  ready.set()
+  device.finish = {5: (ready, 1.0), 10: (ready, 2.0), 15: (ready, 3.0)}
+  records = _records(device, d)
+
+  def f16(step, skipped, scale):
+    return dict(_metrics(step), grad_norm=0.0 if skipped else 2.0,
+                skipped=float(skipped), loss_scale=scale)
+  try:
+    for step in range(1, 6):
+      records.add(f16(step, True, 2.0 ** (7 - step)))
+    records.close_window(5)
+    for step in range(6, 11):
+      records.add(f16(step, step < 8, 1.0 if step < 8 else 2.0))
+    records.close_window(10)
+    records.flush()
+    first, second = records.log.records
+    assert first['skipped_steps'] == 5 and first['grad_norm'] is None
+    assert first['loss_scale'] == 4.0
+    assert second['skipped_steps'] == 2 and second['grad_norm'] == 2.0
+    for step in range(11, 16):
+      records.add(f16(step, True, 1.0))
+    records.close_window(15)
+    with pytest.raises(errors.UserError,
+                       match='overflowed float16, even at loss scale 1;'):
+      records.flush()
+  finally:
+    records.close()
+  assert len(records.log.records) == 2
+
+
 def test_progress_lines_at_an_interval_count_only_finished_work():
   now = [0.0]
   lines, readies = [], []

@@ -120,8 +120,10 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   config.model.pool_stride = 2
   config.model.dropout_rate = 0.5  # On fc6 and fc7, training only.
   config.model.init = 'paper'  # | 'caffe' | 'he'
-  # Compute dtype: 'float32' or 'bfloat16'. Parameters, optimiser state, the
-  # logits, loss and the gradients' all-reduce stay float32 either way.
+  # Compute dtype: 'float32', 'bfloat16' (TPUs, GPUs since Ampere) or
+  # 'float16' (T4, V100: with the dynamic loss scale below). Parameters,
+  # optimiser state, the logits, loss and the gradients' all-reduce stay
+  # float32 in every case.
   config.model.dtype = 'float32'
   # Convolutions and matmuls: 'default' is the backend's choice (for float32:
   # TF32 on Ampere and Hopper GPUs, one bfloat16 pass on TPU, full float32 on
@@ -176,6 +178,12 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   # Set when resuming to change the rate by hand, as the paper's authors did;
   # it replaces the schedule's rate from the resumed step on (-1: unused).
   config.lr_override = -1.0
+  # model.dtype='float16' only: the dynamic loss scale's start and the finite
+  # steps in a row after which it doubles (jmp's and PyTorch's defaults). An
+  # overflow skips the step and halves it (never below 1).
+  config.loss_scale = ml_collections.ConfigDict()
+  config.loss_scale.initial = 2.0 ** 15
+  config.loss_scale.period = 2000
 
   # ---- Fine-tuning (configs/finetune.py) -------------------------------------
   config.finetune = ml_collections.ConfigDict()
