@@ -7,7 +7,7 @@ Makes OUT/train/<class>/ and OUT/val/<class>/ from the photos in
 `../shared/photos` (500 ILSVRC-2012 photographs, not part of this project):
 photo i goes to class i mod `classes`, `copies` times under different names in
 train/ and once in val/ (links, not copies of the bytes). The defaults give
-the 10-class, 3,000-image training folder of README "Performance". Smooth
+the 10-class, 3,000-image training folder of docs/performance.md. Smooth
 synthetic images decode several times faster than photographs, so pipeline
 figures are measured on these.
 """

@@ -56,7 +56,7 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   config.store = ml_collections.ConfigDict()
   # How the store keeps pixels: 'raw' uint8 (196,608 bytes an image at 256;
   # the fastest to read) or 'jpeg' at jpeg_quality (several times smaller,
-  # decoded on every read). README "Data" gives the measurements.
+  # decoded on every read). docs/data.md gives the measurements.
   config.store.format = 'raw'
   config.store.jpeg_quality = 95
   # About how many bytes each store file holds.

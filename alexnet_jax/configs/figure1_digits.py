@@ -14,8 +14,8 @@ configs/figure1_cifar10.py with the 1,438 training digits upsampled from 8x8
 to 32x32; everything else (network, no regularisation, batch 128, constant
 learning rate) is the same. One training record per epoch (11 steps).
 
-Expected (experiments/results/figure1/, 3 seeds on a 2-core CPU, about a minute
-per run): 5% training error after 7 epochs with ReLU at its fastest rate
+Expected (experiments/results/figure1/results.md, 3 seeds on a 2-core CPU):
+5% training error after 7 epochs with ReLU at its fastest rate
 (0.003) and 6 with tanh at its fastest (0.1); tanh is ahead at every epoch,
 so on digits the paper's ReLU advantage does not show.
 """

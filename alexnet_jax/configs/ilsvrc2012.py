@@ -9,8 +9,9 @@ image-net.org in a directory, then
 (tfds converts them, with progress bars, into ~/tensorflow_datasets or
 --config.data_dir; then every image is decoded and resized once into the store,
 252 GB of raw 256x256 pixels for the training set, or about 38 GB with
---config.store.format=jpeg; --config.store.dir puts it on another disk; then
-the mean image and RGB eigenpairs are computed).
+--config.store.format=jpeg (at the 29,760 bytes an image measured on photos:
+experiments/results/bench/pipeline_photos10_jpeg.json); --config.store.dir
+puts it on another disk; then the mean image and RGB eigenpairs are computed).
 
 Train, one tower per device on two devices as in the paper:
 
@@ -27,10 +28,12 @@ days for about 90 epochs on two NVIDIA GTX 580 3GB GPUs, about 1.3 to 1.6
 hours an epoch (Section 5). Not yet run here: no accelerator was lent to the
 development machines, so there is no measured time of ours. The host input
 reads the prepared store at about 3,100 images/s per CPU core (raw) or 920
-(jpeg) (README "Performance", measured on a 2-core CPU), so it is not the
-bound on a modern GPU given a disk fast enough (2 GB/s per 10,000 images/s
-raw): about 4 minutes an epoch would need 5,300 images/s, e.g. 2 cores reading
-raw (1,281,167 / 5,300 s): arithmetic from those rates, not a measurement.
+(jpeg), measured on a 2-core CPU (experiments/results/bench/
+pipeline_photos10_raw.json and pipeline_photos10_jpeg.json; docs/performance.md),
+so it is not the bound on a modern GPU given a disk fast enough (2 GB/s per
+10,000 images/s raw): about 4 minutes an epoch would need 5,300 images/s,
+e.g. 2 cores reading raw (1,281,167 / 5,300 s): arithmetic from those rates,
+not a measurement.
 """
 
 from alexnet_jax.configs import default

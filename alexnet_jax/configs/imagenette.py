@@ -8,8 +8,9 @@ Full-size network, the paper's preprocessing (256, random 224 crops, flips, PCA
 lighting, 10-crop testing), He init: on the 224 px image-folder copy of
 Imagenette (../shared/data/imagenette, through configs/image_folder.py with
 the same recipe), the paper's init left the training loss at chance (2.3025)
-for 3 epochs. Measured there (experiments/results/imagenette/, 30 epochs,
-one seed, eval every 2 epochs; the LR fell to 0.001 at epoch 26): val top-1 /
+for 3 epochs (experiments/results/imagenette/paper_init_metrics.jsonl).
+Measured there (experiments/results/imagenette/results.json, 30 epochs, one
+seed, eval every 2 epochs; the LR fell to 0.001 at epoch 26): val top-1 /
 top-5 error 18.98 / 2.06% with the centre crop, 18.19 / 1.91% with 10 crops.
 This config's own tfds download (320 px, 60 epochs) has not been run here (no
 internet).

@@ -107,7 +107,7 @@ def listing(root: str, split: str) -> Listing:
   """The split's files (classes in order, files sorted by name), with a
   fingerprint of the class list and every file's name, size and mtime.
 
-  Costs one stat per file and reads no image (README "Data" gives the time).
+  Costs one stat per file and reads no image.
   """
   if split not in SPLIT_DIRS:
     raise errors.DataError(f'image_folder has no split {split!r}; it has '

@@ -33,7 +33,7 @@ pixels JPEG-encoded at `store.jpeg_quality`. ArrayRecord files, one record per
 group and uncompressed, give random access in C++ (array_record); we write
 them ourselves rather than through tfds's array_record writer, which wraps
 each image in a tf.train.Example and compresses it with zstd: a parse and a
-decompression on every read, to save little on photographs (README "Data").
+decompression on every read, to save little on photographs (docs/data.md).
 
 Integrity: a split is written into `<split>.incomplete/` and renamed only
 when complete, so a half-written store never looks prepared, and an
