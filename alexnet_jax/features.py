@@ -25,7 +25,7 @@ from concurrent import futures as futures_lib
 import json
 import os
 import sys
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from absl import logging
 import jax
@@ -80,6 +80,26 @@ def image_files(directory: str) -> List[str]:
     raise FeaturesError(f'{directory} holds no images '
                         f'({", ".join(IMAGE_EXTENSIONS)}).')
   return sorted(out)
+
+
+def folder_images(directory: str, size: int, limit: Optional[int] = None
+                  ) -> Tuple[np.ndarray, List[Optional[str]]]:
+  """A folder's images, preprocessed to `(N, size, size, 3)` uint8, and each
+  one's class subfolder (`DIR/<class>/...`; None for a file directly in DIR).
+
+  `limit` keeps that many, spread evenly over the sorted files (so over the
+  classes). Labels by folder name are how ImageNet's extracted folders and
+  `image_folder` datasets are laid out: with WordNet ids as the folder
+  names, they match an ImageNet import's classes.json.
+  """
+  paths = image_files(directory)
+  if limit and len(paths) > limit:
+    paths = [paths[i * len(paths) // limit] for i in range(limit)]
+  folders = []
+  for p in paths:
+    parts = os.path.relpath(p, directory).split(os.sep)
+    folders.append(parts[0] if len(parts) > 1 else None)
+  return np.stack([load_image(p, size) for p in paths]), folders
 
 
 def _resize_and_crop(image: np.ndarray, size: int) -> np.ndarray:

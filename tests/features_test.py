@@ -339,3 +339,17 @@ def test_nearest_memory_does_not_grow_with_the_gallery():
   grown = int(proc.stdout.split()[-1])
   dense = 2000 * 50000 * 8
   assert grown * 10 <= dense, (grown, dense)
+
+
+def test_folder_images_are_labelled_by_their_class_subfolder(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(0)
+  for rel in ('a/0.png', 'a/1.png', 'b/0.png', 'b/1.png', 'loose.png'):
+    (tmp_path / rel).parent.mkdir(exist_ok=True)
+    Image.fromarray(rng.randint(0, 256, (20, 30, 3), np.uint8)).save(
+        tmp_path / rel)
+  images, folders = features.folder_images(str(tmp_path), 16)
+  assert images.shape == (5, 16, 16, 3) and images.dtype == np.uint8
+  assert folders == ['a', 'a', 'b', 'b', None]
+  _, spread = features.folder_images(str(tmp_path), 16, limit=2)
+  assert spread == ['a', 'b']  # Evenly over the sorted files.

@@ -48,6 +48,47 @@ def test_notebooks_run_top_to_bottom(digits_dir, tmp_path, monkeypatch):
     assert os.path.exists(os.path.join(workdir, 'figures', f'{png}.png'))
 
 
+@pytest.mark.slow
+def test_notebooks_run_on_an_import_with_your_photos(tmp_path, monkeypatch):
+  # Imported ImageNet weights (1000 classes, tiny widths) and a folder of the
+  # user's photos in WordNet-id subfolders: features, the probe and the
+  # figures, with no prepared ImageNet (an empty data dir: a store lookup
+  # would stop on "download the tars").
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import pretrained  # pylint: disable=g-import-not-at-top
+  from tests.pretrained_test import caffe_weights  # pylint: disable=g-import-not-at-top
+  weights = str(tmp_path / 'bvlc_alexnet.npy')
+  np.save(weights, caffe_weights(classes=1000), allow_pickle=True)
+  workdir = str(tmp_path / 'import')
+  assert pretrained.main(['--format', 'caffe', '--weights', weights,
+                          '--workdir', workdir]) == 0
+  rng = np.random.RandomState(0)
+  photos = tmp_path / 'photos'
+  for wnid in ('n01440764', 'n01443537'):  # tench, goldfish
+    (photos / wnid).mkdir(parents=True)
+    for i in range(4):
+      Image.fromarray(rng.randint(0, 256, (180, 240, 3), np.uint8)).save(
+          photos / wnid / f'{i}.jpg')
+  data_dir = tmp_path / 'no_data'
+  data_dir.mkdir()
+  monkeypatch.setenv('ALEXNET_JAX_SMALL', '1')
+  monkeypatch.setenv('ALEXNET_JAX_WORKDIR', workdir)
+  monkeypatch.setenv('ALEXNET_JAX_IMAGES', str(photos))
+  monkeypatch.setenv('TFDS_DATA_DIR', str(data_dir))
+  monkeypatch.setenv('PYTHONPATH', ROOT)
+  book = execute('feature_extraction', tmp_path)
+  assert 'linear probe accuracy on fc7' in outputs(book)
+  assert '8 images' in outputs(book)
+  with np.load(os.path.join(workdir, 'fc7_features.npz')) as f:
+    assert f['features'].shape == (8, 32) and list(f['labels']) == [0] * 4 + [1] * 4
+  book = execute('paper_figures', tmp_path)
+  assert images(book) == 3  # An import has no training curves.
+  for png in ('conv1_kernels', 'top5', 'retrieval'):
+    assert os.path.exists(os.path.join(workdir, 'figures', f'{png}.png'))
+  assert not os.listdir(data_dir)  # No store was looked for or made.
+
+
 def install_cell(name):
   book = nbformat.read(os.path.join(ROOT, 'experiments', f'{name}.ipynb'),
                        as_version=4)
