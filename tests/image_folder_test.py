@@ -355,3 +355,64 @@ def test_a_class_with_no_readable_image_names_its_folder(tmp_path):
   train_dir = os.path.join(store.directory(config), 'train')
   assert not os.path.exists(train_dir)
   assert not os.path.exists(train_dir + store.INCOMPLETE)
+
+
+def _imagenet_folder(root, wnids, per_class=2):
+  """An extracted ILSVRC-2012 as clusters keep it: train/<wnid>/ and a flat
+  val/ of ILSVRC2012_val_NNNNNNNN.JPEG files (real numbers of these classes,
+  by tfds' validation labels). Returns {val file: wnid}."""
+  from alexnet_jax.datasets import image_folder  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(2)
+  labels = image_folder._validation_labels()  # pylint: disable=protected-access
+  val = {}
+  for wnid in wnids:
+    os.makedirs(os.path.join(root, 'train', wnid))
+    for i in range(per_class):
+      with open(os.path.join(root, 'train', wnid, f'{wnid}_{i}.JPEG'),
+                'wb') as f:
+        f.write(encode(rng, size=(30, 40)))
+    numbers = [n + 1 for n, w in enumerate(labels) if w == wnid][:per_class]
+    val.update({f'ILSVRC2012_val_{n:08d}.JPEG': wnid for n in numbers})
+  os.makedirs(os.path.join(root, 'val'))
+  for name in val:
+    with open(os.path.join(root, 'val', name), 'wb') as f:
+      f.write(encode(rng, size=(30, 40)))
+  return val
+
+
+def test_extracted_imagenet_with_a_flat_val_is_labelled_by_tfds(tmp_path):
+  from alexnet_jax import imagenet_classes  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.datasets import image_folder  # pylint: disable=g-import-not-at-top
+  wnids = ['n01443537', 'n01440764', 'n15075141']  # goldfish, tench, last
+  root = str(tmp_path / 'ilsvrc')
+  val = _imagenet_folder(root, wnids)
+  before = snapshot(root)
+  # The class order is tfds imagenet2012's (labels.txt: sorted WordNet ids),
+  # so with all 1000 folders the labels are the tars route's.
+  classes = image_folder.class_names(root)
+  order = list(imagenet_classes.wnids())
+  assert classes == sorted(wnids, key=order.index) == sorted(wnids)
+  listing = image_folder.listing(root, 'validation')
+  assert [(os.path.basename(p), classes[l]) for p, l in listing.files] == (
+      sorted(val.items()))
+  config = small_config(root)
+  config.model.num_classes = 3
+  split = store.get(config).split('validation')
+  got = split.read(range(len(split)))
+  assert [classes[l] for l in got['label']] == [w for _, w in
+                                                sorted(val.items())]
+  assert snapshot(root) == before  # Only read.
+  # A flat val image of a class train/ lacks: one line, nothing written.
+  os.rename(os.path.join(root, 'train', 'n15075141'),
+            str(tmp_path / 'moved'))
+  with pytest.raises(errors.DataError, match=r'2 images of the flat .* are '
+                     r'of classes that train/ lacks; remove them') as e:
+    image_folder.class_names(root)
+  assert '\n' not in str(e.value)
+  # Files of another name in a flat val/ cannot be labelled.
+  os.rename(str(tmp_path / 'moved'), os.path.join(root, 'train', 'n15075141'))
+  with open(os.path.join(root, 'val', 'holiday.jpg'), 'wb') as f:
+    f.write(encode(np.random.RandomState(3)))
+  with pytest.raises(errors.DataError, match="'holiday.jpg'.*are not "
+                     'ILSVRC-2012 validation images'):
+    image_folder.class_names(root)

@@ -7,7 +7,12 @@ Layout (config.data_dir):
 
 Class names are the sorted sub-directories of train/; val/ must hold the same
 classes, and no class folder may be empty (each checked before anything
-is written). The folder is only ever read:
+is written). ImageNet as clusters keep it extracted works as it is:
+train/<wnid>/ gives tfds imagenet2012's class order (its labels.txt is the
+sorted WordNet ids), and val/ may be either <wnid>/ folders or ILSVRC-2012's
+flat `ILSVRC2012_val_NNNNNNNN.JPEG` files, labelled by the validation labels
+that tfds ships with its imagenet2012 builder (line N is image N's WordNet
+id). The folder is only ever read:
 `alexnet_jax.datasets.store` decodes each image once, through the paper's host
 preprocessing (`alexnet_jax.preprocess`), into the store it keeps under its
 own root, with a fingerprint of the files it read (names, sizes, mtimes), so a
@@ -58,6 +63,52 @@ def _class_dirs(path: str) -> List[str]:
           if os.path.isdir(os.path.join(path, d))]
 
 
+FLAT_VAL = re.compile(r'ILSVRC2012_val_(\d{8})\.JPEG$', re.I)
+
+
+def _validation_labels() -> List[str]:
+  """tfds imagenet2012's validation labels (WordNet id of val image N on line
+  N), read from the installed package without importing it."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.find_spec('tensorflow_datasets')
+  path = spec and os.path.join(os.path.dirname(spec.origin), 'datasets',
+                               'imagenet2012', 'validation_labels.txt')
+  if not path or not os.path.exists(path):
+    raise LayoutError('a flat val/ of ILSVRC-2012 images needs the validation '
+                      "labels of tensorflow-datasets' imagenet2012 builder; "
+                      'install tensorflow-datasets, or sort val/ into '
+                      '<wnid>/ folders.')
+  with open(path) as f:
+    return f.read().split()
+
+
+def _flat_val_labels(val: str) -> Dict[str, str]:
+  """{file name: WordNet id} of a flat ILSVRC-2012 val/; {} if it has class
+  folders instead (or nothing at all)."""
+  if _class_dirs(val):
+    return {}
+  names = [n for n in _visible(os.listdir(val))
+           if os.path.isfile(os.path.join(val, n))]
+  if not names:
+    return {}
+  odd = [n for n in names if not FLAT_VAL.match(n)]
+  if odd:
+    raise LayoutError(
+        f'{val!r} has no class folders, and {len(odd)} of its files (e.g. '
+        f'{odd[0]!r}) are not ILSVRC-2012 validation images '
+        '(ILSVRC2012_val_NNNNNNNN.JPEG), which alone can be labelled without '
+        f'them; use {LAYOUT}.')
+  labels = _validation_labels()
+  out = {}
+  for n in names:
+    index = int(FLAT_VAL.match(n).group(1))
+    if not 1 <= index <= len(labels):
+      raise LayoutError(f'{os.path.join(val, n)!r}: ILSVRC-2012 has '
+                        f'{len(labels)} validation images, numbered from 1.')
+    out[n] = labels[index - 1]
+  return out
+
+
 def class_names(root: str) -> List[str]:
   """The sorted class folders of root/train, checked against root/val."""
   train = os.path.join(root, 'train')
@@ -71,7 +122,15 @@ def class_names(root: str) -> List[str]:
   val = os.path.join(root, 'val')
   if not os.path.isdir(val):
     raise LayoutError(f'{val!r} is missing: image_folder expects {LAYOUT}.')
-  val_names = _class_dirs(val)
+  flat = _flat_val_labels(val)
+  if flat:  # ILSVRC-2012's flat val/: every image's class must be in train/.
+    unknown = sorted({n for n, wnid in flat.items() if wnid not in names})
+    if unknown:
+      raise LayoutError(
+          f'{len(unknown)} images of the flat {val!r} (e.g. {unknown[0]!r}, '
+          f'class {flat[unknown[0]]}) are of classes that train/ lacks; '
+          'remove them, or add those classes to train/.')
+  val_names = sorted(set(flat.values())) if flat else _class_dirs(val)
   missing = sorted(set(names) - set(val_names))
   extra = sorted(set(val_names) - set(names))
   if missing:
@@ -82,7 +141,7 @@ def class_names(root: str) -> List[str]:
     raise LayoutError(
         f'{val!r} has class(es) {", ".join(extra[:5])} that train/ lacks; '
         'add their training images, or remove them from val/.')
-  for split_dir in SPLIT_DIRS.values():
+  for split_dir in SPLIT_DIRS.values() if not flat else ['train']:
     for name in names:
       path = os.path.join(root, split_dir, name)
       with os.scandir(path) as entries:
@@ -116,6 +175,16 @@ def listing(root: str, split: str) -> Listing:
   classes = class_names(root)
   digest = hashlib.sha256('\n'.join(classes).encode())
   files = []
+  val = os.path.join(root, SPLIT_DIRS['validation'])
+  flat = _flat_val_labels(val) if split == 'validation' else {}
+  if flat:  # Sorted by name: image number order, as tfds' own route.
+    index = {name: label for label, name in enumerate(classes)}
+    for name in sorted(flat):
+      stat = os.stat(os.path.join(val, name))
+      rel = os.path.join(SPLIT_DIRS[split], name)
+      digest.update(f'\n{rel}\t{stat.st_size}\t{stat.st_mtime_ns}'.encode())
+      files.append((rel, index[flat[name]]))
+    return Listing(classes, files, digest.hexdigest())
   for label, name in enumerate(classes):
     rel_dir = os.path.join(SPLIT_DIRS[split], name)
     with os.scandir(os.path.join(root, rel_dir)) as found:
