@@ -17,8 +17,10 @@ time limit, retried once if it fails (not if it ran out of time), the whole
 within 8 minutes, each writing its JSON to --out as soon as it ends (a part
 cut short keeps what it wrote: the sweep, every row so far; 7 files in all):
 
-  sweep       bench --sweep: the train step in float32 and bfloat16 at batch
-              128, 256, 512 and 1024 on one device (both towers on it: 1x1)
+  sweep       bench --sweep: the train step in float32, bfloat16 and float16
+              (with its dynamic loss scale, for T4 and V100 users) at batch
+              128, 256, 512 and 1024 on one device (both towers on it: 1x1);
+              float16 last, so a sweep cut short keeps the other two
   tests       pytest -m accelerator (tests/accelerator_test.py)
   cifar10     Figure 1's CIFAR-10 network trained 5 epochs from the store,
               against the synthetic rate of the same network and batch
@@ -194,6 +196,7 @@ def part_sweep(out, data, rehearse):
     default.with_arg(config, 'toy')
   config.mesh.data = config.mesh.model = 1  # One GPU holds both towers.
   bench.sweep(config, (4, 8) if rehearse else (128, 256, 512, 1024),
+              dtypes=('float32', 'bfloat16', 'float16'),
               steps=2 if rehearse else 10, warmup=1,
               out=os.path.join(out, 'sweep.json'),
               log=lambda line: print(line, flush=True))

@@ -40,7 +40,8 @@ def test_the_device_check_rehearses_every_part_on_cpu(tmp_path):
   assert len(files) <= 8  # What the host sends back.
   read = lambda name: json.load(open(os.path.join(out, name)))
   assert [r['dtype'] for r in read('sweep.json')['rows']] == [
-      'float32', 'float32', 'bfloat16', 'bfloat16']
+      'float32', 'float32', 'bfloat16', 'bfloat16', 'float16', 'float16']
+  assert all('error' not in r for r in read('sweep.json')['rows'])
   for name in ('cifar10', 'imagenette'):
     run = read(f'{name}.json')
     assert run['train_img_per_sec_median'] > 0, run
