@@ -53,6 +53,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from alexnet_jax import cli
 from alexnet_jax import errors
 from alexnet_jax import four_layer_cnn
 from alexnet_jax import input_pipeline
@@ -642,8 +643,7 @@ def main(argv):
       result = run(config, FLAGS.steps, FLAGS.warmup, FLAGS.vs_torch,
                    FLAGS.torch_compile)
   except (errors.UserError, ValueError) as e:
-    print(f'alexnet_jax: error: {str(e).splitlines()[0]}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(e).splitlines()[0], prog='alexnet_jax.bench')
   print(json.dumps(result, indent=1, sort_keys=True))
 
 

@@ -10,9 +10,14 @@ from absl import flags
 from absl import logging
 
 
-def fail(message: str, prog: str = 'alexnet_jax'):
+def error(message: str, prog: str = 'alexnet_jax') -> int:
+  """Prints the one error line every command uses; returns exit status 2."""
   print(f'{prog}: error: {message}', file=sys.stderr)
-  sys.exit(2)
+  return 2
+
+
+def fail(message: str, prog: str = 'alexnet_jax'):
+  sys.exit(error(message, prog))
 
 
 def config_path(path: str) -> str:

@@ -15,6 +15,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from alexnet_jax import cli
 from alexnet_jax import errors
 from alexnet_jax import features
 from alexnet_jax import input_pipeline
@@ -82,8 +83,7 @@ def main(argv=None):
     result = evaluate(args.workdirs, args.crops, args.split,
                       data_dir=args.data_dir)
   except errors.UserError as e:
-    print(f'alexnet_jax.ensemble: error: {e}', file=sys.stderr)
-    return 2
+    return cli.error(str(e), prog='alexnet_jax.ensemble')
   print(json.dumps(result))
   return 0
 

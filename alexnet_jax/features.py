@@ -35,6 +35,7 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax import augment
+from alexnet_jax import cli
 from alexnet_jax import cpu_kernels
 from alexnet_jax import errors
 from alexnet_jax import model as model_lib
@@ -380,12 +381,10 @@ def main(argv=None):
                    zip(paths, idx, dist)], f, indent=1)
     np.savez(args.out, **out)
   except OSError as e:
-    print(f'alexnet_jax.features: error: cannot write {e.filename} '
-          f'({e.strerror}); pass an --out you can write to.', file=sys.stderr)
-    return 2
+    return cli.error(f'cannot write {e.filename} ({e.strerror}); pass an '
+                     '--out you can write to.', prog='alexnet_jax.features')
   except errors.UserError as e:
-    print(f'alexnet_jax.features: error: {e}', file=sys.stderr)
-    return 2
+    return cli.error(str(e), prog='alexnet_jax.features')
   print(f'{len(paths)} images -> {args.layer} features {feats.shape[1:]} in '
         f'{args.out}' + (f'; {args.neighbours} nearest of each in '
                          f'{listing}' if args.neighbours else ''))

@@ -33,6 +33,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from alexnet_jax import cli
 from alexnet_jax import errors
 from alexnet_jax import imagenet_classes
 from alexnet_jax import model as model_lib
@@ -321,8 +322,7 @@ def main(argv=None):
     config, params, mean = read_weights(args.format, args.weights)
     where = write_workdir(args.workdir, config, params, mean)
   except errors.UserError as e:
-    print(f'alexnet_jax.pretrained: error: {e}', file=sys.stderr)
-    return 2
+    return cli.error(str(e), prog='alexnet_jax.pretrained')
   print(f'Imported {args.weights} ({args.format}, {config.model.layout}, '
         f'{config.model.num_classes} classes) into {where}/0.')
   return 0

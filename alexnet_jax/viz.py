@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from alexnet_jax import cli
 from alexnet_jax import errors
 from alexnet_jax import imagenet_classes
 
@@ -283,8 +284,7 @@ def main(argv=None):
         written.append(retrieval(shown, neighbours,
                                  os.path.join(args.out, 'retrieval.png')))
   except errors.UserError as e:
-    print(f'alexnet_jax.viz: error: {e}', file=sys.stderr)
-    return 2
+    return cli.error(str(e), prog='alexnet_jax.viz')
   print('wrote ' + ', '.join(written))
   return 0
 

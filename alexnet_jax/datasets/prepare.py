@@ -23,12 +23,12 @@ whose image folder changed (a
 training run stops on a damaged split instead, naming this command).
 """
 
-import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from alexnet_jax import cli
 from alexnet_jax import errors
 
 FLAGS = flags.FLAGS
@@ -50,8 +50,7 @@ def main(argv):
             'bytes per image)')
     stats = stats_lib.load_or_compute(store, config)
   except errors.UserError as e:
-    print(f'alexnet_jax: error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(e), prog='alexnet_jax.datasets.prepare')
   print(f'statistics: {store.stats_path(config.train_split)} (mean RGB '
         f'{stats["mean"].mean((0, 1)).round(1).tolist()}, RGB eigenvalues '
         f'{stats["eigvals"].round(5).tolist()})')
