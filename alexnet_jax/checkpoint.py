@@ -12,6 +12,7 @@ with a warning, never deleted, and the next older one is tried; if none can be
 read, the run stops rather than silently starting from scratch.
 """
 
+import dataclasses
 import datetime
 import os
 import shutil
@@ -30,6 +31,22 @@ CHECKPOINTS = 'checkpoints'  # Under the workdir (see workdir.py).
 
 class CheckpointError(errors.UserError):
   """Checkpoints that cannot be read or written."""
+
+
+def _fields(state: Any) -> Any:
+  """A dataclass state as a dict of its fields that are not None, so that
+  an optional field (the float16 loss scale) leaves checkpoints without it
+  exactly as they were, and they restore either way."""
+  if dataclasses.is_dataclass(state):
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+            if getattr(state, f.name) is not None}
+  return state
+
+
+def _with_fields(target: Any, restored: Any) -> Any:
+  if dataclasses.is_dataclass(target):
+    return target.replace(**restored)
+  return restored
 
 
 class Checkpointer:
@@ -56,7 +73,8 @@ class Checkpointer:
     self.wait()
     try:
       saved = self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+          state=ocp.args.StandardSave(_fields(state)),
+          meta=ocp.args.JsonSave(meta)),
                                 force=True)
     except Exception as e:  # pylint: disable=broad-except
       raise self._write_error(step, e) from e
@@ -92,7 +110,7 @@ class Checkpointer:
     steps = self.all_steps()
     if not steps:
       return None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _fields(target))
     failures = []
     for step in steps:
       try:
@@ -108,7 +126,7 @@ class Checkpointer:
       for bad, _ in failures:
         self._move_aside(bad)
       logging.info('Restored checkpoint %s/%d', self.directory, step)
-      return out['state'], out['meta']
+      return _with_fields(target, out['state']), out['meta']
     raise CheckpointError(
         f'none of the checkpoints in {self.directory} can be read (steps '
         f'{[s for s, _ in failures]}; newest: {failures[0][1]}); nothing was '

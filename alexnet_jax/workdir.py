@@ -62,6 +62,8 @@ SAFE_TO_CHANGE = (
 # without one of them means this value.
 LEGACY_DEFAULTS = {
     'model.custom_vjp': True,  # The only way, before the switch.
+    'loss_scale.initial': 2.0 ** 15,  # float16 came later.
+    'loss_scale.period': 2000,
     'augment.pca_lighting': 0.0,  # PCA lighting came later.
     'eval_crops': 1,  # The first evaluation was the centre crop.
     'model.arch': 'alexnet',

@@ -132,3 +132,34 @@ def test_float16_run_logs_skips_and_resumes_with_its_scale(digits_dir,
   assert_same_run(straight, resumed)
   again = [r for r in read_metrics(resumed) if r['split'] == 'train']
   assert [r['loss_scale'] for r in again] == [r['loss_scale'] for r in records]
+
+
+def test_checkpoints_from_before_the_loss_scale_still_restore(tmp_path):
+  # Written by the three-field train state of earlier versions: restored
+  # into today's, with no loss scale; and their configs gain its defaults.
+  from typing import Any  # pylint: disable=g-import-not-at-top
+  from flax import struct  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+
+  @struct.dataclass
+  class OldState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+  ckpt = Checkpointer(str(tmp_path))
+  old = OldState(step=jnp.int32(3), params={'w': jnp.ones(2)},
+                 opt_state={'m': jnp.full(2, 5.0)})
+  ckpt.manager.save(3, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(old), meta=ocp.args.JsonSave({'a': 1})))
+  ckpt.close()
+  ckpt = Checkpointer(str(tmp_path))
+  target = steps_lib.TrainState(step=jnp.int32(0), params={'w': jnp.zeros(2)},
+                                opt_state={'m': jnp.zeros(2)})
+  state, meta = ckpt.restore(target)
+  ckpt.close()
+  assert int(state.step) == 3 and state.loss_scale is None and meta == {'a': 1}
+  np.testing.assert_array_equal(state.opt_state['m'], [5.0, 5.0])
+  assert workdir_lib.LEGACY_DEFAULTS['loss_scale.initial'] == 2.0 ** 15
