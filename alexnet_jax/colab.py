@@ -24,10 +24,17 @@ DRIVE_ROOT = os.path.join(DRIVE_MOUNT, 'MyDrive', 'alexnet_jax')
 
 
 def _version_tuple(version: str) -> Tuple[int, ...]:
-  """'0.10.2' -> (0, 10, 2); a release's leading numbers ('0.5.0rc1' ->
-  (0, 5, 0)), enough to compare with a floor."""
-  return tuple(int(p) for p in re.findall(r'\d+', version.split('+')[0]
-                                          .split('rc')[0].split('.dev')[0]))
+  """A version as a tuple that orders like PEP 440 for what a floor needs:
+  '0.10.2' -> (0, 10, 2, 0, 1); a pre-release sorts below its release
+  ('0.10.2rc1' -> (0, 10, 2, 0, 0)), a post-release or local build with it."""
+  found = re.match(r'\s*v?(\d+(?:\.\d+)*)(.*)', version)
+  if not found:
+    return (0,)
+  release = [int(p) for p in found.group(1).split('.')][:4]
+  release += [0] * (4 - len(release))
+  pre = re.match(r'[-_.]?(a|b|c|rc|alpha|beta|pre|preview|dev)',
+                 found.group(2).split('+')[0].lower())
+  return tuple(release) + ((0,) if pre else (1,))
 
 
 def floors(setup_cfg: str) -> Dict[str, str]:

@@ -257,9 +257,9 @@ class _TrainRecords:
           'diverged and this state was not saved. Last good checkpoint: step '
           f'{self.ckpt.latest_step()} in {self.ckpt.directory}. Lower '
           "learning_rate, or use model.dtype='bfloat16' or 'float32'.")
-    bad = next((k for k in ('grad_norm', 'loss', 'top1_err')
-                if not (all_skipped and k == 'grad_norm') and
-                not math.isfinite(record[k])), None)
+    bad = None if all_skipped else next(
+        (k for k in ('grad_norm', 'loss', 'top1_err')
+         if not math.isfinite(record[k])), None)
     if bad is not None:
       what = (f'the training loss became {record["loss"]}'
               if bad != 'grad_norm' else
@@ -272,7 +272,8 @@ class _TrainRecords:
           f'{self.ckpt.directory}. Lower learning_rate (or resume with '
           '--config.lr_override).')
     self.log.write(record)
-    self.last_train_err = record['top1_err']
+    if record['top1_err'] is not None:  # None: a float16 window all skipped.
+      self.last_train_err = record['top1_err']
     eval_s = (sum(self.eval_seconds) / len(self.eval_seconds)
               if self.eval_seconds else None)
     memory = ('' if record['device_memory_gb'] is None else
@@ -280,10 +281,12 @@ class _TrainRecords:
     if 'loss_scale' in record:
       memory += (f"  loss scale {record['loss_scale']:g} "
                  f"({record['skipped_steps']} skipped)")
+    nan = float('nan')  # Shown for a float16 window whose steps all skipped.
     logging.info(
         'epoch %.2f/%.2f  step %d/%d  loss %.4f  top1_err %.2f%%  lr %g  '
         '%.1f img/s  input wait %.0f%%%s  ETA %s', d.epoch(at), d.num_epochs,
-        at, d.total_steps, record['loss'], 100 * record['top1_err'],
+        at, d.total_steps, nan if record['loss'] is None else record['loss'],
+        nan if record['top1_err'] is None else 100 * record['top1_err'],
         record['lr'], record['img_per_sec'],
         100 * record['input_wait_share'], memory,
         progress.eta(d, at, self.windows.seconds / self.steps, eval_s))
@@ -462,7 +465,8 @@ def _train_and_evaluate(config, workdir):
         reached = None
         if target > 0 and durations.is_log(step):
           records.flush()  # Once per record: the newest training error.
-          if records.last_train_err <= target:
+          if (records.last_train_err is not None and
+              records.last_train_err <= target):
             reached = records.last_train_err
             evaluate_now = checkpoint_now = True
         if evaluate_now or checkpoint_now:
@@ -516,9 +520,11 @@ def _train_record(window, step, steps_per_epoch, batch_size, seconds):
     applied = [m for m in window if not m['skipped']]
     record['skipped_steps'] = len(window) - len(applied)
     record['loss_scale'] = float(window[-1]['loss_scale'])
-    # The gradient norm of the steps applied (None if none was).
-    record['grad_norm'] = (float(np.mean([m['grad_norm'] for m in applied]))
-                           if applied else None)
+    # Averages over the steps applied (None if none was): a skipped step's
+    # forward pass may itself have overflowed, and its loss says nothing.
+    for k in ('loss', 'top1_err', 'top5_err', 'grad_norm'):
+      record[k] = (float(np.mean([m[k] for m in applied])) if applied else
+                   None)
   return record
 
 

@@ -206,7 +206,9 @@ def curves(metrics_path: str, path: str) -> str:
   records = read_metrics(metrics_path)
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
   for split, style in (('train', '-'), ('eval', 'o-')):
-    rs = [r for r in records if r['split'] == split]
+    # A float16 window whose steps all overflowed has no loss: left out.
+    rs = [r for r in records if r['split'] == split and
+          r.get('loss') is not None]
     if not rs:
       continue
     epochs = [r['epoch'] for r in rs]

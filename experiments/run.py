@@ -337,9 +337,30 @@ def configure(exp: Experiment, variant: Variant, seed: int,
   return config
 
 
-def _same_config(saved: Dict, config) -> bool:
+# Where a run happened, not what it was: a row recorded on another machine
+# (another data path, store root, worker count or process layout) is the
+# same run.
+MACHINE_KEYS = ('data_dir', 'manual_dir', 'store.dir', 'store.check_source',
+                'input.workers', 'input.prefetch', 'checkpoint_every_steps',
+                'keep_checkpoints', 'profile_steps')
+
+
+def _differences(saved: Dict, now: Dict, ignore=()) -> List[str]:
+  """The keys by which two saved configs are other runs: machine keys, and
+  keys added later (at the value that keeps the old behaviour), aside."""
   from alexnet_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  return not workdir_lib.config_changes(saved, config)
+  legacy = json.loads(json.dumps(workdir_lib.LEGACY_DEFAULTS))
+  flat = workdir_lib._flatten  # pylint: disable=protected-access
+  before, after = flat(saved), flat(json.loads(json.dumps(now, default=repr)))
+  def value(config, k):
+    return config[k] if k in config else legacy.get(k)
+  return [k for k in sorted(set(before) | set(after))
+          if value(before, k) != value(after, k) and k not in MACHINE_KEYS and
+          k not in ignore and not k.startswith('distributed.')]
+
+
+def _same_config(saved: Dict, config) -> bool:
+  return not _differences(saved, config.to_dict())
 
 
 def _finished_with(path: str, config) -> bool:
@@ -425,6 +446,16 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
       if earlier and _same_config(earlier['config'], config):
         print(f'[{name}] {v.name}, seed {seed}: recorded in {out}', flush=True)
         continue
+      others = {s: r for s, r in recorded.get(v.slug, {}).items() if s != seed}
+      for other, row in sorted(others.items())[:1]:
+        differ = _differences(row['config'], config.to_dict(),
+                              ignore=('seed',))
+        if differ:  # Refused before training, not after.
+          raise SystemExit(
+              f'experiments.run: error: {out} records {v.slug} seed {other} '
+              f'under another config ({", ".join(differ[:4])} differ), and '
+              'the results would mix the two; pass the same config, or use '
+              'another --out.')
       print(f'[{name}] {v.name}, seed {seed} -> {workdir}', flush=True)
       result = train.train_and_evaluate(config, workdir)
       if 'stopped_by' in result:  # Preempted: resumable, nothing to report.
@@ -436,7 +467,7 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
       with open(row_file(workdir, v) + '.tmp', 'w') as f:
         json.dump(row, f, default=repr)
       os.replace(row_file(workdir, v) + '.tmp', row_file(workdir, v))
-  rows = _finished_rows(exp, name, workdir_root, recorded)
+  rows = _finished_rows(exp, name, workdir_root, recorded, out)
   shown = [v for v in exp.variants if rows[v.slug]]
   if not shown:
     raise SystemExit(f'experiments.run: error: no finished run of {name} '
@@ -488,13 +519,14 @@ def _commands(out: str, command: str) -> List[str]:
 
 
 def _finished_rows(exp: Experiment, name: str, workdir_root: str,
-                   recorded: Dict[str, Dict[int, Dict]]):
+                   recorded: Dict[str, Dict[int, Dict]], out: str):
   """{variant slug: [row per finished seed, by seed]}: those under the root,
-  then the recorded ones of seeds the root does not have."""
+  then the recorded ones of seeds the root does not have. Seeds of one
+  variant under different configs are refused, not mixed and not dropped."""
   rows = {}
   for v in exp.variants:
     source = v.slug if not v.eval_only else 'base'
-    found = dict(recorded.get(v.slug, {}))
+    found = {}
     parent = os.path.join(workdir_root, name, source)
     for seed_dir in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
       path = row_file(os.path.join(parent, seed_dir), v)
@@ -502,7 +534,19 @@ def _finished_rows(exp: Experiment, name: str, workdir_root: str,
         with open(path) as f:
           row = json.load(f)
         found[row['seed']] = row
-    rows[v.slug] = [found[seed] for seed in sorted(found)]
+    for seed, row in recorded.get(v.slug, {}).items():
+      found.setdefault(seed, row)
+    seeds = sorted(found)
+    for seed in seeds[1:]:
+      differ = _differences(found[seeds[0]]['config'], found[seed]['config'],
+                            ignore=('seed',))
+      if differ:
+        raise SystemExit(
+            f'experiments.run: error: {v.slug} seed {seed} ran under another '
+            f'config than seed {seeds[0]} ({", ".join(differ[:4])} differ; '
+            f'rows from {out} and {parent}), and the results would mix the '
+            'two; rerun it with the same config, or use another --out.')
+    rows[v.slug] = [found[seed] for seed in seeds]
   return rows
 
 
@@ -512,8 +556,10 @@ def _train_curve(records, log_every: int = 1):
   training loop's own target check leaves them out)."""
   train = [r for r in records if r.get('split') == 'train']
   last = train[-1]['step'] if train else None
+  # A float16 window whose steps all overflowed has no training error.
   return [(r['epoch'], r['step'], r['top1_err']) for r in train
-          if r['step'] % log_every == 0 or r['step'] == last]
+          if r['top1_err'] is not None and
+          (r['step'] % log_every == 0 or r['step'] == last)]
 
 
 def _speed_record(workdir: str, target: float) -> Dict:

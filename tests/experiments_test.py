@@ -326,7 +326,21 @@ def test_runner_runs_one_variant_and_seed_and_aggregates_all(
   run.main(moved + ['--variants', 'relu_lr_0_005', '--seed', '0',
                     '--config.num_train_steps=8'])
   assert not os.path.exists(tmp_path / 'elsewhere' / 'figure1')
-  run.main(moved + ['--variants', 'relu_lr_0_005', '--seed', '1'])
+  # A seed under another config than the recorded ones' would mix two
+  # experiments: refused in one line, the results as they were.
+  with open(os.path.join(out, 'results.json')) as f:
+    kept = f.read()
+  with pytest.raises(SystemExit, match=r'records relu_lr_0_005 seed 0 under '
+                     r'another config \(num_train_steps differ'):
+    run.main(moved + ['--variants', 'relu_lr_0_005', '--seed', '1'])
+  assert not os.path.exists(tmp_path / 'elsewhere' / 'figure1')  # Untrained.
+  with open(os.path.join(out, 'results.json')) as f:
+    assert f.read() == kept
+  # Where it ran (another machine's workers, checkpoint interval) is not
+  # another config.
+  run.main(moved + ['--variants', 'relu_lr_0_005', '--seed', '1',
+                    '--config.num_train_steps=8', '--config.input.workers=1',
+                    '--config.checkpoint_every_steps=4'])
   with open(os.path.join(out, 'results.json')) as f:
     joined = json.load(f)['runs']
   assert {k: [r['seed'] for r in v] for k, v in joined.items()} == {

@@ -210,7 +210,15 @@ def test_floors_come_from_setup_cfg():
   with open(os.path.join(ROOT, 'setup.cfg')) as f:
     assert f'jax>={floors["jax"]}' in f.read()
   assert colab['_version_tuple']('0.12.0.1') > colab['_version_tuple']('0.12')
-  assert colab['_version_tuple']('0.5.0rc1') == (0, 5, 0)
+  # A pre-release of the floor is below it (pip would refuse it), a local
+  # or post build is not.
+  v = colab['_version_tuple']
+  for below, floor in (('0.10.2rc1', '0.10.2'), ('0.10.2.dev20260101',
+                                                 '0.10.2'), ('0.10', '0.10.2')):
+    assert v(below) < v(floor), below
+  for above, floor in (('0.10.2', '0.10.2'), ('0.10.2+cuda12', '0.10.2'),
+                       ('0.10.2.post1', '0.10.2'), ('0.11.0rc1', '0.10.2')):
+    assert v(above) >= v(floor), above
 
 
 def test_drive_workdir_mounts_once(tmp_path, monkeypatch):

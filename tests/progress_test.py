@@ -188,8 +188,10 @@ def test_float16_windows_of_skipped_steps_stop_only_at_the_smallest_scale():
   records = _records(device, d)
 
   def f16(step, skipped, scale):
-    return dict(_metrics(step), grad_norm=0.0 if skipped else 2.0,
-                skipped=float(skipped), loss_scale=scale)
+    # A skipped step's forward pass may have overflowed too: its loss is inf.
+    return dict(_metrics(step, loss=math.inf if skipped else 1.0),
+                grad_norm=0.0 if skipped else 2.0, skipped=float(skipped),
+                loss_scale=scale)
   try:
     for step in range(1, 6):
       records.add(f16(step, True, 2.0 ** (7 - step)))
@@ -200,8 +202,12 @@ def test_float16_windows_of_skipped_steps_stop_only_at_the_smallest_scale():
     records.flush()
     first, second = records.log.records
     assert first['skipped_steps'] == 5 and first['grad_norm'] is None
+    assert first['loss'] is None and first['top1_err'] is None
     assert first['loss_scale'] == 4.0
+    # The averages are the applied steps': the skipped ones' inf is not a
+    # divergence.
     assert second['skipped_steps'] == 2 and second['grad_norm'] == 2.0
+    assert second['loss'] == 1.0
     for step in range(11, 16):
       records.add(f16(step, True, 1.0))
     records.close_window(15)
