@@ -136,3 +136,41 @@ def test_readme_prepare_command(imagenet_dirs):
       check=False)
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr
   assert 'manual_dir' in proc.stderr.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_an_extracted_folder_gives_the_tars_routes_pixels(imagenet_dirs,
+                                                          tmp_path):
+  """The same ILSVRC-2012 images, extracted as clusters keep them
+  (train/<wnid>/*.JPEG), give the tars route's pixels and classes."""
+  from alexnet_jax.datasets import image_folder  # pylint: disable=g-import-not-at-top
+  manual, data_dir, synsets = imagenet_dirs
+  root = tmp_path / 'extracted'
+  with tarfile.open(os.path.join(manual, 'ILSVRC2012_img_train.tar')) as t:
+    for member in t.getmembers():
+      wnid = member.name[:-len('.tar')]
+      with tarfile.open(fileobj=t.extractfile(member)) as inner:
+        for image in inner.getmembers():
+          for split in ('train', 'val') if image.name.endswith('_0.JPEG') else (
+              'train',):
+            os.makedirs(root / split / wnid, exist_ok=True)
+            (root / split / wnid / image.name).write_bytes(
+                inner.extractfile(image).read())
+  tars = tiny_imagenet_config(manual, data_dir)
+  folder = tiny_imagenet_config(None, None)
+  folder.dataset, folder.data_dir = 'image_folder', str(root)
+  folder.store.dir = str(tmp_path / 'stores')
+  folder.model.num_classes = len(synsets)
+
+  def images(config, names):
+    split = store.get(config).split('train')
+    got = split.read(range(len(split)))
+    return sorted((names(int(l)), img.tobytes())
+                  for l, img in zip(got['label'], got['image']))
+  int2str = source.get_builder(tars).info.features['label'].int2str
+  classes = image_folder.class_names(str(root))
+  by_tars = images(tars, int2str)
+  by_folder = images(folder, classes.__getitem__)
+  assert len(by_tars) == 3 * IMAGES_PER_SYNSET  # Grey and CMYK among them.
+  assert [c for c, _ in by_folder] == [c for c, _ in by_tars]
+  assert by_folder == by_tars

@@ -20,8 +20,10 @@ changed folder is prepared again and a store whose folder is gone still
 trains.
 
 Readable images (JPEG, PNG, grey, CMYK, a PNG named .JPEG, ...) are taken as
-RGB: an RGB JPEG is decoded by TensorFlow exactly as the tfds route decodes
-it, so both give the same pixels; any other image is decoded once by Pillow.
+RGB: a JPEG (RGB, grey or CMYK) or PNG is decoded by TensorFlow exactly as
+the tfds route decodes it, so both give the same pixels (tested on the
+ILSVRC-2012 format in tests/imagenet_test.py); any other image, or one that
+TensorFlow will not decode, is decoded once by Pillow.
 Unreadable files (corrupt or truncated, empty, not images, or over
 `max_image_pixels`) are skipped, logged and listed in the store's
 `split.json`, so training never meets a bad image.
@@ -213,7 +215,7 @@ class _Preprocess:
       return image
 
     # decode_image is what the tfds route (preprocess.decode) calls.
-    self.from_jpeg = tf.function(
+    self.from_bytes = tf.function(
         lambda data: finish(tf.io.decode_image(
             data, channels=3, expand_animations=False)),
         input_signature=[tf.TensorSpec([], tf.string)])
@@ -223,9 +225,13 @@ class _Preprocess:
   def __call__(self, data: bytes, limit: int):
     """Encoded bytes -> the stored image (uint8 S x S x 3, or JPEG bytes)."""
     with preprocess.open_checked(data, limit) as image:
-      if image.format == 'JPEG' and image.mode == 'RGB':
-        out = self.from_jpeg(data)
-      else:
+      out = None
+      if image.format in ('JPEG', 'PNG'):  # As the tfds route decodes them.
+        try:
+          out = self.from_bytes(data)
+        except self._tf.errors.InvalidArgumentError:
+          pass  # Pillow may still read it, or say why not.
+      if out is None:
         image.load()  # Decodes fully: truncated files fail here.
         out = self.from_pixels(np.asarray(image.convert('RGB')))
     return out.numpy()
