@@ -649,7 +649,5 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  # Accept the dashed spelling too (absl flag names use underscores).
-  sys.argv = [a.replace('--vs-torch', '--vs_torch', 1) if a.startswith(
-      '--vs-torch') else a for a in sys.argv]
-  app.run(main)
+  app.run(main, flags_parser=functools.partial(cli.parse_flags,
+                                               prog='alexnet_jax.bench'))

@@ -1,23 +1,50 @@
-"""Command lines: absl flag parsing that fails in one line, never a traceback."""
+"""Command lines: one convention for every command, failing in one line.
 
+Every command takes `--flag=value` or `--flag value`, and each flag in either
+spelling, `--max_images` or `--max-images`; where a config is involved,
+`--config FILE` and ml_collections' `--config.KEY=VALUE` (keys spelled as in
+configs/default.py). Errors are one line,
+`PROG: error: ...`, with exit status 2. The commands built on a config (main,
+bench, prepare) parse with absl, as flax's examples do; the others with
+`ArgumentParser` here, which keeps the same rules.
+"""
+
+import argparse
 import logging as std_logging
 import os
 import re
 import sys
-from typing import List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from absl import flags
 from absl import logging
 
 
 def error(message: str, prog: str = 'alexnet_jax') -> int:
-  """Prints the one error line every command uses; returns exit status 2."""
+  """Prints the one error line every command uses; returns exit status 2.
+  The prefix is the module ('alexnet_jax.features'), however `prog` says it."""
+  if prog.startswith('python -m '):
+    prog = prog[len('python -m '):]
   print(f'{prog}: error: {message}', file=sys.stderr)
   return 2
 
 
 def fail(message: str, prog: str = 'alexnet_jax'):
   sys.exit(error(message, prog))
+
+
+def run_main(main: Callable[[], Optional[int]], prog: str):
+  """Runs a command's main() and exits with its status; a SystemExit that
+  carries a message ('PROG: error: ...' or bare) becomes the one error line
+  and exit status 2, as every command's errors are."""
+  try:
+    status = main()
+  except SystemExit as e:
+    if not isinstance(e.code, str):
+      raise
+    message = e.code.split(': error: ', 1)[-1]
+    status = error(message, prog)
+  sys.exit(status or 0)
 
 
 def config_path(path: str) -> str:
@@ -43,11 +70,44 @@ def _with_config_paths(argv: Sequence[str]) -> List[str]:
   return out
 
 
+def underscored(argv: Sequence[str]) -> List[str]:
+  """argv with each flag's name in absl's spelling: '--vs-torch' ->
+  '--vs_torch' (values, positional arguments and config keys, which are
+  spelled as in configs/default.py, unchanged)."""
+  out = []
+  for a in argv:
+    if a.startswith('--') and len(a) > 2 and not a.startswith(
+        ('--config.', '--noconfig.')):
+      name, sep, value = a[2:].partition('=')
+      a = '--' + name.replace('-', '_') + sep + value
+    out.append(a)
+  return out
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse with the package's rules: every '--a_b' option also answers
+  to '--a-b' (and the reverse), and an error is one line, exit status 2."""
+
+  def add_argument(self, *names, **kwargs):
+    spelled = list(names)
+    for n in names:
+      if n.startswith('--'):
+        other = '--' + (n[2:].replace('_', '-') if '_' in n else
+                        n[2:].replace('-', '_'))
+        if other not in spelled:
+          spelled.append(other)
+    return super().add_argument(*spelled, **kwargs)
+
+  def error(self, message):
+    fail(message, self.prog)
+
+
 def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS,
                 prog: str = 'alexnet_jax') -> List[str]:
-  """flag_values(argv), with one-line errors naming the bad flag or key."""
+  """flag_values(argv), with one-line errors naming the bad flag or key, and
+  dashed flag names taken as underscored."""
   try:
-    return flag_values(_with_config_paths(argv))
+    return flag_values(_with_config_paths(underscored(argv)))
   except flags.Error as e:
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     fail(' '.join(lines[:1] + lines[-1:]) if len(lines) > 1 else lines[0],

@@ -67,8 +67,7 @@ def evaluate(paths: Sequence[str], crops: Optional[int] = None,
 
 
 def main(argv=None):
-  import argparse  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog='python -m alexnet_jax.ensemble',
       description='Evaluate the averaged softmax of several networks.')
   parser.add_argument('--workdirs', nargs='+', required=True)

@@ -12,7 +12,6 @@ equal the eval lines of the run's metrics.jsonl for the same checkpoint and
 settings. Prints one JSON object and, with --out, writes it there. One host.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -89,7 +88,7 @@ def evaluate_workdir(path: str, overrides: Sequence[str] = (),
 def main(argv=None):
   argv = list(sys.argv[1:] if argv is None else argv)
   overrides = [a for a in argv if a.startswith(('--config.', '--noconfig.'))]
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog=PROG, description=__doc__.split('\n')[0],
       epilog='--config.KEY=VALUE changes the checkpoint\'s config for this '
       'evaluation, e.g. --config.eval_crops=10.')

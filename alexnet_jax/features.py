@@ -329,8 +329,7 @@ def nearest(queries: np.ndarray, gallery: np.ndarray, k: int,
 
 
 def main(argv=None):
-  import argparse  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog='python -m alexnet_jax.features',
       description='Features of a trained AlexNet for a directory of images.')
   parser.add_argument('--workdir', required=True,

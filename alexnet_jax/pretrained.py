@@ -307,8 +307,7 @@ def write_workdir(workdir: str, config, params, mean_pixel) -> str:
 
 
 def main(argv=None):
-  import argparse  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog='python -m alexnet_jax.pretrained',
       description='Import public AlexNet weights as an alexnet_jax workdir.')
   parser.add_argument('--format', required=True,

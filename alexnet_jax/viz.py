@@ -240,10 +240,9 @@ def labels_from_folders(paths: Sequence[str], class_names: Sequence[str]):
 
 
 def main(argv=None):
-  import argparse  # pylint: disable=g-import-not-at-top
   from alexnet_jax import features  # pylint: disable=g-import-not-at-top
   from alexnet_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog='python -m alexnet_jax.viz',
       description="The paper's figures for a trained AlexNet, as PNG files.")
   parser.add_argument('--workdir', required=True,

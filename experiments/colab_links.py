@@ -8,11 +8,12 @@ the top of each notebook. Run it again with another address to change both;
 `--repo ''` removes them (the upload path, the default, stays either way).
 """
 
-import argparse
 import glob
 import json
 import os
 import re
+
+from alexnet_jax import cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BADGE = re.compile(r'\[Open in Colab\]\([^)]*\)\n\n')
@@ -54,7 +55,7 @@ def set_repo(path: str, repo: str, branch: str = 'main'):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m experiments.colab_links',
+  parser = cli.ArgumentParser(prog='python -m experiments.colab_links',
                                    description=__doc__.split('\n')[0])
   parser.add_argument('--repo', required=True,
                       help="github.com/ORG/NAME, or '' to remove")
@@ -69,4 +70,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  cli.run_main(main, 'experiments.colab_links')

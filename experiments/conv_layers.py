@@ -16,7 +16,6 @@ in alternation so that they see the same machine load. Where the train step's
 time goes, layer by layer, against the same layers in PyTorch (#19).
 """
 
-import argparse
 import json
 import statistics
 import time
@@ -24,6 +23,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from alexnet_jax import cli
 from alexnet_jax import ops
 
 # name: (input size, in channels, out channels, kernel, stride, padding,
@@ -105,7 +105,7 @@ def measure(name, batch=128, repeats=3, with_torch=True):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = cli.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batch', type=int, default=128)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--layers', default=','.join(LAYERS))
@@ -125,4 +125,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  cli.run_main(main, 'experiments.conv_layers')

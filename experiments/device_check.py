@@ -48,6 +48,8 @@ import sys
 import tempfile
 import time
 
+from alexnet_jax import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICE_DIR = os.path.join(ROOT, '.device')
 # The packages the GPU host lacks that the read path needs (measured wheel
@@ -388,7 +390,7 @@ def check(out: str, device_dir: str = DEVICE_DIR, rehearse: bool = False,
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m experiments.device_check',
+  parser = cli.ArgumentParser(prog='python -m experiments.device_check',
                                    description=__doc__.split('\n')[0])
   parser.add_argument('--out', help='where the results go')
   parser.add_argument('--device_dir', default=DEVICE_DIR,
@@ -436,4 +438,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run_main(main, 'experiments.device_check')

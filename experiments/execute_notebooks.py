@@ -11,9 +11,10 @@ re-executes the notebooks (tests/notebooks_test.py) but never compares their
 bytes with these.
 """
 
-import argparse
 import os
 import tempfile
+
+from alexnet_jax import cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -65,7 +66,7 @@ def small_outputs(book, width: int = 640):
 
 def main(argv=None):
   import nbformat  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(prog='python -m experiments.execute_notebooks',
+  parser = cli.ArgumentParser(prog='python -m experiments.execute_notebooks',
                                    description=__doc__.split('\n')[0])
   parser.add_argument('--names', default=','.join(NOTEBOOKS))
   args = parser.parse_args(argv)

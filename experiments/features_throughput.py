@@ -8,16 +8,17 @@ extraction of every image in DIR (decoding, preprocessing and the network;
 the result is on the host when the clock stops).
 """
 
-import argparse
 import json
 import os
 import platform
 import sys
 import time
 
+from alexnet_jax import cli
+
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--images', required=True)
   parser.add_argument('--layer', default='fc7')

@@ -12,10 +12,11 @@ synthetic images decode several times faster than photographs, so pipeline
 figures are measured on these.
 """
 
-import argparse
 import glob
 import os
 import shutil
+
+from alexnet_jax import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHOTOS = os.path.join(ROOT, '..', 'shared', 'photos')
@@ -39,7 +40,7 @@ def make(out: str, photos: str = PHOTOS, classes: int = 10,
 
 
 def main():
-  parser = argparse.ArgumentParser(prog='python -m experiments.photo_folder',
+  parser = cli.ArgumentParser(prog='python -m experiments.photo_folder',
                                    description=__doc__.splitlines()[0])
   parser.add_argument('--out', required=True)
   parser.add_argument('--photos', default=PHOTOS)
@@ -51,4 +52,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  cli.run_main(main, 'experiments.photo_folder')

@@ -10,13 +10,14 @@ one-float all-reduce across both processes: a lower bound on any real
 multi-process training step. Their ratio bounds the check's share of a step.
 """
 
-import argparse
 import json
 import os
 import platform
 import socket
 import subprocess
 import sys
+
+from alexnet_jax import cli
 
 WORKER = r'''
 import json, sys, time
@@ -46,7 +47,7 @@ print(json.dumps({'process': index, 'check_us': check_s * 1e6,
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--calls', type=int, default=100_000)
   parser.add_argument('--steps', type=int, default=2_000)
   parser.add_argument('--out', default='')
@@ -85,4 +86,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  cli.run_main(main, 'experiments.preemption_check')

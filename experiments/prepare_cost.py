@@ -17,11 +17,12 @@ figures (not a measurement), the disk and hours the full ILSVRC-2012
 host.
 """
 
-import argparse
 import json
 import os
 import tempfile
 import time
+
+from alexnet_jax import cli
 
 ILSVRC_IMAGES = 1_281_167 + 50_000
 HOST_CORES = 16
@@ -69,7 +70,7 @@ def arithmetic(rows):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m experiments.prepare_cost',
+  parser = cli.ArgumentParser(prog='python -m experiments.prepare_cost',
                                    description=__doc__.split('\n')[0])
   parser.add_argument('--out', required=True)
   here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,7 +79,6 @@ def main(argv=None):
   parser.add_argument('--imagenette', default=os.path.join(
       here, '..', 'shared', 'data', 'imagenette'))
   args = parser.parse_args(argv)
-  from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
   from experiments import photo_folder  # pylint: disable=g-import-not-at-top
   cli.quiet_libraries()
   rows = []

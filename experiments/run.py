@@ -41,7 +41,6 @@ variants on another machine or in another session whose workdirs are gone.
 for tests of the runner, not for results.
 """
 
-import argparse
 import dataclasses
 import json
 import os
@@ -52,6 +51,8 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from alexnet_jax import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -287,7 +288,6 @@ def _commit() -> str:
 def load_config(path: str, overrides: Sequence[str] = ()):
   """(config, {key: value}) from a config file ('FILE[:ARG]', as --config
   takes) and `--config.KEY=VALUE` arguments (cli.parse_config)."""
-  from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
   return cli.parse_config(overrides, path=path, prog='experiments.run')
 
 
@@ -870,7 +870,7 @@ def _plot(summary, path, name):
 def main(argv=None):
   argv = list(sys.argv[1:] if argv is None else argv)
   config_file, overrides, rest = _split_config_args(argv)
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog='python -m experiments.run', description=__doc__.split('\n')[0],
       epilog='--config FILE and --config.KEY=VALUE: the base config and its '
       'overrides, as for alexnet_jax.main.')
@@ -891,7 +891,6 @@ def main(argv=None):
                       help='toy size, for tests of the runner')
   args = parser.parse_args(rest)
   from absl import logging  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
   from alexnet_jax import errors  # pylint: disable=g-import-not-at-top
   # Each run's progress, as alexnet_jax.main logs it (not at toy size).
   logging.use_absl_handler()  # absl's line format, as alexnet_jax.main's.
@@ -909,4 +908,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  cli.run_main(main, 'experiments.run')

@@ -16,12 +16,13 @@ comes from rerunning the finished workdir with --config.eval_crops=10 (the
 loop then only evaluates).
 """
 
-import argparse
 import json
 import os
 import shutil
 import sys
 from typing import Dict, List
+
+from alexnet_jax import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -121,7 +122,7 @@ def markdown(name: str, results: Dict) -> str:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m experiments.summarise_run')
+  parser = cli.ArgumentParser(prog='python -m experiments.summarise_run')
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--out', required=True)
   parser.add_argument('--label', default='main')

@@ -17,7 +17,6 @@ against itself compiled with XLA:CPU's own defaults rather than
 cpu_kernels.XLA_CPU_OPTIONS (`xla_defaults_step_s`).
 """
 
-import argparse
 import importlib
 import json
 import statistics
@@ -25,6 +24,7 @@ import time
 
 import jax
 
+from alexnet_jax import cli
 from alexnet_jax import bench
 from alexnet_jax import cpu_kernels
 
@@ -76,7 +76,7 @@ def compare(config, rounds: int, sizes=(3, 5), options=False) -> dict:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = cli.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--config', default='ilsvrc2012',
                       help='a module of configs/ (its default config)')
   parser.add_argument('--rounds', type=int, default=8)

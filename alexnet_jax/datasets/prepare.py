@@ -24,6 +24,8 @@ training run stops on a damaged split instead, naming this command).
 """
 
 
+import functools
+
 from absl import app
 from absl import flags
 from ml_collections import config_flags
@@ -57,4 +59,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=functools.partial(
+      cli.parse_flags, prog='alexnet_jax.datasets.prepare'))
