@@ -1,6 +1,11 @@
 """Ensembles: the softmax of several networks averaged (the paper's "5 CNNs").
 
-  python -m alexnet_jax.ensemble --workdirs runs/a runs/b runs/c [--crops 10]
+  python -m alexnet_jax.ensemble --workdirs runs/a runs/b runs/c \
+      [--config.eval_crops=10] [--config.data_dir=DIR]
+
+`--config.KEY=VALUE` changes the first member's config, which names the
+data, for this evaluation (as for alexnet_jax.evaluate); `--crops` and
+`--data_dir` are the same as `--config.eval_crops` and `--config.data_dir`.
 
 Each member is a workdir or one checkpoint; each sees the evaluation split
 through its own preprocessing (its mean image, crop size and, with 10 crops,
@@ -30,7 +35,8 @@ def _errors(probs: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
 
 def evaluate(paths: Sequence[str], crops: Optional[int] = None,
              split: Optional[str] = None, batch_size: int = 128,
-             data_dir: Optional[str] = None) -> Dict:
+             data_dir: Optional[str] = None,
+             overrides: Sequence[str] = ()) -> Dict:
   """Top-1 / top-5 error of the averaged softmax of the networks in `paths`."""
   if not paths:
     raise errors.UserError('an ensemble needs at least one --workdirs entry.')
@@ -42,6 +48,11 @@ def evaluate(paths: Sequence[str], crops: Optional[int] = None,
           f'{p} has {net.config.model.num_classes} classes, {paths[0]} '
           f'{first.model.num_classes}: ensemble members must share classes.')
   config = first.copy_and_resolve_references()
+  if overrides:
+    config, changed = cli.parse_config(overrides, config=config,
+                                       prog='alexnet_jax.ensemble')
+    if crops is None and 'eval_crops' in changed:
+      crops = config.eval_crops
   if data_dir:
     config.data_dir = data_dir
   # Host preprocessing at the largest image size any member needs; each
@@ -67,9 +78,13 @@ def evaluate(paths: Sequence[str], crops: Optional[int] = None,
 
 
 def main(argv=None):
+  argv = list(sys.argv[1:] if argv is None else argv)
+  overrides = [a for a in argv if a.startswith(('--config.', '--noconfig.'))]
   parser = cli.ArgumentParser(
       prog='python -m alexnet_jax.ensemble',
-      description='Evaluate the averaged softmax of several networks.')
+      description='Evaluate the averaged softmax of several networks.',
+      epilog='--config.KEY=VALUE changes the first member\'s config (the '
+      'data) for this evaluation, e.g. --config.eval_crops=10.')
   parser.add_argument('--workdirs', nargs='+', required=True)
   parser.add_argument('--crops', type=int, default=None, choices=(1, 10),
                       help="views per image (default: each run's eval_crops)")
@@ -77,10 +92,10 @@ def main(argv=None):
                       help="evaluation split (default: the first run's)")
   parser.add_argument('--data_dir', default=None,
                       help='tfds data dir, when not where the runs had it')
-  args = parser.parse_args(argv)
+  args = parser.parse_args([a for a in argv if a not in overrides])
   try:
     result = evaluate(args.workdirs, args.crops, args.split,
-                      data_dir=args.data_dir)
+                      data_dir=args.data_dir, overrides=overrides)
   except errors.UserError as e:
     return cli.error(str(e), prog='alexnet_jax.ensemble')
   print(json.dumps(result))

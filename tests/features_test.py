@@ -205,6 +205,11 @@ def test_ensemble_averages_the_members_softmax(run, tmp_path):
   assert both['top1_err'] == pytest.approx(
       np.mean(probs.argmax(1) != labels), abs=1e-6)
   assert both['members'][1]['path'] == other
+  # --config.eval_crops is --crops.
+  assert ensemble.main(['--workdirs', workdir, other,
+                        '--config.eval_crops=1']) == 0
+  assert ensemble.evaluate([workdir, other], overrides=[
+      '--config.eval_crops=1'])['top1_err'] == both['top1_err']
   proc = subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.ensemble', '--workdirs', other],
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
