@@ -103,11 +103,3 @@ def train_views(images, key, example_ids, stats, config):
     x = pca_lighting(x, light_keys, stats['eigvals'], stats['eigvecs'],
                      a.pca_lighting)
   return x / a.scale
-
-
-def eval_views(images, stats, config, crops: int):
-  """Evaluation views `(crops, B, crop, crop, 3)`: centre crop or 10 crops."""
-  x = normalize(images, stats['mean'], config.augment.scale)
-  if crops == 10:
-    return ten_crops(x, config.model.input_size)
-  return center_crop(x, config.model.input_size)[None]

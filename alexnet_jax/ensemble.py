@@ -22,15 +22,10 @@ import numpy as np
 
 from alexnet_jax import cli
 from alexnet_jax import errors
+from alexnet_jax import evaluation
 from alexnet_jax import features
 from alexnet_jax import input_pipeline
 from alexnet_jax.datasets import store as store_lib
-
-
-def _errors(probs: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
-  top5 = np.argsort(-probs, axis=1)[:, :5]
-  return {'top1_err': float(np.mean(top5[:, 0] != labels)),
-          'top5_err': float(np.mean(~(top5 == labels[:, None]).any(1)))}
 
 
 def evaluate(paths: Sequence[str], crops: Optional[int] = None,
@@ -71,9 +66,9 @@ def evaluate(paths: Sequence[str], crops: Optional[int] = None,
                                          batch_size=batch_size))
   labels = np.concatenate(labels)
   member_probs = [np.concatenate(p) for p in member_probs]
-  out = _errors(np.mean(member_probs, axis=0), labels)
+  out = evaluation.topk_errors(np.mean(member_probs, axis=0), labels)
   out.update(num_examples=int(len(labels)), members=[
-      dict(path=p, **_errors(pr, labels)) for p, pr in zip(paths, member_probs)])
+      dict(path=p, **evaluation.topk_errors(pr, labels)) for p, pr in zip(paths, member_probs)])
   return out
 
 

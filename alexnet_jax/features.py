@@ -34,10 +34,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
-from alexnet_jax import augment
 from alexnet_jax import cli
 from alexnet_jax import cpu_kernels
 from alexnet_jax import errors
+from alexnet_jax import evaluation
 from alexnet_jax import model as model_lib
 from alexnet_jax import ops
 from alexnet_jax import preprocess
@@ -177,25 +177,19 @@ class Features:
     config, model = self.config, self.model
 
     def run(params, images):
-      if preprocess:
-        x = augment.normalize(images, self.mean, config.augment.scale)
-        if crops == 10:
-          views = augment.ten_crops(x, model.input_size)
-        else:
-          views = augment.center_crop(x, model.input_size)[None]
-      else:
-        views = images[None]
-      v, b = views.shape[:2]
-      logits, feats = model.apply({'params': params},
-                                  views.reshape((v * b,) + views.shape[2:]),
-                                  train=False, capture=True)
-      if layer == 'probs':
-        out = jax.nn.softmax(logits)
-      elif layer == 'logits':
-        out = logits
-      else:
-        out = ops.merge_towers(feats[layer])  # Towers side by side.
-      return out.reshape((v, b) + out.shape[1:]).mean(0)
+      def layer_of(x):
+        logits, feats = model.apply({'params': params}, x, train=False,
+                                    capture=True)
+        if layer == 'probs':
+          return jax.nn.softmax(logits)
+        if layer == 'logits':
+          return logits
+        return ops.merge_towers(feats[layer])  # Towers side by side.
+
+      inputs = (evaluation.views(images, self.mean, config.augment.scale,
+                                 model.input_size, crops)
+                if preprocess else images[None])
+      return evaluation.average_over_views(layer_of, inputs)
 
     # Compiled as the train and eval steps are (cpu_kernels.XLA_CPU_OPTIONS).
     self._fns[key] = jax.jit(run, in_shardings=(self._replicated, self._split),

@@ -19,6 +19,7 @@ import optax
 from alexnet_jax import augment
 from alexnet_jax import cpu_kernels
 from alexnet_jax import errors
+from alexnet_jax import evaluation
 from alexnet_jax import loss_scale as loss_scale_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
@@ -34,13 +35,6 @@ class TrainState:
   # float16 only (loss_scale.DynamicLossScale); None adds no leaf, so other
   # dtypes' checkpoints hold exactly the three fields above.
   loss_scale: Any = None
-
-
-def topk_correct(logits, labels, k):
-  """1.0 where the label is among the k largest logits, per example."""
-  k = min(k, logits.shape[-1])
-  topk = jax.lax.top_k(logits, k)[1]
-  return (topk == labels[:, None]).any(-1).astype(jnp.float32)
 
 
 class Steps:
@@ -146,8 +140,8 @@ class Steps:
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
       axes = self.batch_axes
       loss = jax.lax.psum(ce.sum(), axes) / global_batch
-      err1 = jax.lax.psum(b - topk_correct(logits, labels, 1).sum(), axes)
-      err5 = jax.lax.psum(b - topk_correct(logits, labels, 5).sum(), axes)
+      err1 = jax.lax.psum(b - evaluation.topk_correct(logits, labels, 1).sum(), axes)
+      err5 = jax.lax.psum(b - evaluation.topk_correct(logits, labels, 5).sum(), axes)
       return loss, dict(loss=loss, top1_err=err1 / global_batch,
                         top5_err=err5 / global_batch)
 
@@ -207,19 +201,18 @@ class Steps:
     config, mesh = self.config, self.mesh
 
     def local_eval(params, images, labels, mask, stats, crops):
-      views = augment.eval_views(images, stats, config, crops)
-      v, b = views.shape[:2]  # (views, b, h, w, 3)
-      logits = self.sharded_model.apply(
-          {'params': params}, views.reshape((v * b,) + views.shape[2:]),
-          train=False)
-      # The paper's test: average the softmax over the views.
-      probs = jax.nn.softmax(logits).reshape(v, b, -1).mean(0)
+      inputs = evaluation.views(images, stats['mean'], config.augment.scale,
+                                config.model.input_size, crops)
+      # The paper's test: the softmax averaged over the views.
+      probs = evaluation.average_over_views(
+          lambda x: jax.nn.softmax(self.sharded_model.apply(
+              {'params': params}, x, train=False)), inputs)
       ce = -jnp.log(jnp.take_along_axis(probs, labels[:, None], 1)[:, 0] +
                     1e-30)
       sums = dict(
           loss=(ce * mask).sum(),
-          top1_err=((1 - topk_correct(probs, labels, 1)) * mask).sum(),
-          top5_err=((1 - topk_correct(probs, labels, 5)) * mask).sum(),
+          top1_err=((1 - evaluation.topk_correct(probs, labels, 1)) * mask).sum(),
+          top5_err=((1 - evaluation.topk_correct(probs, labels, 5)) * mask).sum(),
           count=mask.sum())
       return jax.tree.map(lambda v: jax.lax.psum(v, self.batch_axes), sums)
 

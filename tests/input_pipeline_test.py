@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import augment
+from alexnet_jax import evaluation
 from alexnet_jax import errors
 from alexnet_jax import input_pipeline
 from alexnet_jax import train
@@ -327,9 +328,11 @@ def test_augmentation_is_the_same_eagerly_and_jitted():
   assert eager.shape == (4, 64, 64, 3)
   config.eval_crops = 10
   with jax.disable_jit():
-    eager = augment.eval_views(images, stats, config, 10)
-  jitted = jax.jit(lambda *a: augment.eval_views(*a, config, 10))(images,
-                                                                  stats)
+    eager = evaluation.views(images, stats['mean'], config.augment.scale,
+                             config.model.input_size, 10)
+  jitted = jax.jit(lambda i, m: evaluation.views(
+      i, m, config.augment.scale, config.model.input_size, 10))(
+          images, stats['mean'])
   np.testing.assert_allclose(eager, jitted, rtol=1e-6)
   assert eager.shape == (10, 4, 64, 64, 3)
 
