@@ -47,6 +47,34 @@ def run_main(main: Callable[[], Optional[int]], prog: str):
   sys.exit(status or 0)
 
 
+def split_config_args(argv: Sequence[str]):
+  """(--config FILE or None, [--config.KEY=VALUE ...], the other arguments).
+
+  '--config.KEY VALUE' takes VALUE unless it is another flag; a bare
+  '--config.KEY' (or '--noconfig.KEY') is a boolean, as absl reads it.
+  """
+  path, overrides, rest = None, [], []
+  argv = list(argv)
+  i = 0
+  while i < len(argv):
+    a = argv[i]
+    i += 1
+    if a == '--config':
+      path = argv[i] if i < len(argv) else ''
+      i += 1
+    elif a.startswith('--config='):
+      path = a.split('=', 1)[1]
+    elif a.startswith(('--config.', '--noconfig.')):
+      if ('=' not in a and a.startswith('--config.') and i < len(argv) and
+          not argv[i].startswith('--')):
+        a = f'{a}={argv[i]}'
+        i += 1
+      overrides.append(a)
+    else:
+      rest.append(a)
+  return path, overrides, rest
+
+
 def config_path(path: str) -> str:
   """A --config value ('FILE[:ARG]'), found from any working directory: a
   `configs/NAME.py` that is not there names the shipped one
@@ -74,19 +102,27 @@ def underscored(argv: Sequence[str]) -> List[str]:
   """argv with each flag's name in absl's spelling: '--vs-torch' ->
   '--vs_torch' (values, positional arguments and config keys, which are
   spelled as in configs/default.py, unchanged)."""
-  out = []
-  for a in argv:
+  out = list(argv)
+  for i, a in enumerate(out):
+    if a == '--':
+      break  # What follows is not flags.
     if a.startswith('--') and len(a) > 2 and not a.startswith(
         ('--config.', '--noconfig.')):
       name, sep, value = a[2:].partition('=')
-      a = '--' + name.replace('-', '_') + sep + value
-    out.append(a)
+      if name.startswith('no-'):  # absl's negation, '--no-vs-torch'.
+        name = 'no' + name[3:]
+      out[i] = '--' + name.replace('-', '_') + sep + value
   return out
 
 
 class ArgumentParser(argparse.ArgumentParser):
   """argparse with the package's rules: every '--a_b' option also answers
-  to '--a-b' (and the reverse), and an error is one line, exit status 2."""
+  to '--a-b' (and the reverse), no abbreviations (absl has none either), and
+  an error is one line, exit status 2."""
+
+  def __init__(self, *args, **kwargs):
+    kwargs.setdefault('allow_abbrev', False)
+    super().__init__(*args, **kwargs)
 
   def add_argument(self, *names, **kwargs):
     spelled = list(names)

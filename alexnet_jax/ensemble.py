@@ -27,6 +27,8 @@ from alexnet_jax import features
 from alexnet_jax import input_pipeline
 from alexnet_jax.datasets import store as store_lib
 
+PROG = 'alexnet_jax.ensemble'
+
 
 def evaluate(paths: Sequence[str], crops: Optional[int] = None,
              split: Optional[str] = None, batch_size: int = 128,
@@ -74,7 +76,10 @@ def evaluate(paths: Sequence[str], crops: Optional[int] = None,
 
 def main(argv=None):
   argv = list(sys.argv[1:] if argv is None else argv)
-  overrides = [a for a in argv if a.startswith(('--config.', '--noconfig.'))]
+  path, overrides, rest = cli.split_config_args(argv)
+  if path is not None:
+    cli.fail('--config FILE: the config is the saved one; change it with '
+             '--config.KEY=VALUE.', PROG)
   parser = cli.ArgumentParser(
       prog='python -m alexnet_jax.ensemble',
       description='Evaluate the averaged softmax of several networks.',
@@ -87,7 +92,7 @@ def main(argv=None):
                       help="evaluation split (default: the first run's)")
   parser.add_argument('--data_dir', default=None,
                       help='tfds data dir, when not where the runs had it')
-  args = parser.parse_args([a for a in argv if a not in overrides])
+  args = parser.parse_args(rest)
   try:
     result = evaluate(args.workdirs, args.crops, args.split,
                       data_dir=args.data_dir, overrides=overrides)

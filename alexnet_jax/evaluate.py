@@ -87,7 +87,10 @@ def evaluate_workdir(path: str, overrides: Sequence[str] = (),
 
 def main(argv=None):
   argv = list(sys.argv[1:] if argv is None else argv)
-  overrides = [a for a in argv if a.startswith(('--config.', '--noconfig.'))]
+  path, overrides, rest = cli.split_config_args(argv)
+  if path is not None:
+    cli.fail('--config FILE: the config is the saved one; change it with '
+             '--config.KEY=VALUE.', PROG)
   parser = cli.ArgumentParser(
       prog=PROG, description=__doc__.split('\n')[0],
       epilog='--config.KEY=VALUE changes the checkpoint\'s config for this '
@@ -97,7 +100,7 @@ def main(argv=None):
   parser.add_argument('--split', default=None,
                       help="the split (default: the run's eval_split)")
   parser.add_argument('--out', default=None, help='also write the JSON here')
-  args = parser.parse_args([a for a in argv if a not in overrides])
+  args = parser.parse_args(rest)
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.use_absl_handler()
   logging.set_verbosity(logging.INFO)

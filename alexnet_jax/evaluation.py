@@ -47,5 +47,5 @@ def topk_correct(scores, labels, k: int):
 def topk_errors(probs, labels) -> Dict[str, float]:
   """Host figures of a whole set: {'top1_err', 'top5_err'} (fractions)."""
   probs, labels = jnp.asarray(probs), jnp.asarray(labels)
-  return {f'top{k}_err': float(np.mean(1 - np.asarray(
-      topk_correct(probs, labels, k)))) for k in (1, 5)}
+  return {f'top{k}_err': float(np.mean(~np.asarray(
+      topk_correct(probs, labels, k), bool))) for k in (1, 5)}

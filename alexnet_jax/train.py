@@ -272,8 +272,8 @@ class _TrainRecords:
           f'{self.ckpt.directory}. Lower learning_rate (or resume with '
           '--config.lr_override).')
     self.log.write(record)
-    if record['top1_err'] is not None:  # None: a float16 window all skipped.
-      self.last_train_err = record['top1_err']
+    # None: a float16 window whose steps all skipped (no target check).
+    self.last_train_err = record['top1_err']
     eval_s = (sum(self.eval_seconds) / len(self.eval_seconds)
               if self.eval_seconds else None)
     memory = ('' if record['device_memory_gb'] is None else

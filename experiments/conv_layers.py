@@ -105,7 +105,8 @@ def measure(name, batch=128, repeats=3, with_torch=True):
 
 
 def main():
-  parser = cli.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = cli.ArgumentParser(prog='python -m experiments.conv_layers',
+                              description=__doc__.split('\n')[0])
   parser.add_argument('--batch', type=int, default=128)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--layers', default=','.join(LAYERS))

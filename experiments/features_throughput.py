@@ -18,7 +18,8 @@ from alexnet_jax import cli
 
 
 def main(argv=None):
-  parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(prog='python -m experiments.features_throughput',
+                              description=__doc__.splitlines()[0])
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--images', required=True)
   parser.add_argument('--layer', default='fc7')

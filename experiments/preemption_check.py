@@ -47,7 +47,8 @@ print(json.dumps({'process': index, 'check_us': check_s * 1e6,
 
 
 def main(argv=None):
-  parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(prog='python -m experiments.preemption_check',
+                              description=__doc__.splitlines()[0])
   parser.add_argument('--calls', type=int, default=100_000)
   parser.add_argument('--steps', type=int, default=2_000)
   parser.add_argument('--out', default='')

@@ -291,34 +291,6 @@ def load_config(path: str, overrides: Sequence[str] = ()):
   return cli.parse_config(overrides, path=path, prog='experiments.run')
 
 
-def _split_config_args(argv: Sequence[str]):
-  """(--config FILE or None, [--config.KEY=VALUE ...], the other arguments).
-
-  '--config.KEY VALUE' takes VALUE unless it is another flag; a bare
-  '--config.KEY' (or '--noconfig.KEY') is a boolean, as absl reads it.
-  """
-  path, overrides, rest = None, [], []
-  argv = list(argv)
-  i = 0
-  while i < len(argv):
-    a = argv[i]
-    i += 1
-    if a == '--config':
-      path = argv[i] if i < len(argv) else ''
-      i += 1
-    elif a.startswith('--config='):
-      path = a.split('=', 1)[1]
-    elif a.startswith(('--config.', '--noconfig.')):
-      if ('=' not in a and a.startswith('--config.') and i < len(argv) and
-          not argv[i].startswith('--')):
-        a = f'{a}={argv[i]}'
-        i += 1
-      overrides.append(a)
-    else:
-      rest.append(a)
-  return path, overrides, rest
-
-
 def configure(exp: Experiment, variant: Variant, seed: int,
               config_file: Optional[str] = None, overrides: Sequence[str] = (),
               small: bool = False, data_dir: Optional[str] = None):
@@ -338,8 +310,8 @@ def configure(exp: Experiment, variant: Variant, seed: int,
 
 
 # Where a run happened, not what it was: a row recorded on another machine
-# (another data path, store root, worker count or process layout) is the
-# same run.
+# (another tfds data path, store root, worker count or process layout) is the
+# same run. An image folder's data_dir is its data, and does count.
 MACHINE_KEYS = ('data_dir', 'manual_dir', 'store.dir', 'store.check_source',
                 'input.workers', 'input.prefetch', 'checkpoint_every_steps',
                 'keep_checkpoints', 'profile_steps')
@@ -354,8 +326,11 @@ def _differences(saved: Dict, now: Dict, ignore=()) -> List[str]:
   before, after = flat(saved), flat(json.loads(json.dumps(now, default=repr)))
   def value(config, k):
     return config[k] if k in config else legacy.get(k)
+  # An image folder's path is its data, not where the data happens to be.
+  machine = [k for k in MACHINE_KEYS if k != 'data_dir' or 'image_folder' not
+             in (before.get('dataset'), after.get('dataset'))]
   return [k for k in sorted(set(before) | set(after))
-          if value(before, k) != value(after, k) and k not in MACHINE_KEYS and
+          if value(before, k) != value(after, k) and k not in machine and
           k not in ignore and not k.startswith('distributed.')]
 
 
@@ -433,6 +408,15 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
   start = time.time()
   recorded = recorded_rows(out)
   run_seeds = range(seeds) if only_seed is None else [only_seed]
+  if train_runs:
+    # Before anything trains: the seeds this command keeps (not reruns) must
+    # be of the config it runs, or the results would mix two experiments.
+    found = _rows_found(exp, name, workdir_root, recorded)
+    for v in chosen:
+      config = configure(exp, v, run_seeds[0], config_file, overrides, small,
+                         data_dir).to_dict()
+      _check_one_config(v.slug, {s: r for s, r in found[v.slug].items()
+                                 if s not in run_seeds}, out, config)
   for seed in run_seeds if train_runs else ():
     for v in chosen:
       config = configure(exp, v, seed, config_file, overrides, small, data_dir)
@@ -446,16 +430,6 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
       if earlier and _same_config(earlier['config'], config):
         print(f'[{name}] {v.name}, seed {seed}: recorded in {out}', flush=True)
         continue
-      others = {s: r for s, r in recorded.get(v.slug, {}).items() if s != seed}
-      for other, row in sorted(others.items())[:1]:
-        differ = _differences(row['config'], config.to_dict(),
-                              ignore=('seed',))
-        if differ:  # Refused before training, not after.
-          raise SystemExit(
-              f'experiments.run: error: {out} records {v.slug} seed {other} '
-              f'under another config ({", ".join(differ[:4])} differ), and '
-              'the results would mix the two; pass the same config, or use '
-              'another --out.')
       print(f'[{name}] {v.name}, seed {seed} -> {workdir}', flush=True)
       result = train.train_and_evaluate(config, workdir)
       if 'stopped_by' in result:  # Preempted: resumable, nothing to report.
@@ -518,11 +492,10 @@ def _commands(out: str, command: str) -> List[str]:
   return [c for c in earlier if c != command] + [command]
 
 
-def _finished_rows(exp: Experiment, name: str, workdir_root: str,
-                   recorded: Dict[str, Dict[int, Dict]], out: str):
-  """{variant slug: [row per finished seed, by seed]}: those under the root,
-  then the recorded ones of seeds the root does not have. Seeds of one
-  variant under different configs are refused, not mixed and not dropped."""
+def _rows_found(exp: Experiment, name: str, workdir_root: str,
+                recorded: Dict[str, Dict[int, Dict]]):
+  """{variant slug: {seed: row}}: the finished rows under the root, then the
+  recorded ones of seeds the root does not have."""
   rows = {}
   for v in exp.variants:
     source = v.slug if not v.eval_only else 'base'
@@ -536,17 +509,36 @@ def _finished_rows(exp: Experiment, name: str, workdir_root: str,
         found[row['seed']] = row
     for seed, row in recorded.get(v.slug, {}).items():
       found.setdefault(seed, row)
-    seeds = sorted(found)
-    for seed in seeds[1:]:
-      differ = _differences(found[seeds[0]]['config'], found[seed]['config'],
-                            ignore=('seed',))
-      if differ:
-        raise SystemExit(
-            f'experiments.run: error: {v.slug} seed {seed} ran under another '
-            f'config than seed {seeds[0]} ({", ".join(differ[:4])} differ; '
-            f'rows from {out} and {parent}), and the results would mix the '
-            'two; rerun it with the same config, or use another --out.')
-    rows[v.slug] = [found[seed] for seed in seeds]
+    rows[v.slug] = found
+  return rows
+
+
+def _check_one_config(slug: str, rows: Dict[int, Dict], where: str,
+                      config: Optional[Dict] = None):
+  """Refuses seeds of one variant under different configs (against `config`
+  if given, else against the lowest seed's)."""
+  seeds = sorted(rows)
+  reference = config if config is not None else (
+      rows[seeds[0]]['config'] if seeds else None)
+  for seed in seeds:
+    differ = _differences(rows[seed]['config'], reference, ignore=('seed',))
+    if differ:
+      raise SystemExit(
+          f'experiments.run: error: {where} records {slug} seed {seed} under '
+          f'another config ({", ".join(differ[:4])} differ), and the results '
+          'would mix the two; pass the same config, rerun every seed, or use '
+          'another --out.')
+
+
+def _finished_rows(exp: Experiment, name: str, workdir_root: str,
+                   recorded: Dict[str, Dict[int, Dict]], out: str):
+  """{variant slug: [row per finished seed, by seed]} (`_rows_found`); seeds
+  of one variant under different configs are refused, not mixed and not
+  dropped."""
+  rows = {}
+  for slug, found in _rows_found(exp, name, workdir_root, recorded).items():
+    _check_one_config(slug, found, f'{out} (or {workdir_root})')
+    rows[slug] = [found[seed] for seed in sorted(found)]
   return rows
 
 
@@ -869,7 +861,7 @@ def _plot(summary, path, name):
 
 def main(argv=None):
   argv = list(sys.argv[1:] if argv is None else argv)
-  config_file, overrides, rest = _split_config_args(argv)
+  config_file, overrides, rest = cli.split_config_args(argv)
   parser = cli.ArgumentParser(
       prog='python -m experiments.run', description=__doc__.split('\n')[0],
       epilog='--config FILE and --config.KEY=VALUE: the base config and its '

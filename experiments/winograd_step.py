@@ -76,7 +76,8 @@ def compare(config, rounds: int, sizes=(3, 5), options=False) -> dict:
 
 
 def main():
-  parser = cli.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = cli.ArgumentParser(prog='python -m experiments.winograd_step',
+                              description=__doc__.split('\n')[0])
   parser.add_argument('--config', default='ilsvrc2012',
                       help='a module of configs/ (its default config)')
   parser.add_argument('--rounds', type=int, default=8)

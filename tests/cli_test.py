@@ -22,6 +22,9 @@ def test_argparse_commands_take_either_spelling_and_fail_in_one_line(capsys):
                ['--max-images=3', '--vs_torch']):
     args = parser.parse_args(argv)
     assert (args.max_images, args.vs_torch) == (3, True)
+  with pytest.raises(SystemExit):  # No abbreviations, as in absl.
+    parser.parse_args(['--max', '3'])
+  capsys.readouterr()
   with pytest.raises(SystemExit) as e:
     parser.parse_args(['--max-images=three'])
   assert e.value.code == 2
@@ -36,9 +39,11 @@ def test_absl_commands_take_the_dashed_spelling_too():
   registry = flags.FlagValues()
   flags.DEFINE_bool('vs_torch', False, '', flag_values=registry)
   flags.DEFINE_list('batch_sizes', None, '', flag_values=registry)
-  rest = cli.parse_flags(['prog', '--vs-torch', '--batch-sizes=1,2', 'x-y'],
-                         registry)
+  flags.DEFINE_bool('torch_compile', True, '', flag_values=registry)
+  rest = cli.parse_flags(['prog', '--vs-torch', '--batch-sizes=1,2',
+                          '--no-torch-compile', 'x-y'], registry)
   assert registry.vs_torch and registry.batch_sizes == ['1', '2']
+  assert not registry.torch_compile
   assert rest == ['prog', 'x-y']  # Positional arguments as they were.
   # Config keys keep configs/default.py's spelling; values are never touched.
   assert cli.underscored(['--config.data_dir=/a-b', '--out=x-y.json']) == [

@@ -348,6 +348,11 @@ def test_runner_runs_one_variant_and_seed_and_aggregates_all(
   assert joined['tanh_lr_0_01'] == results['runs']['tanh_lr_0_01']
   assert joined['relu_lr_0_005'][0] == longer
   assert os.listdir(tmp_path / 'elsewhere' / 'figure1') == ['relu_lr_0_005']
+  # Every seed rerun under a new config: nothing is left to mix, so it runs.
+  run.main(common + ['--variants', 'tanh_lr_0_01', '--config.num_train_steps=8'])
+  with open(os.path.join(out, 'results.json')) as f:
+    rerun = json.load(f)['runs']['tanh_lr_0_01']
+  assert [[c[1] for c in r['train_curve']] for r in rerun] == [[2, 4, 6, 8]] * 2
   with pytest.raises(SystemExit, match='no finished run of figure1'):
     run.main(['figure1', '--aggregate_only', '--workdir_root',
               str(tmp_path / 'empty'), '--out', str(tmp_path / 'none')])
