@@ -75,6 +75,16 @@ def split_config_args(argv: Sequence[str]):
   return path, overrides, rest
 
 
+def saved_config_overrides(argv: Sequence[str], prog: str):
+  """([--config.KEY=VALUE ...], the other arguments) of a command that works
+  on a run's saved config, where --config FILE has no meaning."""
+  path, overrides, rest = split_config_args(argv)
+  if path is not None:
+    fail('--config FILE: the config is the run\'s saved one; change it with '
+         '--config.KEY=VALUE.', prog)
+  return overrides, rest
+
+
 def config_path(path: str) -> str:
   """A --config value ('FILE[:ARG]'), found from any working directory: a
   `configs/NAME.py` that is not there names the shipped one

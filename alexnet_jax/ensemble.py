@@ -75,11 +75,8 @@ def evaluate(paths: Sequence[str], crops: Optional[int] = None,
 
 
 def main(argv=None):
-  argv = list(sys.argv[1:] if argv is None else argv)
-  path, overrides, rest = cli.split_config_args(argv)
-  if path is not None:
-    cli.fail('--config FILE: the config is the saved one; change it with '
-             '--config.KEY=VALUE.', PROG)
+  overrides, rest = cli.saved_config_overrides(
+      sys.argv[1:] if argv is None else argv, PROG)
   parser = cli.ArgumentParser(
       prog='python -m alexnet_jax.ensemble',
       description='Evaluate the averaged softmax of several networks.',

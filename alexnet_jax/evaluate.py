@@ -86,11 +86,8 @@ def evaluate_workdir(path: str, overrides: Sequence[str] = (),
 
 
 def main(argv=None):
-  argv = list(sys.argv[1:] if argv is None else argv)
-  path, overrides, rest = cli.split_config_args(argv)
-  if path is not None:
-    cli.fail('--config FILE: the config is the saved one; change it with '
-             '--config.KEY=VALUE.', PROG)
+  overrides, rest = cli.saved_config_overrides(
+      sys.argv[1:] if argv is None else argv, PROG)
   parser = cli.ArgumentParser(
       prog=PROG, description=__doc__.split('\n')[0],
       epilog='--config.KEY=VALUE changes the checkpoint\'s config for this '

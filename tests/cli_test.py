@@ -86,3 +86,18 @@ def test_a_command_takes_dashed_flags_and_fails_in_one_line(tmp_path):
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1].startswith(
       'alexnet_jax.viz: error: argument --max_images/--max-images')
+
+
+def test_commands_on_a_saved_config_take_overrides_not_a_file(capsys):
+  overrides, rest = cli.saved_config_overrides(
+      ['--workdirs', 'a', 'b', '--config.eval_crops', '10',
+       '--config.data_dir=/d'], 'alexnet_jax.ensemble')
+  assert overrides == ['--config.eval_crops=10', '--config.data_dir=/d']
+  assert rest == ['--workdirs', 'a', 'b']
+  with pytest.raises(SystemExit) as e:
+    cli.saved_config_overrides(['--config', 'configs/digits.py'],
+                               'alexnet_jax.evaluate')
+  assert e.value.code == 2
+  assert capsys.readouterr().err.startswith(
+      "alexnet_jax.evaluate: error: --config FILE: the config is the run's "
+      'saved one')
