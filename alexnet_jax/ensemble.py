@@ -46,8 +46,7 @@ def evaluate(paths: Sequence[str], crops: Optional[int] = None,
           f'{first.model.num_classes}: ensemble members must share classes.')
   config = first.copy_and_resolve_references()
   if overrides:
-    config, changed = cli.parse_config(overrides, config=config,
-                                       prog='alexnet_jax.ensemble')
+    config, changed = cli.parse_config(overrides, config=config, prog=PROG)
     if crops is None and 'eval_crops' in changed:
       crops = config.eval_crops
   if data_dir:
@@ -70,7 +69,8 @@ def evaluate(paths: Sequence[str], crops: Optional[int] = None,
   member_probs = [np.concatenate(p) for p in member_probs]
   out = evaluation.topk_errors(np.mean(member_probs, axis=0), labels)
   out.update(num_examples=int(len(labels)), members=[
-      dict(path=p, **evaluation.topk_errors(pr, labels)) for p, pr in zip(paths, member_probs)])
+      dict(path=p, **evaluation.topk_errors(pr, labels))
+      for p, pr in zip(paths, member_probs)])
   return out
 
 
@@ -94,7 +94,7 @@ def main(argv=None):
     result = evaluate(args.workdirs, args.crops, args.split,
                       data_dir=args.data_dir, overrides=overrides)
   except errors.UserError as e:
-    return cli.error(str(e), prog='alexnet_jax.ensemble')
+    return cli.error(str(e), prog=PROG)
   print(json.dumps(result))
   return 0
 

@@ -140,8 +140,9 @@ class Steps:
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
       axes = self.batch_axes
       loss = jax.lax.psum(ce.sum(), axes) / global_batch
-      err1 = jax.lax.psum(b - evaluation.topk_correct(logits, labels, 1).sum(), axes)
-      err5 = jax.lax.psum(b - evaluation.topk_correct(logits, labels, 5).sum(), axes)
+      correct = functools.partial(evaluation.topk_correct, logits, labels)
+      err1 = jax.lax.psum(b - correct(1).sum(), axes)
+      err5 = jax.lax.psum(b - correct(5).sum(), axes)
       return loss, dict(loss=loss, top1_err=err1 / global_batch,
                         top5_err=err5 / global_batch)
 
@@ -211,8 +212,10 @@ class Steps:
                     1e-30)
       sums = dict(
           loss=(ce * mask).sum(),
-          top1_err=((1 - evaluation.topk_correct(probs, labels, 1)) * mask).sum(),
-          top5_err=((1 - evaluation.topk_correct(probs, labels, 5)) * mask).sum(),
+          top1_err=((1 - evaluation.topk_correct(probs, labels, 1)) *
+                    mask).sum(),
+          top5_err=((1 - evaluation.topk_correct(probs, labels, 5)) *
+                    mask).sum(),
           count=mask.sum())
       return jax.tree.map(lambda v: jax.lax.psum(v, self.batch_axes), sums)
 
