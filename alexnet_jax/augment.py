@@ -5,7 +5,7 @@ Input batches arrive as uint8 `(B, S, S, 3)` images (S = config.image_size,
 with the example's *global* index, so augmentation is identical whatever the
 mesh shape and however the batch is split over devices.
 
-`stats` is the dataset's statistics (`alexnet_jax.datasets.stats`): `mean`
+`stats` is the dataset's `Stats` (`alexnet_jax.datasets.stats`): `mean`
 (S, S, 3) in pixel values, `eigvals` (3,) and `eigvecs` (3, 3, columns) of the
 RGB covariance of pixels in [0, 1].
 """
@@ -96,10 +96,10 @@ def train_views(images, key, example_ids, stats, config):
   crop_keys, light_keys = jax.vmap(lambda k: jax.random.split(k))(keys).swapaxes(0, 1)
   # Subtract the mean image before cropping: the mean is per pixel of the
   # S x S image, so each crop gets the mean of its own window.
-  x = images.astype(jnp.float32) - stats['mean']
+  x = images.astype(jnp.float32) - stats.mean
   x = random_crop_flip(x, crop_keys, config.model.input_size, a.random_crop,
                        a.flip)
   if a.pca_lighting > 0:
-    x = pca_lighting(x, light_keys, stats['eigvals'], stats['eigvecs'],
+    x = pca_lighting(x, light_keys, stats.eigvals, stats.eigvecs,
                      a.pca_lighting)
   return x / a.scale

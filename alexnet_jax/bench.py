@@ -61,6 +61,7 @@ from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import parallel
 from alexnet_jax import steps as steps_lib
+from alexnet_jax.datasets import stats as stats_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.')
@@ -168,9 +169,9 @@ def synthetic_stats(config, mesh):
   size = config.image_size
   eigvecs, _ = np.linalg.qr(np.random.RandomState(0).normal(size=(3, 3)))
   return jax.device_put(
-      {'mean': jnp.full((size, size, 3), 110.0, jnp.float32),
-       'eigvals': jnp.array([0.2, 0.02, 0.005], jnp.float32),
-       'eigvecs': jnp.asarray(eigvecs, jnp.float32)},
+      stats_lib.Stats(mean=jnp.full((size, size, 3), 110.0, jnp.float32),
+                      eigvals=jnp.array([0.2, 0.02, 0.005], jnp.float32),
+                      eigvecs=jnp.asarray(eigvecs, jnp.float32)),
       parallel.replicated(mesh))
 
 

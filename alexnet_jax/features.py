@@ -25,7 +25,7 @@ from concurrent import futures as futures_lib
 import json
 import os
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 from absl import logging
 import jax
@@ -43,6 +43,7 @@ from alexnet_jax import ops
 from alexnet_jax import preprocess
 from alexnet_jax import progress as progress_lib
 from alexnet_jax import workdir as workdir_lib
+from alexnet_jax.datasets import stats as stats_lib
 
 # Every layer whose output can be extracted, input to output.
 LAYERS = (model_lib.CONV_LAYERS + ('pool5',) + model_lib.FC_LAYERS[:2] +
@@ -55,14 +56,13 @@ class FeaturesError(errors.UserError):
   """A checkpoint, image or argument the feature extractor cannot use."""
 
 
-def load_stats(workdir: str, config) -> Dict[str, np.ndarray]:
-  """The mean image the network was trained with (from its workdir)."""
+def saved_stats(workdir: str, config) -> stats_lib.Stats:
+  """The statistics the network was trained with (from its workdir)."""
   path = os.path.join(workdir, workdir_lib.STATS_FILE)
   if os.path.exists(path):
     return workdir_lib.read_stats(path)
   if config.augment.mean == 'none':
-    size = config.image_size
-    return {'mean': np.zeros((size, size, 3), np.float32)}
+    return stats_lib.Stats.neutral(config.image_size)
   raise FeaturesError(
       f'{path} is missing: the mean image the network was trained with. '
       'Rerun the training command on this workdir once (it writes the file '
@@ -150,7 +150,7 @@ class Features:
   """A restored network that maps images to any named layer."""
 
   def __init__(self, config: ml_collections.ConfigDict, params,
-               stats: Dict[str, np.ndarray], step: int = 0, path: str = '',
+               stats: stats_lib.Stats, step: int = 0, path: str = '',
                devices: Optional[Sequence[jax.Device]] = None):
     self.config = config
     self.devices = list(devices or jax.local_devices())
@@ -161,7 +161,7 @@ class Features:
     self.step = step
     self.path = path
     self.model = model_lib.create_model(config.model)
-    self.mean = jnp.asarray(stats['mean'], jnp.float32)
+    self.mean = jnp.asarray(stats.mean, jnp.float32)
     # Image files with more pixels are refused before decoding.
     self.max_pixels = int(config.max_image_pixels)
     self._fns = {}
@@ -279,7 +279,7 @@ def load(path: str, device=None) -> Features:
   workdir, step = workdir_lib.locate(path)
   params, meta = workdir_lib.read_params(workdir, step, device)
   config = workdir_lib.saved_config(meta, f'checkpoint {step} in {workdir}')
-  stats = load_stats(workdir, config)
+  stats = saved_stats(workdir, config)
   logging.info('Loaded %s step %d (%s, %d parameters).', workdir, step,
                config.model.layout, model_lib.count_params(params))
   return Features(config, params, stats, step, workdir,

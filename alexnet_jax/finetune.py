@@ -73,7 +73,6 @@ def source(config) -> Optional[Dict[str, Any]]:
         stats = workdir_lib.read_stats(stats_path)
       except errors.UserError as e:
         raise errors.ConfigError(f'finetune.init_from: {e}') from e
-      stats = {k: stats[k] for k in ('mean', 'eigvals', 'eigvecs')}
   logging.info('Fine-tuning from %s (step %d): re-initialising %s, freezing '
                '%s.', workdir, step, list(ft.reinit) or 'nothing',
                list(ft.freeze) or 'nothing')

@@ -37,6 +37,7 @@ from alexnet_jax import cli
 from alexnet_jax import errors
 from alexnet_jax import imagenet_classes
 from alexnet_jax import model as model_lib
+from alexnet_jax.datasets import stats as stats_lib
 
 # bvlc_alexnet's mean pixel (Caffe's ilsvrc_2012_mean.npy averaged), BGR.
 CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
@@ -292,10 +293,9 @@ def write_workdir(workdir: str, config, params, mean_pixel) -> str:
   ckpt.wait()
   ckpt.close()
   size = config.image_size
-  stats = {'mean': np.broadcast_to(np.asarray(mean_pixel, np.float32),
-                                   (size, size, 3)).copy(),
-           'eigvals': np.zeros(3, np.float32),
-           'eigvecs': np.eye(3, dtype=np.float32)}
+  stats = stats_lib.Stats.neutral(size)._replace(
+      mean=np.broadcast_to(np.asarray(mean_pixel, np.float32),
+                           (size, size, 3)).copy())
   # The imported network's own, over whatever an earlier run left here.
   workdir_lib.save_stats(workdir, stats, overwrite=True)
   workdir_lib.prepare(workdir, config, overwrite=True)

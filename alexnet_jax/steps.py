@@ -202,7 +202,7 @@ class Steps:
     config, mesh = self.config, self.mesh
 
     def local_eval(params, images, labels, mask, stats, crops):
-      inputs = evaluation.views(images, stats['mean'], config.augment.scale,
+      inputs = evaluation.views(images, stats.mean, config.augment.scale,
                                 config.model.input_size, crops)
       # The paper's test: the softmax averaged over the views.
       probs = evaluation.average_over_views(

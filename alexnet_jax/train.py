@@ -112,20 +112,6 @@ def evaluate(steps: steps_lib.Steps, params, split, config,
   return out
 
 
-def load_stats(store, config) -> Dict[str, np.ndarray]:
-  """The statistics the input needs (computed and cached on first use)."""
-  size = config.image_size
-  stats = {'mean': np.zeros((size, size, 3), np.float32),
-           'eigvals': np.zeros(3, np.float32),
-           'eigvecs': np.eye(3, dtype=np.float32)}
-  if config.augment.mean == 'per_pixel' or config.augment.pca_lighting > 0:
-    computed = stats_lib.load_or_compute(store, config)
-    stats = {k: computed[k] for k in stats}
-  if config.augment.mean == 'none':
-    stats['mean'] = np.zeros_like(stats['mean'])
-  return stats
-
-
 def _check_batch_split(config, mesh):
   shards = mesh.shape[DATA]
   if config.mesh.scheme == 'one_weird_trick':
@@ -385,7 +371,8 @@ def _train_and_evaluate(config, workdir):
     stats = workdir_lib.read_stats(saved_stats)
   else:
     with parallel.process_zero_first('stats'):  # Computed once, by process 0.
-      stats = load_stats(data, config)
+      stats = stats_lib.load(data, config.train_split, config.image_size,
+                             config.augment.mean, config.augment.pca_lighting)
   workdir_lib.save_stats(workdir, stats)
   workdir_lib.save_class_names(workdir, class_names)
   stats = jax.device_put(stats, parallel.replicated(mesh))

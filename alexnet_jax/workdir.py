@@ -32,6 +32,7 @@ import numpy as np
 
 from alexnet_jax import checkpoint
 from alexnet_jax import errors
+from alexnet_jax.datasets import stats as stats_lib
 
 CONFIG_FILE = 'config.json'
 CHECKPOINTS = checkpoint.CHECKPOINTS
@@ -115,24 +116,24 @@ def profile_dir(workdir: str) -> str:
   return os.path.join(workdir, PROFILE)
 
 
-def save_stats(workdir: str, stats: Dict[str, np.ndarray],
+def save_stats(workdir: str, stats: stats_lib.Stats,
                overwrite: bool = False):
   """The input statistics beside the checkpoints, so the workdir alone is
   enough to use the network (kept if there are some, unless `overwrite`)."""
   path = os.path.join(workdir, STATS_FILE)
   if jax.process_index() == 0 and (overwrite or not os.path.exists(path)):
     tmp = path + '.tmp.npz'
-    np.savez(tmp, **stats)
+    np.savez(tmp, **stats.arrays())
     os.replace(tmp, path)
 
 
-def read_stats(path: str) -> Dict[str, np.ndarray]:
+def read_stats(path: str) -> stats_lib.Stats:
   """A stats.npz of plain arrays; never unpickles (files may come from
   elsewhere)."""
   try:
     with np.load(path, allow_pickle=False) as f:
-      return {k: f[k] for k in f.files}
-  except (ValueError, OSError) as e:
+      return stats_lib.Stats.from_arrays(f)
+  except (ValueError, OSError, KeyError) as e:
     raise WorkdirError(
         f'{path} is not a numpy .npz of plain arrays ({str(e)[:120]}); it '
         'was not loaded. Copy stats.npz from the training run.') from e

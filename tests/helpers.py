@@ -23,6 +23,7 @@ from alexnet_jax import optim
 from alexnet_jax import parallel
 from alexnet_jax import steps as steps_lib
 from alexnet_jax import workdir as workdir_lib
+from alexnet_jax.datasets import stats as stats_lib
 from alexnet_jax.datasets import store
 from alexnet_jax.configs import default
 from alexnet_jax.configs import digits
@@ -124,9 +125,9 @@ STEPS = 3
 
 def STATS(size):  # pylint: disable=invalid-name
   eigvecs, _ = np.linalg.qr(np.arange(9.0).reshape(3, 3) + np.eye(3))
-  return {'mean': jnp.full((size, size, 3), 100.0),
-          'eigvals': jnp.array([0.2, 0.02, 0.005]),
-          'eigvecs': jnp.asarray(eigvecs, jnp.float32)}
+  return stats_lib.Stats(mean=jnp.full((size, size, 3), 100.0),
+                         eigvals=jnp.array([0.2, 0.02, 0.005]),
+                         eigvecs=jnp.asarray(eigvecs, jnp.float32))
 
 
 def run_steps(mesh_shape, config=None, scheme='towers', num_classes=10,

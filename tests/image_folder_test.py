@@ -314,7 +314,7 @@ def test_a_prepared_store_trains_and_resumes_without_tensorflow(tmp_path):
   config = small_config(root, tmp_path / 'stores')
   store.get(config)  # Prepared with TensorFlow.
   from alexnet_jax.datasets import stats  # pylint: disable=g-import-not-at-top
-  stats.load_or_compute(store.get(config), config)
+  stats.load_or_compute(store.get(config), config.train_split)
   env = dict(os.environ, XLA_FLAGS='', TF_CPP_MIN_LOG_LEVEL='2')
   args = ['--config', 'configs/image_folder.py:toy', '--workdir',
           str(tmp_path / 'run'), f'--config.data_dir={root}',

@@ -11,7 +11,6 @@ from alexnet_jax import augment
 from alexnet_jax import evaluation
 from alexnet_jax import errors
 from alexnet_jax import input_pipeline
-from alexnet_jax import train
 from alexnet_jax.datasets import digits
 from alexnet_jax.datasets import source
 from alexnet_jax.datasets import stats as stats_lib
@@ -200,7 +199,7 @@ def test_eval_batches_cover_the_split_once(digits_dir):
 def test_dataset_statistics(digits_dir):
   config = tiny_config(digits_dir)
   store = store_lib.get(config)
-  stats = stats_lib.load_or_compute(store, config)
+  stats = stats_lib.load_or_compute(store, 'train')
   images = store.split('train').read(range(1438))['image'].astype(np.float64)
   assert int(stats['num_images']) == 1438
   np.testing.assert_allclose(stats['mean'], images.mean(0), rtol=1e-5)
@@ -213,7 +212,7 @@ def test_dataset_statistics(digits_dir):
   np.testing.assert_allclose(np.abs(stats['eigvecs'][:, 0]), 3 ** -0.5,
                              rtol=1e-3)
   assert os.path.exists(store.stats_path('train'))
-  again = stats_lib.load_or_compute(store, config)
+  again = stats_lib.load_or_compute(store, 'train')
   np.testing.assert_array_equal(again['mean'], stats['mean'])
 
 
@@ -222,8 +221,16 @@ def test_training_statistics_switches(digits_dir):
   store = store_lib.get(config)
   config.augment.mean = 'none'
   config.augment.pca_lighting = 0.1
-  stats = train.load_stats(store, config)
-  assert not stats['mean'].any() and stats['eigvals'][0] > 0
+  stats = stats_lib.load(store, 'train', config.image_size,
+                         config.augment.mean, config.augment.pca_lighting)
+  assert not stats.mean.any() and stats.eigvals[0] > 0
+  assert stats.mean.shape == (config.image_size, config.image_size, 3)
+  config.augment.mean = 'per_pixel'
+  config.augment.pca_lighting = 0.0
+  with_mean = stats_lib.load(store, 'train', config.image_size,
+                             config.augment.mean, config.augment.pca_lighting)
+  assert with_mean.mean.any()
+  np.testing.assert_array_equal(with_mean.eigvals, stats.eigvals)
 
 
 def test_unknown_dataset_is_a_clear_error(tmp_path):
@@ -316,9 +323,10 @@ def test_augmentation_is_the_same_eagerly_and_jitted():
   rng = np.random.RandomState(0)
   images = jnp.asarray(rng.randint(0, 256, (4, 72, 72, 3)), jnp.uint8)
   eigvecs, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-  stats = {'mean': jnp.asarray(rng.uniform(0, 255, (72, 72, 3)), jnp.float32),
-           'eigvals': jnp.array([0.2, 0.02, 0.002]),
-           'eigvecs': jnp.asarray(eigvecs, jnp.float32)}
+  stats = stats_lib.Stats(
+      mean=jnp.asarray(rng.uniform(0, 255, (72, 72, 3)), jnp.float32),
+      eigvals=jnp.array([0.2, 0.02, 0.002]),
+      eigvecs=jnp.asarray(eigvecs, jnp.float32))
   key, ids = jax.random.key(3), jnp.arange(10, 14)
   with jax.disable_jit():
     eager = augment.train_views(images, key, ids, stats, config)
@@ -328,11 +336,11 @@ def test_augmentation_is_the_same_eagerly_and_jitted():
   assert eager.shape == (4, 64, 64, 3)
   config.eval_crops = 10
   with jax.disable_jit():
-    eager = evaluation.views(images, stats['mean'], config.augment.scale,
+    eager = evaluation.views(images, stats.mean, config.augment.scale,
                              config.model.input_size, 10)
   jitted = jax.jit(lambda i, m: evaluation.views(
       i, m, config.augment.scale, config.model.input_size, 10))(
-          images, stats['mean'])
+          images, stats.mean)
   np.testing.assert_allclose(eager, jitted, rtol=1e-6)
   assert eager.shape == (10, 4, 64, 64, 3)
 

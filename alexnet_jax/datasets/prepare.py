@@ -50,7 +50,7 @@ def main(argv):
       print(f'{config.dataset} {name}: {len(split):,} examples in '
             f'{split.path} ({split.format}, {split.bytes_per_image:,.0f} '
             'bytes per image)')
-    stats = stats_lib.load_or_compute(store, config)
+    stats = stats_lib.load_or_compute(store, config.train_split)
   except errors.UserError as e:
     cli.fail(str(e), prog='alexnet_jax.datasets.prepare')
   print(f'statistics: {store.stats_path(config.train_split)} (mean RGB '

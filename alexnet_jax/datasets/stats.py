@@ -18,12 +18,39 @@ them; training does the same on first use.
 """
 
 import os
-from typing import Dict
+from typing import Any, Dict, Mapping, NamedTuple
 
 from absl import logging
 import numpy as np
 
-STATS_KEYS = ('mean', 'eigvals', 'eigvecs')
+
+class Stats(NamedTuple):
+  """What the paper's input needs of its training set.
+
+  A NamedTuple, so a pytree: it passes into jitted code and onto devices as it
+  is. Arrays may be numpy or jax.
+  """
+  mean: Any  # (S, S, 3) float32 mean image, in pixel values.
+  eigvals: Any  # (3,) float32 RGB eigenvalues, largest first.
+  eigvecs: Any  # (3, 3) float32 eigenvectors, as columns.
+
+  @classmethod
+  def neutral(cls, size: int) -> 'Stats':
+    """No mean to subtract and no lighting: the identity input."""
+    return cls(np.zeros((size, size, 3), np.float32),
+               np.zeros(3, np.float32), np.eye(3, dtype=np.float32))
+
+  @classmethod
+  def from_arrays(cls, arrays: Mapping[str, Any]) -> 'Stats':
+    """From a mapping that holds at least the three fields (a stats file)."""
+    missing = [k for k in cls._fields if k not in arrays]
+    if missing:
+      raise KeyError(f'no {", ".join(missing)}')
+    return cls(*(np.asarray(arrays[k], np.float32) for k in cls._fields))
+
+  def arrays(self) -> Dict[str, np.ndarray]:
+    """The fields as host arrays by name, as they are saved."""
+    return {k: np.asarray(v) for k, v in self._asdict().items()}
 
 
 def compute(split, batch_size: int = 256) -> Dict[str, np.ndarray]:
@@ -60,19 +87,31 @@ def compute(split, batch_size: int = 256) -> Dict[str, np.ndarray]:
   }
 
 
-def load_or_compute(store, config) -> Dict[str, np.ndarray]:
-  """Cached statistics of the config's training split in `store`."""
-  path = store.stats_path(config.train_split)
+def load_or_compute(store, split: str) -> Dict[str, np.ndarray]:
+  """Cached statistics of `store`'s `split`, with its `num_images`."""
+  path = store.stats_path(split)
   if os.path.exists(path):
     with np.load(path) as f:
       stats = {k: f[k] for k in f.files}
     logging.info('Dataset statistics: loaded from %s (%d training images).',
                  path, int(stats['num_images']))
     return stats
-  stats = compute(store.split(config.train_split))
+  stats = compute(store.split(split))
   tmp = path + '.tmp.npz'
   np.savez(tmp, **stats)
   os.replace(tmp, path)  # Atomic: a crash never leaves half a file.
   logging.info('Dataset statistics: computed over %d training images, saved '
                'to %s.', int(stats['num_images']), path)
+  return stats
+
+
+def load(store, split: str, size: int, mean: str,
+         pca_lighting: float) -> Stats:
+  """The statistics the input needs: computed and cached on first use, and
+  only when the input uses them (`mean` 'per_pixel' or lighting on)."""
+  stats = Stats.neutral(size)
+  if mean == 'per_pixel' or pca_lighting > 0:
+    stats = Stats.from_arrays(load_or_compute(store, split))
+  if mean == 'none':
+    stats = stats._replace(mean=np.zeros_like(stats.mean))
   return stats
