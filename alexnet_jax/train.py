@@ -24,6 +24,7 @@ from alexnet_jax import errors
 from alexnet_jax import finetune
 from alexnet_jax import input_pipeline
 from alexnet_jax import loss_scale as loss_scale_lib
+from alexnet_jax import metrics_log
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import parallel
@@ -376,7 +377,7 @@ def _train_and_evaluate(config, workdir):
   workdir_lib.save_stats(workdir, stats)
   workdir_lib.save_class_names(workdir, class_names)
   stats = jax.device_put(stats, parallel.replicated(mesh))
-  log = workdir_lib.MetricsLog(workdir)
+  log = metrics_log.MetricsLog(workdir)
   log.roll_back(start_step)
 
   target = config.stop_at_train_err

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import input_pipeline
+from alexnet_jax import metrics_log
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import parallel
@@ -54,13 +55,13 @@ def timed_writes(monkeypatch):
   (the times at which a reader of metrics.jsonl sees them)."""
   import time  # pylint: disable=g-import-not-at-top
   written = []
-  write = workdir_lib.MetricsLog.write
+  write = metrics_log.MetricsLog.write
 
   def timed_write(self, record):
     written.append((time.time(), record))
     write(self, record)
 
-  monkeypatch.setattr(workdir_lib.MetricsLog, 'write', timed_write)
+  monkeypatch.setattr(metrics_log.MetricsLog, 'write', timed_write)
   return written
 
 
