@@ -7,7 +7,7 @@ the new run adopts the source's model settings, image size and normalisation
 """
 
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from absl import logging
 import jax
@@ -24,15 +24,17 @@ from alexnet_jax import workdir as workdir_lib
 _OWN_MODEL_KEYS = ('init', 'dtype', 'matmul_precision')
 
 
-def source(config) -> Optional[Dict[str, Any]]:
+def source(config) -> Tuple[ml_collections.ConfigDict,
+                             Optional[Dict[str, Any]]]:
   """Reads `finetune.init_from` and adopts its model (copy_model).
 
-  Returns None when training from scratch, else {'params', 'stats', 'path'},
-  the parameters on the host; `config` is updated in place.
+  Returns the run's config (a new one when the source's model is adopted;
+  the caller's is left as it is) and None when training from scratch, else
+  {'params', 'stats', 'path'}, the parameters on the host.
   """
   ft = config.finetune
   if not ft.init_from:
-    return None
+    return config, None
   unknown = [l for l in tuple(ft.reinit) + tuple(ft.freeze)
              if l not in model_lib.LAYERS]
   if unknown:
@@ -54,6 +56,7 @@ def source(config) -> Optional[Dict[str, Any]]:
         f'model.num_classes={config.model.num_classes}; add \'fc8\' to '
         'finetune.reinit for a new class count.')
   if ft.copy_model:
+    config = config.copy_and_resolve_references()
     keep_classes = config.model.num_classes
     for key, value in saved.model.items():
       if key not in config.model or key in _OWN_MODEL_KEYS:
@@ -76,7 +79,8 @@ def source(config) -> Optional[Dict[str, Any]]:
   logging.info('Fine-tuning from %s (step %d): re-initialising %s, freezing '
                '%s.', workdir, step, list(ft.reinit) or 'nothing',
                list(ft.freeze) or 'nothing')
-  return {'params': jax.device_get(params), 'stats': stats, 'path': workdir}
+  return config, {'params': jax.device_get(params), 'stats': stats,
+                  'path': workdir}
 
 
 def params(config, src, fresh, shardings):

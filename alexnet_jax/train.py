@@ -315,7 +315,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
 
 def _train_and_evaluate(config, workdir):
-  source = finetune.source(config)
+  config, source = finetune.source(config)
   validate_config(config)
   workdir_lib.prepare(workdir, config)
   mesh = parallel.create_mesh(config.mesh.data, config.mesh.model)

@@ -1,5 +1,6 @@
 """Fine-tuning from a checkpoint onto an image folder."""
 
+import json
 import os
 
 import jax
@@ -50,9 +51,15 @@ def test_finetune_from_a_run_onto_an_image_folder(digits_dir, tmp_path):
   workdir = str(tmp_path / 'ft')
   result = train.train_and_evaluate(ft, workdir)
   assert result['num_examples'] > 0
-  assert ft.image_size == 72 and ft.model.input_size == 64
-  assert ft.augment.scale == 255.0
-  assert (ft.model.dtype, ft.model.matmul_precision) == ('bfloat16', 'highest')
+  # The run adopted the source's model and input; the caller's config is
+  # left as it was.
+  with open(os.path.join(workdir, 'config.json')) as f:
+    ran = json.load(f)
+  assert ran['image_size'] == 72 and ran['model']['input_size'] == 64
+  assert ran['augment']['scale'] == 255.0
+  assert (ran['model']['dtype'], ran['model']['matmul_precision']) == (
+      'bfloat16', 'highest')
+  assert ft.image_size == 100 and ft.model.input_size == 90
 
   before, after = final_params(source), final_params(workdir)
   for layer in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5'):  # Frozen.

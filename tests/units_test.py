@@ -60,7 +60,7 @@ def test_ensemble_of_missing_runs_is_one_line(tmp_path, capsys):
 
 def test_finetune_refusals_name_the_fix(tmp_path):
   config = tiny_config()
-  assert finetune.source(config) is None  # From scratch.
+  assert finetune.source(config) == (config, None)  # From scratch.
   config.finetune.init_from = str(tmp_path)
   config.finetune.freeze = ('conv9',)
   with pytest.raises(errors.ConfigError, match='unknown layer'):
