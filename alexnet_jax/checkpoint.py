@@ -14,6 +14,7 @@ read, the run stops rather than silently starting from scratch.
 
 import dataclasses
 import datetime
+import logging as std_logging
 import os
 import shutil
 from typing import Any, Dict, Optional, Tuple
@@ -27,6 +28,8 @@ from alexnet_jax import errors
 
 
 CHECKPOINTS = 'checkpoints'  # Under the workdir (see workdir.py).
+# The items of each checkpoint: the train state, and the JSON record.
+STATE, META = 'state', 'meta'
 
 
 class CheckpointError(errors.UserError):
@@ -72,9 +75,9 @@ class Checkpointer:
     # for it instead, so every requested checkpoint is written.
     self.wait()
     try:
-      saved = self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(_fields(state)),
-          meta=ocp.args.JsonSave(meta)),
+      saved = self.manager.save(step, args=ocp.args.Composite(**{
+          STATE: ocp.args.StandardSave(_fields(state)),
+          META: ocp.args.JsonSave(meta)}),
                                 force=True)
     except Exception as e:  # pylint: disable=broad-except
       raise self._write_error(step, e) from e
@@ -98,9 +101,9 @@ class Checkpointer:
         'intact.')
 
   def read_meta(self, step: int) -> Dict[str, Any]:
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))
-    return out['meta']
+    out = self.manager.restore(step, args=ocp.args.Composite(**{
+        META: ocp.args.JsonRestore()}))
+    return out[META]
 
   def restore(self, target: Any) -> Optional[Tuple[Any, Dict]]:
     """The newest readable checkpoint, onto `target`'s shapes and shardings.
@@ -114,9 +117,9 @@ class Checkpointer:
     failures = []
     for step in steps:
       try:
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract),
-            meta=ocp.args.JsonRestore()))
+        out = self.manager.restore(step, args=ocp.args.Composite(**{
+            STATE: ocp.args.StandardRestore(abstract),
+            META: ocp.args.JsonRestore()}))
       except Exception as e:  # pylint: disable=broad-except
         reason = f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'
         logging.warning('Checkpoint %s/%d cannot be read (%s); trying an '
@@ -126,7 +129,7 @@ class Checkpointer:
       for bad, _ in failures:
         self._move_aside(bad)
       logging.info('Restored checkpoint %s/%d', self.directory, step)
-      return _with_fields(target, out['state']), out['meta']
+      return _with_fields(target, out[STATE]), out[META]
     raise CheckpointError(
         f'none of the checkpoints in {self.directory} can be read (steps '
         f'{[s for s, _ in failures]}; newest: {failures[0][1]}); nothing was '
@@ -145,3 +148,39 @@ class Checkpointer:
 
   def close(self):
     self.manager.close()
+
+
+def read_params(step_dir: str, device=None):
+  """(params, meta) of the checkpoint in `step_dir`, the parameters alone on
+  `device` (default: the first device).
+
+  Whatever mesh wrote it: shapes come from the checkpoint's own metadata,
+  placement from here; the optimiser state is not read.
+  """
+  sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+  # orbax warns that the step-level metadata is not inside state/: harmless.
+  quiet = std_logging.getLogger('absl')
+  level = quiet.level
+  quiet.setLevel(std_logging.ERROR)
+  try:
+    meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+        os.path.join(step_dir, META))
+    with ocp.PyTreeCheckpointer() as reader:
+      saved = reader.metadata(os.path.join(step_dir, STATE)).item_metadata
+      params = saved.tree['params'] if hasattr(saved, 'tree') else saved[
+          'params']
+      target = {'params': jax.tree.map(lambda m: jax.ShapeDtypeStruct(
+          m.shape, m.dtype, sharding=sharding), params)}
+      state = reader.restore(
+          os.path.join(step_dir, STATE), args=ocp.args.PyTreeRestore(
+              item=target,
+              restore_args=ocp.checkpoint_utils.construct_restore_args(
+                  target), partial_restore=True))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f'cannot read checkpoint {step_dir} ('
+                          f'{type(e).__name__}: '
+                          f'{str(e).splitlines()[0][:200]}); pass another '
+                          'checkpoint.') from e
+  finally:
+    quiet.setLevel(level)
+  return state['params'], meta

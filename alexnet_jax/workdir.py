@@ -18,7 +18,6 @@ through this module. A checkpoint's own config (in meta/) is the authority;
 """
 
 import json
-import logging as std_logging
 import os
 from typing import Any, Dict, Tuple
 
@@ -164,13 +163,13 @@ def locate(path: str) -> Tuple[str, int]:
   ckpts = os.path.join(path, CHECKPOINTS)
   if os.path.isdir(ckpts):
     steps = [int(d) for d in os.listdir(ckpts) if d.isdigit() and
-             os.path.isdir(os.path.join(ckpts, d, 'state'))]
+             os.path.isdir(os.path.join(ckpts, d, checkpoint.STATE))]
     if not steps:
       raise WorkdirError(f'{ckpts} holds no checkpoint yet; train first or '
                          'pass another workdir.')
     return path, max(steps)
   parent = os.path.dirname(path)
-  if (os.path.isdir(os.path.join(path, 'state')) and
+  if (os.path.isdir(os.path.join(path, checkpoint.STATE)) and
       os.path.basename(parent) == CHECKPOINTS and
       os.path.basename(path).isdigit()):
     return os.path.dirname(parent), int(os.path.basename(path))
@@ -181,38 +180,13 @@ def locate(path: str) -> Tuple[str, int]:
 
 
 def read_params(workdir: str, step: int, device=None):
-  """(params, meta) of one checkpoint, the parameters alone on `device`.
-
-  Whatever mesh wrote it: shapes come from the checkpoint's own metadata,
-  placement from here; the optimiser state is not read.
-  """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  step_dir = os.path.join(workdir, CHECKPOINTS, str(step))
-  sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
-  # orbax warns that the step-level metadata is not inside state/: harmless.
-  quiet = std_logging.getLogger('absl')
-  level = quiet.level
-  quiet.setLevel(std_logging.ERROR)
+  """(params, meta) of one checkpoint, the parameters alone on `device`
+  (checkpoint.read_params), whatever mesh wrote it."""
   try:
-    meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
-        os.path.join(step_dir, 'meta'))
-    with ocp.PyTreeCheckpointer() as reader:
-      saved = reader.metadata(os.path.join(step_dir, 'state')).item_metadata
-      params = saved.tree['params'] if hasattr(saved, 'tree') else saved[
-          'params']
-      target = {'params': jax.tree.map(lambda m: jax.ShapeDtypeStruct(
-          m.shape, m.dtype, sharding=sharding), params)}
-      state = reader.restore(
-          os.path.join(step_dir, 'state'), args=ocp.args.PyTreeRestore(
-              item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(
-                  target), partial_restore=True))
-  except Exception as e:  # pylint: disable=broad-except
-    raise WorkdirError(f'cannot read checkpoint {step_dir} ('
-                       f'{type(e).__name__}: {str(e).splitlines()[0][:200]})'
-                       '; pass another checkpoint.') from e
-  finally:
-    quiet.setLevel(level)
-  return state['params'], meta
+    return checkpoint.read_params(
+        os.path.join(workdir, CHECKPOINTS, str(step)), device)
+  except checkpoint.CheckpointError as e:
+    raise WorkdirError(str(e)) from e
 
 
 def _flatten(d, prefix=''):
