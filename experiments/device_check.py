@@ -57,11 +57,12 @@ DEVICE_DIR = os.path.join(ROOT, '.device')
 # ml_collections 77 kB, portpicker 16 kB).
 WHEELS = ('grain', 'array_record', 'ml_collections', 'portpicker')
 # Each part's limit in seconds on the GPU host (compilation included), and
-# at toy size on CPU. The host's total stays under 8 minutes.
-PARTS = {'sweep': (170, 150), 'tests': (60, 120), 'cifar10': (60, 120),
-         'imagenette': (90, 150), 'custom_vjp': (60, 120)}
+# at toy size on CPU. The host's total stays under 8 minutes. The rehearsal's
+# limits only catch a hang: on 2 shared cores a toy part has taken 40-150 s.
+PARTS = {'sweep': (170, 300), 'tests': (60, 300), 'cifar10': (60, 300),
+         'imagenette': (90, 300), 'custom_vjp': (60, 300)}
 # The whole check, retries included, on the host and in a rehearsal.
-TOTAL_S = (480, 600)
+TOTAL_S = (480, 1200)
 # How much of each dataset the stores hold: within the 64 MiB that travel.
 SUBSETS = {'cifar10': dict(train=500, val=100, fmt='raw'),
            'imagenette': dict(train=100, val=20, fmt='jpeg')}
@@ -197,7 +198,9 @@ def part_sweep(out, data, rehearse):
   if rehearse:
     default.with_arg(config, 'toy')
   config.mesh.data = config.mesh.model = 1  # One GPU holds both towers.
-  bench.sweep(config, (4, 8) if rehearse else (128, 256, 512, 1024),
+  # One batch in rehearsal: each row is a compile, which is most of the
+  # rehearsal's time on 2 busy cores; every dtype still runs.
+  bench.sweep(config, (4,) if rehearse else (128, 256, 512, 1024),
               dtypes=('float32', 'bfloat16', 'float16'),
               steps=2 if rehearse else 10, warmup=1,
               out=os.path.join(out, 'sweep.json'),

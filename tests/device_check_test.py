@@ -40,7 +40,7 @@ def test_the_device_check_rehearses_every_part_on_cpu(tmp_path):
   assert len(files) <= 8  # What the host sends back.
   read = lambda name: json.load(open(os.path.join(out, name)))
   assert [r['dtype'] for r in read('sweep.json')['rows']] == [
-      'float32', 'float32', 'bfloat16', 'bfloat16', 'float16', 'float16']
+      'float32', 'bfloat16', 'float16']
   assert all('error' not in r for r in read('sweep.json')['rows'])
   for name in ('cifar10', 'imagenette'):
     run = read(f'{name}.json')
@@ -52,7 +52,10 @@ def test_the_device_check_rehearses_every_part_on_cpu(tmp_path):
   vjp = read('custom_vjp.json')
   assert vjp['custom']['bitwise_deterministic']  # On CPU both are.
   assert vjp['autodiff']['bitwise_deterministic']
-  assert summary['seconds'] < 300  # The rehearsal's budget.
+  # The host's limits fit its budget (the rehearsal's time is not asserted:
+  # it moves with the machine's load).
+  assert sum(host for host, _ in device_check.PARTS.values()) <= (
+      device_check.TOTAL_S[0])
 
 
 def test_a_failed_part_is_retried_once_and_a_timed_out_one_is_not(
