@@ -10,6 +10,8 @@ mesh shape and however the batch is split over devices.
 RGB covariance of pixels in [0, 1].
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -89,17 +91,33 @@ def normalize(images: jax.Array, mean_image: jax.Array,
   return (images.astype(jnp.float32) - mean_image) / scale
 
 
-def train_views(images, key, example_ids, stats, config):
-  """The paper's training input: random crops and flips, lighting, mean."""
-  a = config.augment
-  keys = example_keys(key, example_ids)
-  crop_keys, light_keys = jax.vmap(lambda k: jax.random.split(k))(keys).swapaxes(0, 1)
-  # Subtract the mean image before cropping: the mean is per pixel of the
-  # S x S image, so each crop gets the mean of its own window.
-  x = images.astype(jnp.float32) - stats.mean
-  x = random_crop_flip(x, crop_keys, config.model.input_size, a.random_crop,
-                       a.flip)
-  if a.pca_lighting > 0:
-    x = pca_lighting(x, light_keys, stats.eigvals, stats.eigvecs,
-                     a.pca_lighting)
-  return x / a.scale
+@dataclasses.dataclass(frozen=True)
+class Augment:
+  """The paper's training input transform, as values (config.augment and the
+  crop size): frozen and hashable, so a jitted step closes over it and no
+  config is read at trace time."""
+  crop: int = 224
+  random_crop: bool = True
+  flip: bool = True
+  pca_lighting: float = 0.1
+  scale: float = 1.0
+
+  @classmethod
+  def from_config(cls, config) -> 'Augment':
+    a = config.augment
+    return cls(crop=int(config.model.input_size),
+               random_crop=bool(a.random_crop), flip=bool(a.flip),
+               pca_lighting=float(a.pca_lighting), scale=float(a.scale))
+
+  def train_views(self, images, key, example_ids, stats):
+    """Random crops and flips, lighting, the mean image; divided by scale."""
+    keys = example_keys(key, example_ids)
+    crop_keys, light_keys = jax.vmap(lambda k: jax.random.split(k))(keys).swapaxes(0, 1)
+    # Subtract the mean image before cropping: the mean is per pixel of the
+    # S x S image, so each crop gets the mean of its own window.
+    x = images.astype(jnp.float32) - stats.mean
+    x = random_crop_flip(x, crop_keys, self.crop, self.random_crop, self.flip)
+    if self.pca_lighting > 0:
+      x = pca_lighting(x, light_keys, stats.eigvals, stats.eigvecs,
+                       self.pca_lighting)
+    return x / self.scale

@@ -185,7 +185,7 @@ def bench_train(config, steps, warmup, devices=None):
   mesh = parallel.create_mesh(config.mesh.data, config.mesh.model, devices)
   model = model_lib.create_model(config.model)
   tx, _ = optim.create(config, steps_per_epoch=1000)
-  step_lib = steps_lib.Steps(config, model, tx, mesh)
+  step_lib = steps_lib.create(config, model, tx, mesh)
   state = step_lib.init_state(jax.random.key(0))
   batch = config.batch_size
   data = synthetic_batch(config, mesh, batch)

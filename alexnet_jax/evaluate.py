@@ -51,7 +51,7 @@ def evaluate_workdir(path: str, overrides: Sequence[str] = (),
   mesh = parallel.create_mesh(config.mesh.data, config.mesh.model)
   model = model_lib.create_model(config.model)
   tx, _ = optim.create(config, steps_per_epoch=1)
-  steps = steps_lib.Steps(config, model, tx, mesh)
+  steps = steps_lib.create(config, model, tx, mesh)
   params = jax.device_put(params, steps.state_sharding.params)
   try:
     data = store_lib.get(config, splits=[split])

@@ -3,8 +3,8 @@
 Layout (Krizhevsky et al. 2012, Figure 2 and Section 3.5): two towers, one per
 GPU in the paper. Every layer is split between the towers and every parameter
 carries a leading tower axis of size 2. The towers talk only at the input of
-conv3, fc6, fc7 and fc8 and at the logits; `AlexNet._connect` is the one place
-where that happens: a local concatenate when both towers are on this device, an
+conv3, fc6, fc7 and fc8 and at the logits; `comm.Comm` is the one place where
+that happens: a local concatenate when both towers are on this device, an
 `all_gather` over the mesh's `model` axis when they are not.
 
 Layouts (`layout`):
@@ -16,14 +16,15 @@ Layouts (`layout`):
                   of torchvision's and most later AlexNets; set `conv_features`
                   to (64, 192, 384, 256, 256) for torchvision's widths).
 
-Parallel schemes (how a mesh's `model` axis is used; parallel.py chooses):
-  towers           the paper's: each device of the axis holds whole towers
-                   (`tower_axis`), and they talk at the five points above.
+Parallel schemes (how a mesh's `model` axis is used; `parallel.Scheme`
+chooses, and gives the model its `comm`):
+  towers           the paper's: each device of the axis holds whole towers,
+                   and they talk at the five points above.
   one_weird_trick  Krizhevsky (2014): the convolutional layers are data
                    parallel (every device runs all towers on its share of the
                    batch) and the fully connected layers model parallel (each
-                   device of `fc_axis` holds a slice of every fc layer's units
-                   and computes it for the whole data shard's batch).
+                   device holds a slice of every fc layer's units and
+                   computes it for the whole data shard's batch).
 
 Initialisation (`init`):
   paper  weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0.
@@ -39,11 +40,11 @@ from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
-from jax import lax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from alexnet_jax import comm as comm_lib
 from alexnet_jax import four_layer_cnn
 from alexnet_jax import ops
 
@@ -77,17 +78,6 @@ class LayerSpec:
   stride: int = 1
   padding: int = 0
   reads_all_towers: bool = False  # True where the paper's GPUs talk.
-
-
-def units_split(units: int, axis_size: int) -> bool:
-  """Whether a fully connected layer's `units` (per tower) are split over a
-  model axis of `axis_size` devices (the one-weird-trick scheme).
-
-  Only when they divide evenly: fc8 of a 10-class net on 4 devices stays
-  whole and is computed, replicated, on each of them. parallel.param_spec
-  places the parameters by the same rule.
-  """
-  return axis_size > 1 and units % axis_size == 0
 
 
 def tower_count(layout: str) -> int:
@@ -213,13 +203,8 @@ class AlexNet(nn.Module):
   """Krizhevsky et al. (2012) AlexNet; returns logits `(batch, num_classes)`.
 
   Attributes (see configs/default.py for the documented config keys):
-    tower_axis: the mesh axis the towers are spread over inside `shard_map`
-      (None outside it). `tower_axis_size` devices then hold
-      `towers // tower_axis_size` towers each.
-    fc_axis: the mesh axis the fully connected layers' units are split over
-      inside `shard_map` (the one-weird-trick scheme; None otherwise). The
-      images are then this device's share of the batch, and the fc layers
-      see the whole batch of the `fc_axis` group.
+    comm: how this device's towers and units meet the others' inside
+      `shard_map` (`comm.Comm`; the default, outside it: all here).
   """
   num_classes: int = 1000
   layout: str = 'two_towers'
@@ -239,10 +224,7 @@ class AlexNet(nn.Module):
   dtype: Any = jnp.float32
   # None / 'default': the backend's own; see PRECISIONS.
   matmul_precision: Optional[str] = None
-  tower_axis: Optional[str] = None
-  tower_axis_size: int = 1
-  fc_axis: Optional[str] = None
-  fc_axis_size: int = 1
+  comm: comm_lib.Comm = comm_lib.Comm()
 
   @property
   def towers(self) -> int:
@@ -250,12 +232,7 @@ class AlexNet(nn.Module):
 
   @property
   def local_towers(self) -> int:
-    if self.towers % self.tower_axis_size:
-      raise ValueError(
-          f'layout {self.layout!r} has {self.towers} tower(s), which cannot be '
-          f'spread over a model axis of {self.tower_axis_size} devices; set '
-          f'mesh.model to 1' + (' or 2.' if self.towers == 2 else '.'))
-    return self.towers // self.tower_axis_size
+    return self.comm.local_towers(self.towers, self.layout)
 
   @property
   def padding1(self) -> int:
@@ -267,35 +244,11 @@ class AlexNet(nn.Module):
     return layer_specs(self.layout, self.num_classes, self.width,
                        self.padding1, self.conv_features, self.fc_features)
 
-  def _connect(self, x, replicated: bool = False):
-    """Where the paper's GPUs talk: every tower's maps, merged on channels.
-
-    `(local_towers, B, ..., C)` -> `(B, ..., towers * C)`. With the towers on
-    different devices this is an `all_gather` over the model axis (its
-    backward a reduce-scatter); with all towers here, a local concatenate.
-    `replicated` (the logits) marks the result as identical on every device of
-    the model axis, so the loss needs no further collective and the backward
-    pass just slices the cotangent.
-    """
-    if self.tower_axis is not None and self.tower_axis_size > 1:
-      x = lax.all_gather(x, self.tower_axis, axis=0, tiled=True,
-                         to='invarying' if replicated else 'varying')
-    return ops.merge_towers(x)
-
-  def fc_split(self, spec: LayerSpec) -> bool:
-    """Whether a fully connected layer's units are split over `fc_axis`."""
-    return self.fc_axis is not None and units_split(spec.features,
-                                                    self.fc_axis_size)
-
-  def _fc_gather(self, x, axis):
-    """All of the `fc_axis` group's rows (axis 0) or units (axis -1)."""
-    return lax.all_gather(x, self.fc_axis, axis=axis % x.ndim, tiled=True)
-
-  def _tower_index(self, t: int):
-    """Global index of local tower t (for mesh-independent dropout masks)."""
-    if self.tower_axis is not None and self.tower_axis_size > 1:
-      return lax.axis_index(self.tower_axis) * self.local_towers + t
-    return t
+  @property
+  def fc_layers(self) -> Tuple[str, ...]:
+    """The fully connected layers, by name (`parallel.Scheme` splits their
+    units under one weird trick)."""
+    return tuple(spec.name for spec in self.specs() if not spec.kernel)
 
   def _dropout(self, x, example_ids, units: int):
     """Dropout whose mask depends only on (rng, example id, tower, unit).
@@ -311,13 +264,11 @@ class AlexNet(nn.Module):
     local = x.shape[-1]
     keep = []
     for t in range(x.shape[0]):
-      tkey = jax.random.fold_in(key, self._tower_index(t))
+      tkey = jax.random.fold_in(key, self.comm.tower_index(
+          t, self.local_towers))
       keep.append(jax.vmap(lambda i, k=tkey: jax.random.bernoulli(
           jax.random.fold_in(k, i), 1.0 - rate, (units,)))(example_ids))
-    keep = jnp.stack(keep)
-    if local != units:
-      keep = lax.dynamic_slice_in_dim(
-          keep, lax.axis_index(self.fc_axis) * local, local, axis=-1)
+    keep = self.comm.own_units(jnp.stack(keep), local)
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
   @nn.compact
@@ -369,9 +320,7 @@ class AlexNet(nn.Module):
                        self.matmul_precision, name=spec.name)(y)
 
     def dense(spec, y, in_features):
-      out = spec.features
-      if self.fc_split(spec):
-        out //= self.fc_axis_size
+      out = self.comm.fc_units(spec.features)
       # The logits are accumulated and returned in float32 whatever the
       # compute dtype: the softmax and loss need their precision.
       return TowerDense(spec, towers, in_features, self.init_scheme, self.dtype,
@@ -381,9 +330,7 @@ class AlexNet(nn.Module):
 
     def fc_input(spec, y):
       """The previous fc layer's output as the next one reads it."""
-      if self.fc_split(spec):  # Units were split: collect them all.
-        y = self._fc_gather(y, -1)
-      return self._connect(y)
+      return self.comm.connect(self.comm.gather_units(y, spec.features))
 
     s1, s2, s3, s4, s5, s6, s7, s8 = specs
     x = images.astype(self.dtype)
@@ -393,7 +340,7 @@ class AlexNet(nn.Module):
     x = act(conv(s2, x, s1.features))              # own tower only
     feats['conv2'] = x
     x = pool(lrn(x))
-    x = act(conv(s3, self._connect(x), all_t * s2.features))  # GPUs talk
+    x = act(conv(s3, self.comm.connect(x), all_t * s2.features))  # GPUs talk
     feats['conv3'] = x
     x = act(conv(s4, x, s3.features))              # own tower only
     feats['conv4'] = x
@@ -401,13 +348,12 @@ class AlexNet(nn.Module):
     feats['conv5'] = x
     x = pool(x)
     feats['pool5'] = x
-    x = self._connect(x)                           # GPUs talk
+    x = self.comm.connect(x)                           # GPUs talk
     x = x.reshape(x.shape[0], -1)                  # HWC flatten
     local_batch = x.shape[0]
-    if self.fc_axis is not None and self.fc_axis_size > 1:
-      # One weird trick: the fc layers run on the whole group's batch.
-      x = self._fc_gather(x, 0)
-      example_ids = self._fc_gather(example_ids, 0)
+    # One weird trick: the fc layers run on the whole group's batch.
+    x = self.comm.gather_rows(x)
+    example_ids = self.comm.gather_rows(example_ids)
     x = act(dense(s6, x, x.shape[-1]))
     if use_dropout:
       x = self._dropout(x, example_ids, s6.features)
@@ -417,13 +363,11 @@ class AlexNet(nn.Module):
       x = self._dropout(x, example_ids, s7.features)
     feats['fc7'] = x
     x = dense(s8, fc_input(s7, x), all_t * s7.features)        # GPUs talk
-    if self.fc_axis is not None and self.fc_axis_size > 1:
+    if self.comm.fc_parallel:
       # Back to data parallelism: this device's rows of the logits.
-      x = fc_input(s8, x)
-      logits = lax.dynamic_slice_in_dim(
-          x, lax.axis_index(self.fc_axis) * local_batch, local_batch)
+      logits = self.comm.own_rows(fc_input(s8, x), local_batch)
     else:
-      logits = self._connect(x, replicated=True)                 # GPUs talk
+      logits = self.comm.connect(x, replicated=True)             # GPUs talk
     logits = logits[:, :self.num_classes].astype(jnp.float32)
     if capture:
       feats['logits'] = logits

@@ -4,17 +4,20 @@
 gradients are summed over it. `model` carries the paper's split of the network
 over two GPUs: every parameter has a leading tower axis, sharded over `model`.
 With model=2 each device holds one tower and the towers talk through the
-`all_gather`s in `AlexNet._connect`; with model=1 one device holds both towers
-and the same code concatenates locally. Nothing else changes between meshes.
+`all_gather`s of `comm.Comm.connect`; with model=1 one device holds both
+towers and the same code concatenates locally. Nothing else changes between
+meshes.
 
 `mesh.scheme='one_weird_trick'` uses the `model` axis the way Krizhevsky (2014)
 did instead: the convolutional layers data parallel over every device, the
-fully connected layers' units split over `model` (see model.py).
+fully connected layers' units split over `model`. `Scheme` is the one place
+that decides what a scheme means.
 """
 
 import contextlib
+import dataclasses
 import os
-from typing import Tuple
+from typing import Sequence, Tuple
 
 from absl import logging
 import jax
@@ -22,8 +25,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 import numpy as np
 
+from alexnet_jax import comm as comm_lib
 from alexnet_jax import errors
-from alexnet_jax import model as model_lib
 
 DATA, MODEL = 'data', 'model'
 
@@ -204,47 +207,108 @@ def _names(path):
   return [getattr(k, 'key', getattr(k, 'name', None)) for k in path]
 
 
-def param_spec(mesh: Mesh, x, path=(), scheme: str = 'towers') -> P:
-  """Where one parameter (or optimiser-state leaf) lives on the mesh.
+@dataclasses.dataclass(frozen=True)
+class Scheme:
+  """What a parallel scheme means on a mesh, decided here and nowhere else:
+  how a batch is split, how the model is sharded (its `comm.Comm`), and
+  where each parameter lives.
 
-  towers: the leading tower axis on `model`, replicated over `data`. With
-    model=1 the parameters are simply replicated (the same layout), so the
-    code needs no collective over `model` at all.
-  one_weird_trick: convolutions replicated on every device (data parallel);
-    a fully connected layer's units (its last axis) split over `model` when
-    `model_lib.units_split` says so (the model computes by the same rule).
+  towers: the paper's. A batch is split over `data`; every device of a
+    model group sees the group's images, and the model axis holds whole
+    towers (parameters' leading tower axis on `model`). With model=1 the
+    parameters are simply replicated (the same layout), so the code needs no
+    collective over `model` at all.
+  one_weird_trick: Krizhevsky (2014). A batch is split over every device (the
+    convolutions are data parallel over the whole mesh, their parameters
+    replicated); a fully connected layer's units (its last axis) are split
+    over `model` when `comm.units_split` says so (the model computes by the
+    same rule).
   Scalars (the optimiser's step count and learning rate) are replicated.
   """
-  model = mesh.shape[MODEL]
-  if model == 1 or not getattr(x, 'ndim', 0):
+  name: str
+  mesh: Mesh
+
+  def __post_init__(self):
+    check_scheme(self.name)
+
+  @property
+  def model_size(self) -> int:
+    return self.mesh.shape[MODEL]
+
+  @property
+  def batch_spec(self) -> P:
+    """How the steps split a batch inside shard_map."""
+    return P(DATA) if self.name == 'towers' else P((DATA, MODEL))
+
+  @property
+  def batch_axes(self) -> Tuple[str, ...]:
+    """The axes a batch is split over (gradients and metrics sum over them)."""
+    return (DATA,) if self.name == 'towers' else (DATA, MODEL)
+
+  def split(self, *arrays):
+    """Batch arrays (laid out by batch_sharding) as the steps split them."""
+    if self.batch_spec == P(DATA):
+      return arrays
+    sharding = NamedSharding(self.mesh, self.batch_spec)
+    return tuple(jax.reshard(a, sharding) for a in arrays)
+
+  def shard_index(self):
+    """Inside shard_map: this device's index among the batch shards
+    (row-major over the batch axes), for mesh-independent example ids."""
+    index = 0
+    for axis in self.batch_axes:
+      index = index * self.mesh.shape[axis] + jax.lax.axis_index(axis)
+    return index
+
+  def shard_model(self, model):
+    """The model as each device runs it inside shard_map: its `comm` set.
+
+    A model without a `comm` attribute (the four-layer CNN) runs data
+    parallel only.
+    """
+    size = self.model_size
+    if size == 1:
+      return model
+    if not hasattr(model, 'comm'):
+      raise errors.ConfigError(f'{type(model).__name__} runs data parallel '
+                               'only: set mesh.model=1.')
+    if self.name == 'one_weird_trick':
+      return model.clone(comm=comm_lib.Comm(fc_axis=MODEL, fc_axis_size=size))
+    if model.lrn.across_towers and model.towers > 1:
+      raise errors.ConfigError(
+          'model.lrn.across_towers needs both towers on one device: set '
+          "mesh.model=1 or mesh.scheme='one_weird_trick'.")
+    # Each device holds towers // mesh.model towers.
+    sharded = model.clone(comm=comm_lib.Comm(tower_axis=MODEL,
+                                             tower_axis_size=size))
+    try:
+      sharded.local_towers  # pylint: disable=pointless-statement
+    except ValueError as e:
+      raise errors.ConfigError(str(e)) from e
+    return sharded
+
+  def param_spec(self, x, path=(), fc_layers: Sequence[str] = ()) -> P:
+    """Where one parameter (or optimiser-state leaf) lives on the mesh;
+    `fc_layers`: the names of the model's fully connected layers."""
+    if self.model_size == 1 or not getattr(x, 'ndim', 0):
+      return P()
+    if self.name == 'towers':
+      return P(MODEL)
+    if (any(n in fc_layers for n in _names(path)) and
+        comm_lib.units_split(x.shape[-1], self.model_size)):
+      return P(*([None] * (x.ndim - 1) + [MODEL]))
     return P()
-  if scheme == 'towers':
-    return P(MODEL)
-  names = _names(path)
-  if (any(n in model_lib.FC_LAYERS for n in names) and
-      model_lib.units_split(x.shape[-1], model)):
-    return P(*([None] * (x.ndim - 1) + [MODEL]))
-  return P()
 
+  def param_specs(self, tree, fc_layers: Sequence[str] = ()):
+    """PartitionSpecs for a tree of parameters (or a whole train state)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: self.param_spec(x, path, fc_layers), tree)
 
-def param_specs(mesh: Mesh, tree, scheme: str = 'towers'):
-  """PartitionSpecs for a tree of parameters (or a whole train state)."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, x: param_spec(mesh, x, path, scheme), tree)
-
-
-def param_sharding(mesh: Mesh, tree, scheme: str = 'towers'):
-  """NamedShardings for a tree of parameters (or a whole train state)."""
-  return jax.tree.map(lambda spec: NamedSharding(mesh, spec),
-                      param_specs(mesh, tree, scheme),
-                      is_leaf=lambda x: isinstance(x, P))
-
-
-def step_batch_spec(scheme: str = 'towers') -> P:
-  """How the steps split a batch: over `data` (towers: every device of a
-  model group sees the group's images), or over every device (one weird
-  trick: the convolutions are data parallel over the whole mesh)."""
-  return P(DATA) if scheme == 'towers' else P((DATA, MODEL))
+  def param_sharding(self, tree, fc_layers: Sequence[str] = ()):
+    """NamedShardings for a tree of parameters (or a whole train state)."""
+    return jax.tree.map(lambda spec: NamedSharding(self.mesh, spec),
+                        self.param_specs(tree, fc_layers),
+                        is_leaf=lambda x: isinstance(x, P))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

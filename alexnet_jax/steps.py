@@ -8,7 +8,7 @@ sharded parameters, with the state's buffers donated.
 """
 
 import functools
-from typing import Any
+from typing import Any, Optional, Tuple
 
 from flax import struct
 import jax
@@ -16,15 +16,13 @@ from jax.sharding import PartitionSpec as P
 import jax.numpy as jnp
 import optax
 
-from alexnet_jax import augment
+from alexnet_jax import augment as augment_lib
 from alexnet_jax import cpu_kernels
-from alexnet_jax import errors
 from alexnet_jax import evaluation
 from alexnet_jax import loss_scale as loss_scale_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import parallel
-from alexnet_jax.parallel import DATA, MODEL
 
 
 @struct.dataclass
@@ -37,50 +35,44 @@ class TrainState:
   loss_scale: Any = None
 
 
+def create(config, model, tx, mesh) -> 'Steps':
+  """The steps of `config`'s run: its values read once, here."""
+  loss_scale = None
+  if config.model.dtype == 'float16':
+    loss_scale = (float(config.loss_scale.initial),
+                  int(config.loss_scale.period))
+  return Steps(model, tx, mesh, batch_size=int(config.batch_size),
+               augment=augment_lib.Augment.from_config(config),
+               scheme=config.mesh.scheme, loss_scale=loss_scale)
+
+
 class Steps:
   """The jitted, sharded train and eval steps of a model on a mesh.
 
   Everything is known on construction: `state_sharding` (where each leaf of
   the train state lives) and `abstract_state` (its shapes, dtypes and
-  shardings), so `init_state` only computes.
+  shardings), so `init_state` only computes. It takes values, not a config
+  (`create` reads one): the global `batch_size`, the `augment` transform, the
+  parallel `scheme`, and for float16 the dynamic loss scale's `(initial,
+  period)`.
   """
 
-  def __init__(self, config, model: model_lib.AlexNet, tx, mesh):
-    self.config = config
+  def __init__(self, model, tx, mesh, *, batch_size: int,
+               augment: augment_lib.Augment, scheme: str = 'towers',
+               loss_scale: Optional[Tuple[float, int]] = None):
     self.mesh = mesh
     self.tx = tx
     self.model = model
-    self.scheme = config.mesh.scheme
-    parallel.check_scheme(self.scheme)
-    self.float16 = config.model.dtype == 'float16'
-    model_size = mesh.shape[MODEL]
-    # The axes a batch is split over inside shard_map, and this device's
-    # position along them (for mesh-independent example ids).
-    self.batch_spec = parallel.step_batch_spec(self.scheme)
-    self.batch_axes = self.batch_spec[0] if isinstance(
-        self.batch_spec[0], tuple) else (self.batch_spec[0],)
-    if model_size > 1 and not isinstance(model, model_lib.AlexNet):
-      raise errors.ConfigError(
-          f'model.arch={config.model.arch!r} runs data parallel only: set '
-          'mesh.model=1.')
-    if model_size > 1 and self.scheme == 'towers':
-      if model.lrn.across_towers and model.towers > 1:
-        raise errors.ConfigError(
-            'model.lrn.across_towers needs both towers on one device: set '
-            "mesh.model=1 or mesh.scheme='one_weird_trick'.")
-      # Each device holds towers // mesh.model towers.
-      self.sharded_model = model.clone(tower_axis=MODEL,
-                                       tower_axis_size=model_size)
-      try:
-        self.sharded_model.local_towers  # pylint: disable=pointless-statement
-      except ValueError as e:
-        raise errors.ConfigError(str(e)) from e
-    elif model_size > 1:
-      self.sharded_model = model.clone(fc_axis=MODEL, fc_axis_size=model_size)
-    else:
-      self.sharded_model = model
+    self.batch_size = batch_size
+    self.augment = augment
+    self.scheme = parallel.Scheme(scheme, mesh)
+    self.loss_scale = loss_scale
+    self.batch_spec = self.scheme.batch_spec
+    self.batch_axes = self.scheme.batch_axes
+    self.sharded_model = self.scheme.shard_model(model)
+    self.fc_layers = getattr(model, 'fc_layers', ())
     abstract = jax.eval_shape(self._init, jax.random.key(0))
-    self.state_sharding = parallel.param_sharding(mesh, abstract, self.scheme)
+    self.state_sharding = self.scheme.param_sharding(abstract, self.fc_layers)
     self.abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         abstract, self.state_sharding)
@@ -89,9 +81,8 @@ class Steps:
     params = self.model.init(key, model_lib.example_images(self.model))[
         'params']
     scale = None
-    if self.float16:
-      scale = loss_scale_lib.DynamicLossScale.create(
-          self.config.loss_scale.initial, self.config.loss_scale.period)
+    if self.loss_scale is not None:
+      scale = loss_scale_lib.DynamicLossScale.create(*self.loss_scale)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=self.tx.init(params), loss_scale=scale)
 
@@ -101,28 +92,13 @@ class Steps:
         jax.jit(self._init, out_shardings=self.state_sharding), key,
         platform=self.mesh.devices.flat[0].platform)
 
-  def _split(self, *arrays):
-    """The batch arrays laid out as the steps split them (a local slice)."""
-    if self.batch_spec == P(DATA):
-      return arrays
-    sharding = jax.sharding.NamedSharding(self.mesh, self.batch_spec)
-    return tuple(jax.reshard(a, sharding) for a in arrays)
-
-  def _shard_index(self):
-    """This device's index among the batch shards (row-major over axes)."""
-    index = 0
-    for axis in self.batch_axes:
-      index = index * self.mesh.shape[axis] + jax.lax.axis_index(axis)
-    return index
-
   def _param_specs(self, params):
-    return parallel.param_specs(self.mesh, params, self.scheme)
+    return self.scheme.param_specs(params, self.fc_layers)
 
   @functools.cached_property
   def train_step(self):
     """(state, batch, stats, key) -> (state, metrics); the state is donated."""
-    config, mesh = self.config, self.mesh
-    global_batch = config.batch_size
+    mesh, global_batch = self.mesh, self.batch_size
 
     def local_loss(params, images, labels, stats, step, key):
       # Parameters meet the data varying over the batch axes, in float32:
@@ -131,9 +107,9 @@ class Steps:
       # (cast after it).
       params = parallel.vary(params, self.batch_axes)
       b = images.shape[0]
-      ids = step * global_batch + self._shard_index() * b + jnp.arange(b)
+      ids = step * global_batch + self.scheme.shard_index() * b + jnp.arange(b)
       aug_key, drop_key = jax.random.split(jax.random.fold_in(key, step))
-      x = augment.train_views(images, aug_key, ids, stats, config)
+      x = self.augment.train_views(images, aug_key, ids, stats)
       logits = self.sharded_model.apply(
           {'params': params}, x, train=True, example_ids=ids,
           rngs={'dropout': drop_key})
@@ -155,7 +131,7 @@ class Steps:
             in_specs=(self._param_specs(params), self.batch_spec,
                       self.batch_spec, P(), P(), P()),
             out_specs=(P(), P()),
-        )(params, *self._split(batch['image'], batch['label']), stats,
+        )(params, *self.scheme.split(batch['image'], batch['label']), stats,
           state.step, key)
         # float16: the float32 loss scaled before the backward pass, so its
         # float16 cotangents stay above float16's smallest numbers.
@@ -199,11 +175,11 @@ class Steps:
 
     `crops` (static): 1 (the centre) or 10 (the paper's test).
     """
-    config, mesh = self.config, self.mesh
+    mesh = self.mesh
 
     def local_eval(params, images, labels, mask, stats, crops):
-      inputs = evaluation.views(images, stats.mean, config.augment.scale,
-                                config.model.input_size, crops)
+      inputs = evaluation.views(images, stats.mean, self.augment.scale,
+                                self.augment.crop, crops)
       # The paper's test: the softmax averaged over the views.
       probs = evaluation.average_over_views(
           lambda x: jax.nn.softmax(self.sharded_model.apply(
@@ -225,7 +201,7 @@ class Steps:
           in_specs=(self._param_specs(params), self.batch_spec,
                     self.batch_spec, self.batch_spec, P()),
           out_specs=P(),
-      )(params, *self._split(batch['image'], batch['label'], batch['mask']),
+      )(params, *self.scheme.split(batch['image'], batch['label'], batch['mask']),
         stats)
 
     return jax.jit(step_fn, static_argnames='crops',

@@ -328,7 +328,7 @@ def _train_and_evaluate(config, workdir):
 
   model = model_lib.create_model(config.model)
   tx, schedule = optim.create(config, durations.steps_per_epoch)
-  steps = steps_lib.Steps(config, model, tx, mesh)
+  steps = steps_lib.create(config, model, tx, mesh)
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
   logging.info('Model: %s, %s parameters',
                config.model.layout if isinstance(model, model_lib.AlexNet)

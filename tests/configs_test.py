@@ -51,5 +51,5 @@ def test_four_layer_cnn_is_data_parallel_only():
   net = model_lib.create_model(config.model)
   tx, _ = optim.create(config, 11)
   with pytest.raises(errors.ConfigError, match='data parallel only: set mesh'):
-    steps_lib.Steps(config, net, tx, parallel.create_mesh(1, 2))
-  steps_lib.Steps(config, net, tx, parallel.create_mesh(2, 1))  # Data parallel.
+    steps_lib.create(config, net, tx, parallel.create_mesh(1, 2))
+  steps_lib.create(config, net, tx, parallel.create_mesh(2, 1))  # Data parallel.

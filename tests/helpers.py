@@ -142,7 +142,7 @@ def run_steps(mesh_shape, config=None, scheme='towers', num_classes=10,
   mesh = parallel.create_mesh(*mesh_shape, devices=devices)
   model = model_lib.create_model(config.model)
   tx, _ = optim.create(config, steps_per_epoch=10)
-  steps = steps_lib.Steps(config, model, tx, mesh)
+  steps = steps_lib.create(config, model, tx, mesh)
   state = steps.init_state(jax.random.key(0))
   rng = np.random.RandomState(0)
   size = config.image_size

@@ -329,8 +329,9 @@ def test_augmentation_is_the_same_eagerly_and_jitted():
       eigvecs=jnp.asarray(eigvecs, jnp.float32))
   key, ids = jax.random.key(3), jnp.arange(10, 14)
   with jax.disable_jit():
-    eager = augment.train_views(images, key, ids, stats, config)
-  jitted = jax.jit(lambda *a: augment.train_views(*a, config))(
+    eager = augment.Augment.from_config(config).train_views(
+        images, key, ids, stats)
+  jitted = jax.jit(augment.Augment.from_config(config).train_views)(
       images, key, ids, stats)
   np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-3)
   assert eager.shape == (4, 64, 64, 3)

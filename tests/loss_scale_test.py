@@ -41,7 +41,7 @@ def _float16_steps(initial, mesh_shape=(2, 1)):
   mesh = parallel.create_mesh(*mesh_shape)
   model = model_lib.create_model(config.model)
   tx, _ = optim.create(config, steps_per_epoch=10)
-  steps = steps_lib.Steps(config, model, tx, mesh)
+  steps = steps_lib.create(config, model, tx, mesh)
   batch = bench.synthetic_batch(config, mesh, config.batch_size)
   stats = bench.synthetic_stats(config, mesh)
   return steps, steps.init_state(jax.random.key(0)), batch, stats
@@ -83,7 +83,7 @@ def test_float16_trains_like_float32():
     mesh = parallel.create_mesh(1, 1)
     model = model_lib.create_model(config.model)
     tx, _ = optim.create(config, steps_per_epoch=10)
-    steps = steps_lib.Steps(config, model, tx, mesh)
+    steps = steps_lib.create(config, model, tx, mesh)
     state = steps.init_state(jax.random.key(0))
     batch = bench.synthetic_batch(config, mesh, config.batch_size)
     stats = bench.synthetic_stats(config, mesh)

@@ -35,7 +35,7 @@ def _steps(mesh_shape, dtype='bfloat16', scheme='towers', precision=None):
   mesh = parallel.create_mesh(*mesh_shape)
   model = model_lib.create_model(config.model)
   tx, _ = optim.create(config, steps_per_epoch=10)
-  steps = steps_lib.Steps(config, model, tx, mesh)
+  steps = steps_lib.create(config, model, tx, mesh)
   state = steps.abstract_state  # Real shardings; nothing is computed.
   batch = bench.synthetic_batch(config, mesh, config.batch_size)
   stats = bench.synthetic_stats(config, mesh)

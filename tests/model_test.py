@@ -215,7 +215,7 @@ def test_lrn_across_towers():
   assert not np.allclose(a['conv2'], b['conv2'])
   tx, _ = optim.create(config, 10)
   with pytest.raises(errors.ConfigError, match='mesh.model=1'):
-    steps_lib.Steps(config, across, tx, parallel.create_mesh(1, 2))
+    steps_lib.create(config, across, tx, parallel.create_mesh(1, 2))
 
 
 def figure1_model(**overrides):

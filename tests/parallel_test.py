@@ -54,7 +54,7 @@ def test_towers_live_on_separate_devices():
   mesh = parallel.create_mesh(2, 2)
   model = model_lib.create_model(config.model)
   tx, _ = optim.create(config, 10)
-  state = steps_lib.Steps(config, model, tx, mesh).init_state(jax.random.key(0))
+  state = steps_lib.create(config, model, tx, mesh).init_state(jax.random.key(0))
   kernel = state.params['conv1']['kernel']
   shards = {(s.device.id, s.index[0].start) for s in kernel.addressable_shards}
   assert len(shards) == 4
@@ -68,7 +68,7 @@ def zero_batch_setup(mesh_shape, scheme='towers'):
   mesh = parallel.create_mesh(*mesh_shape)
   model = model_lib.create_model(config.model)
   tx, _ = optim.create(config, 10)
-  steps = steps_lib.Steps(config, model, tx, mesh)
+  steps = steps_lib.create(config, model, tx, mesh)
   state = steps.init_state(jax.random.key(0))
   s, b = config.image_size, config.batch_size
   batch = input_pipeline.to_global(
@@ -166,7 +166,7 @@ def test_towers_exchange_only_at_paper_points():
   # Evaluation: the forward's five, nothing else across towers.
   eval_batch = dict(batch, mask=batch['label'].astype(np.float32) + 1)
   hlo = steps.eval_step.lower(state.params, eval_batch, stats,
-                              crops=steps.config.eval_crops
+                              crops=tiny_config().eval_crops
                               ).compile().as_text()
   assert '__ynn_fusion' not in hlo
   counts = collectives(hlo, steps.mesh)
