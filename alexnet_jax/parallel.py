@@ -245,6 +245,11 @@ class Scheme:
     """The axes a batch is split over (gradients and metrics sum over them)."""
     return (DATA,) if self.name == 'towers' else (DATA, MODEL)
 
+  @property
+  def batch_shards(self) -> int:
+    """How many pieces a global batch is split into."""
+    return int(np.prod([self.mesh.shape[a] for a in self.batch_axes]))
+
   def split(self, *arrays):
     """Batch arrays (laid out by batch_sharding) as the steps split them."""
     if self.batch_spec == P(DATA):

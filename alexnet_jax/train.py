@@ -35,7 +35,6 @@ from alexnet_jax import workdir as workdir_lib
 from alexnet_jax import writer_lock
 from alexnet_jax.datasets import stats as stats_lib
 from alexnet_jax.datasets import store as store_lib
-from alexnet_jax.parallel import DATA, MODEL
 
 
 def validate_config(config: ml_collections.ConfigDict):
@@ -114,9 +113,7 @@ def evaluate(steps: steps_lib.Steps, params, split, config,
 
 
 def _check_batch_split(config, mesh):
-  shards = mesh.shape[DATA]
-  if config.mesh.scheme == 'one_weird_trick':
-    shards *= mesh.shape[MODEL]  # The convolutions split the batch over all.
+  shards = parallel.Scheme(config.mesh.scheme, mesh).batch_shards
   shards = math.lcm(shards, jax.process_count())
   for name in ('batch_size', 'eval_batch_size'):
     if config[name] % shards:

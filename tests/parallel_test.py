@@ -199,6 +199,40 @@ def test_mesh_errors_name_the_fix():
   assert parallel.mesh_shape(1, -1, 4) == (1, 4)
 
 
+def test_the_scheme_decides_the_batch_split_and_the_models_comm():
+  from alexnet_jax import errors  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import four_layer_cnn  # pylint: disable=g-import-not-at-top
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  mesh = parallel.create_mesh(2, 2)
+  towers = parallel.Scheme('towers', mesh)
+  trick = parallel.Scheme('one_weird_trick', mesh)
+  assert (towers.batch_spec, towers.batch_axes, towers.batch_shards) == (
+      P('data'), ('data',), 2)
+  assert (trick.batch_spec, trick.batch_axes, trick.batch_shards) == (
+      P(('data', 'model')), ('data', 'model'), 4)
+  net = model_lib.create_model(tiny_config().model)
+  assert towers.shard_model(net).comm.tower_axis == 'model'
+  assert towers.shard_model(net).local_towers == 1
+  assert trick.shard_model(net).comm.fc_axis_size == 2
+  assert parallel.Scheme('towers', parallel.create_mesh(4, 1)).shard_model(
+      net) is net
+  with pytest.raises(errors.ConfigError, match='data parallel only'):
+    towers.shard_model(four_layer_cnn.FourLayerCNN(num_classes=10))
+  with pytest.raises(parallel.MeshError, match='unknown'):
+    parallel.Scheme('pipeline', mesh)
+  # Placement: the tower axis on `model`, or an fc layer's units (only when
+  # they divide evenly), scalars replicated.
+  kernel = np.zeros((2, 8, 6))
+  path = (jax.tree_util.DictKey('fc8'), jax.tree_util.DictKey('kernel'))
+  assert towers.param_spec(kernel, path, net.fc_layers) == P('model')
+  assert trick.param_spec(kernel, path, net.fc_layers) == P(None, None,
+                                                             'model')
+  assert trick.param_spec(np.zeros((2, 8, 5)), path, net.fc_layers) == P()
+  assert trick.param_spec(kernel, path, ()) == P()
+  assert towers.param_spec(np.zeros(()), path) == P()
+  assert net.fc_layers == ('fc6', 'fc7', 'fc8')
+
+
 def test_single_tower_layout_refuses_model_axis():
   config = tiny_config()
   config.model.layout = 'single_tower'
@@ -242,3 +276,15 @@ def test_distributed_settings(monkeypatch):
   config.distributed.process_id = 7
   with pytest.raises(parallel.MeshError, match='process_id=7'):
     parallel.initialize_distributed(config)
+
+
+def test_a_batch_that_does_not_split_over_the_shards_is_refused():
+  from alexnet_jax import errors  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  config.batch_size = config.eval_batch_size = 6
+  mesh = parallel.create_mesh(2, 2)
+  train._check_batch_split(config, mesh)  # pylint: disable=protected-access
+  config.mesh.scheme = 'one_weird_trick'  # Over all 4 devices.
+  with pytest.raises(errors.ConfigError, match='batch_size=6 .* multiple of 4'):
+    train._check_batch_split(config, mesh)  # pylint: disable=protected-access
