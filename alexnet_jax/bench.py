@@ -17,7 +17,7 @@ accelerators (`PEAK_TFLOPS`), else a matmul of the compute dtype measured in
 the same run (CPU). `--batch_sizes` measures several batches one after
 another (a list under "batches"). `--vs-torch` trains the same two-tower
 network (groups=2 convolutions, the paper's LRN per tower) in PyTorch in the
-same process, eager and under `torch.compile` (`bench_torch`; skip the latter
+same process, eager and under `torch.compile` (`torch_twin.py`; skip the latter
 with `--notorch_compile`), on CUDA when both frameworks see a GPU;
 `train_speedup_vs_torch` and `train_speedup_vs_torch_compile` are the median
 ratios of step times measured in alternation (JAX step, eager step, compiled
@@ -36,6 +36,7 @@ it replaced on the same images; e.g. with your own images:
 --config.model.num_classes=N`.
 """
 
+import dataclasses
 import functools
 import json
 import os
@@ -45,23 +46,21 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
-import numpy as np
 
 from alexnet_jax import cli
 from alexnet_jax import errors
-from alexnet_jax import four_layer_cnn
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
-from alexnet_jax import optim
 from alexnet_jax import parallel
-from alexnet_jax import steps as steps_lib
-from alexnet_jax.datasets import stats as stats_lib
+from alexnet_jax import synthetic
+from alexnet_jax import timing
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.')
@@ -122,17 +121,6 @@ def peak_tflops(device_kind: str, dtype: str, precision: str = 'default'):
   return None
 
 
-def _median_time(fn, steps, warmup):
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
-
-
 def matmul_peak_gflops(dtype: str = 'float32', n: int = 0,
                        repeats: int = 5) -> float:
   """A jitted n x n matmul in `dtype` on the default device: a practical
@@ -142,37 +130,9 @@ def matmul_peak_gflops(dtype: str = 'float32', n: int = 0,
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
   f = jax.jit(lambda x, y: x @ y)
   jax.block_until_ready(f(a, a))
-  t = min(_timed(lambda: jax.block_until_ready(f(a, a)))
+  t = min(timing.timed(lambda: jax.block_until_ready(f(a, a)))
           for _ in range(repeats))
   return 2 * n ** 3 / t / 1e9
-
-
-def _timed(fn):
-  t = time.perf_counter()
-  fn()
-  return time.perf_counter() - t
-
-
-def synthetic_batch(config, mesh, batch: int, mask: bool = False):
-  """Random uint8 images and labels of the config's shapes, on the mesh."""
-  rng = np.random.RandomState(0)
-  size = config.image_size
-  host = {'image': rng.randint(0, 256, (batch, size, size, 3), np.uint8),
-          'label': rng.randint(0, config.model.num_classes, (batch,)
-                               ).astype(np.int32)}
-  if mask:
-    host['mask'] = np.ones((batch,), np.float32)
-  return input_pipeline.to_global(host, mesh)
-
-
-def synthetic_stats(config, mesh):
-  size = config.image_size
-  eigvecs, _ = np.linalg.qr(np.random.RandomState(0).normal(size=(3, 3)))
-  return jax.device_put(
-      stats_lib.Stats(mean=jnp.full((size, size, 3), 110.0, jnp.float32),
-                      eigvals=jnp.array([0.2, 0.02, 0.005], jnp.float32),
-                      eigvecs=jnp.asarray(eigvecs, jnp.float32)),
-      parallel.replicated(mesh))
 
 
 def device_peak_memory_gb(mesh):
@@ -180,34 +140,35 @@ def device_peak_memory_gb(mesh):
   return parallel.peak_memory_gb(mesh.local_devices)
 
 
-def bench_train(config, steps, warmup, devices=None):
-  """The train step: compiled, then `steps` back to back, blocked once."""
-  mesh = parallel.create_mesh(config.mesh.data, config.mesh.model, devices)
-  model = model_lib.create_model(config.model)
-  tx, _ = optim.create(config, steps_per_epoch=1000)
-  step_lib = steps_lib.create(config, model, tx, mesh)
-  state = step_lib.init_state(jax.random.key(0))
-  batch = config.batch_size
-  data = synthetic_batch(config, mesh, batch)
-  stats = synthetic_stats(config, mesh)
-  key = jax.random.key(1)
+@dataclasses.dataclass
+class CompiledStep:
+  """A compiled train step on a synthetic set-up; `run` moves its state on."""
+  setup: synthetic.Setup
+  compiled: Any
 
-  t = time.perf_counter()
-  compiled = step_lib.train_step.lower(state, data, stats, key).compile()
-  compile_seconds = time.perf_counter() - t
-  holder = {'state': state}
-  memory = compiled.memory_analysis()
-
-  def run(n):
+  def run(self, n: int = 1):
     """n steps dispatched back to back; waits once, for the last."""
-    s = holder['state']
+    s = self.setup
     for _ in range(n):
-      s, metrics = compiled(s, data, stats, key)
-    holder['state'] = s
+      s.state, metrics = self.compiled(s.state, s.batch, s.stats, s.key)
     jax.block_until_ready(metrics)
 
-  run(max(warmup, 1))
-  seconds = _timed(lambda: run(steps))
+
+def bench_train(config, steps, warmup, devices=None):
+  """The train step: compiled, then `steps` back to back, blocked once.
+
+  Returns (the figures, the CompiledStep).
+  """
+  setup = synthetic.setup(config, devices)
+  mesh, model, batch = setup.mesh, setup.model, config.batch_size
+  t = time.perf_counter()
+  compiled = setup.steps.train_step.lower(
+      setup.state, setup.batch, setup.stats, setup.key).compile()
+  compile_seconds = time.perf_counter() - t
+  step = CompiledStep(setup, compiled)
+  memory = compiled.memory_analysis()
+  step.run(max(warmup, 1))
+  seconds = timing.timed(lambda: step.run(steps))
   train_rate = batch * steps / seconds
   macs = model_lib.forward_macs(model)
   gflops = train_rate * 2 * model_lib.train_macs(model) / 1e9
@@ -236,31 +197,24 @@ def bench_train(config, steps, warmup, devices=None):
     total = peak * 1000 * mesh.devices.size
     result.update(peak_gflops=total, peak_source='published (PEAK_TFLOPS)',
                   fraction_of_peak=gflops / total)
-  return result, (step_lib, model, mesh, holder, compiled, data, stats, key)
+  return result, step
 
 
 def bench_jax(config, steps, warmup):
-  """Train and eval throughput of the jitted, sharded steps."""
-  result, (step_lib, model, mesh, holder, compiled, data, stats,
-           key) = bench_train(config, steps, warmup)
-  batch = config.batch_size
-  eval_data = synthetic_batch(config, mesh, batch, mask=True)
-  params = holder['state'].params
+  """Train and eval throughput of the jitted, sharded steps: (the figures,
+  a function that runs one more train step)."""
+  result, step = bench_train(config, steps, warmup)
+  setup, batch = step.setup, config.batch_size
+  eval_data = synthetic.batch(config, setup.mesh, batch, mask=True)
+  params = setup.state.params
   for crops, name in ((1, 'eval_img_per_sec'), (10, 'eval10_img_per_sec')):
-    run = functools.partial(step_lib.eval_step, params, eval_data, stats,
-                            crops=crops)
+    run = functools.partial(setup.steps.eval_step, params, eval_data,
+                            setup.stats, crops=crops)
     jax.block_until_ready(run())
-    result[name] = batch / _median_time(
-        lambda: jax.block_until_ready(run()), max(1, steps // 2), 0)
-
-  def train_once():
-    holder['state'], metrics = compiled(holder['state'], data, stats, key)
-    jax.block_until_ready(metrics)
-
-  result.update(
-      num_params=model_lib.count_params(holder['state'].params),
-      _train_once=train_once)
-  return result
+    result[name] = batch / timing.median_time(
+        lambda: jax.block_until_ready(run()), max(1, steps // 2))
+  result['num_params'] = model_lib.count_params(setup.state.params)
+  return result, step.run
 
 
 def bench_pipeline(config, batches: int = 50) -> dict:
@@ -317,168 +271,6 @@ def bench_pipeline(config, batches: int = 50) -> dict:
   }
 
 
-def torch_twin(model):
-  """The same network in PyTorch (NCHW), for any registered architecture."""
-  if isinstance(model, four_layer_cnn.FourLayerCNN):
-    return torch_four_layer_cnn(model)
-  return torch_alexnet(model)
-
-
-def torch_four_layer_cnn(model):
-  """Figure 1's four-layer net in PyTorch: cuda-convnet's pools, whose last
-  window hangs over the edge, are ceil_mode pools (32 -> 16 -> 8 -> 4)."""
-  from torch import nn  # pylint: disable=g-import-not-at-top
-  act = nn.ReLU if model.activation == 'relu' else nn.Tanh
-  (_, f1, _), (_, f2, _), (_, f3, _) = four_layer_cnn.CONVS
-  size = model.input_size
-  for _ in range(3):
-    size = (size - 2) // 2 + 1
-  return nn.Sequential(
-      nn.Conv2d(3, f1, 5, 1, 2), nn.MaxPool2d(3, 2, ceil_mode=True), act(),
-      nn.Conv2d(f1, f2, 5, 1, 2), act(),
-      nn.AvgPool2d(3, 2, ceil_mode=True, count_include_pad=False),
-      nn.Conv2d(f2, f3, 5, 1, 2), act(),
-      nn.AvgPool2d(3, 2, ceil_mode=True, count_include_pad=False),
-      nn.Flatten(), nn.Linear(f3 * size * size, model.num_classes))
-
-
-def torch_alexnet(model: model_lib.AlexNet):
-  """The same network in PyTorch (NCHW), as a user would write it."""
-  import torch  # pylint: disable=g-import-not-at-top
-  from torch import nn  # pylint: disable=g-import-not-at-top
-  t = model.towers
-  s1, s2, s3, s4, s5, s6, s7, s8 = model.specs()
-  # torch divides alpha by n: pass alpha * n for the paper's formula.
-  lrn = model.lrn
-  alpha = lrn.alpha if lrn.alpha_over_n else lrn.alpha * lrn.n
-
-  class TowerLRN(nn.Module):
-    """LRN whose window stays inside each tower's channels."""
-
-    def __init__(self):
-      super().__init__()
-      self.lrn = nn.LocalResponseNorm(lrn.n, alpha, lrn.beta, lrn.k)
-
-    def forward(self, x):
-      if not lrn.enabled:
-        return x
-      return torch.cat([self.lrn(c) for c in x.chunk(t, dim=1)], dim=1)
-
-  act = nn.ReLU if model.activation == 'relu' else nn.Tanh
-  pool = lambda: nn.MaxPool2d(model.pool_window, model.pool_stride)
-  net = nn.Sequential(
-      nn.Conv2d(3, t * s1.features, 11, 4, model.padding1), act(),
-      TowerLRN(), pool(),
-      nn.Conv2d(t * s1.features, t * s2.features, 5, 1, 2, groups=t), act(),
-      TowerLRN(), pool(),
-      nn.Conv2d(t * s2.features, t * s3.features, 3, 1, 1), act(),
-      nn.Conv2d(t * s3.features, t * s4.features, 3, 1, 1, groups=t), act(),
-      nn.Conv2d(t * s4.features, t * s5.features, 3, 1, 1, groups=t), act(),
-      pool(), nn.Flatten(),
-      nn.Linear(t * s5.features * _pool5(model) ** 2, t * s6.features), act(),
-      nn.Dropout(model.dropout_rate),
-      nn.Linear(t * s6.features, t * s7.features), act(),
-      nn.Dropout(model.dropout_rate),
-      nn.Linear(t * s7.features, model.num_classes))
-  return net
-
-
-def _pool5(model):
-  from alexnet_jax import ops  # pylint: disable=g-import-not-at-top
-  return ops.feature_sizes(model.input_size, model.padding1,
-                           model.pool_window, model.pool_stride)[-1]
-
-
-def torch_device():
-  """'cuda' when PyTorch and jax both see an NVIDIA GPU, else 'cpu'."""
-  import torch  # pylint: disable=g-import-not-at-top
-  if torch.cuda.is_available() and jax.default_backend() == 'gpu':
-    return 'cuda'
-  return 'cpu'
-
-
-def bench_torch(config, steps, warmup, compiled: bool = False):
-  """The PyTorch twin's train step on the same device kind.
-
-  Eager, or with `compiled` as `torch.compile` (inductor) users run it: the
-  loss function (the model and the cross-entropy) compiled, which compiles
-  its backward pass too (AOTAutograd), and the optimiser's step compiled
-  separately, as PyTorch's "Compiling the optimizer" tutorial does. Compile
-  time (`torch_compile_seconds`: the warm-up steps' time less as many timed
-  steps) is kept out of the step times.
-
-  On CUDA: bfloat16 or float16 (with torch.amp.GradScaler) through autocast
-  when model.dtype says so, and TF32
-  for float32 products unless model.matmul_precision is 'highest' (as XLA
-  does on Ampere and Hopper). Each step is synchronised. (main() keeps jax
-  from preallocating the GPU's memory when --vs-torch is given.)
-  """
-  import torch  # pylint: disable=g-import-not-at-top
-  device = torch_device()
-  if device == 'cpu':
-    torch.set_num_threads(os.cpu_count() or 1)
-  else:
-    tf32 = config.model.matmul_precision in (
-        'default', 'high', 'tensorfloat32')
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.backends.cudnn.benchmark = True
-  model = model_lib.create_model(config.model)
-  torch.manual_seed(0)
-  net = torch_twin(model).to(device)
-  opt = torch.optim.SGD(net.parameters(), lr=config.learning_rate,
-                        momentum=config.momentum,
-                        weight_decay=config.weight_decay)
-  size, batch = config.model.input_size, config.batch_size
-  x = torch.randn(batch, 3, size, size, device=device)
-  y = torch.randint(0, config.model.num_classes, (batch,), device=device)
-  cross_entropy = torch.nn.CrossEntropyLoss()
-  half = {'bfloat16': torch.bfloat16,
-          'float16': torch.float16}.get(config.model.dtype)
-  # float16 with PyTorch's dynamic loss scale, as ours (loss_scale.py).
-  scaler = torch.amp.GradScaler(device,
-                                enabled=config.model.dtype == 'float16')
-
-  def loss_of(x, y):
-    with torch.autocast(device, dtype=half or torch.float32,
-                        enabled=half is not None):
-      return cross_entropy(net(x), y)
-
-  def opt_step():
-    opt.step()
-
-  if compiled:
-    loss_of, opt_step = torch.compile(loss_of), torch.compile(opt_step)
-
-  def train_once():
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(loss_of(x, y)).backward()
-    if scaler.is_enabled():  # Skips the step on an overflow (uncompiled).
-      scaler.step(opt)
-      scaler.update()
-    else:
-      opt_step()
-    if device == 'cuda':
-      torch.cuda.synchronize()
-
-  # Compiled, the optimiser's step is compiled again once its momentum
-  # buffers exist (the second step): warm up past that.
-  warm = max(warmup, 3 if compiled else 1)
-  warm_seconds = _timed(lambda: [train_once() for _ in range(warm)])
-  step_seconds = _median_time(train_once, steps, 0)
-  name = 'torch_compile' if compiled else 'torch'
-  result = {f'{name}_train_img_per_sec': batch / step_seconds,
-            'torch_version': torch.__version__, 'torch_device': device,
-            '_train_once': train_once}
-  if compiled:
-    result['torch_compile_seconds'] = max(warm_seconds - warm * step_seconds,
-                                          0.0)
-    result['torch_compiled'] = (
-        'loss (model + cross-entropy) with its backward, and the SGD step; '
-        'inductor, default mode')
-  return result
-
-
 def _with(config, dtype=None, batch=None, mesh=None):
   config = config.copy_and_resolve_references()
   if dtype:
@@ -498,15 +290,19 @@ def run(config, steps=5, warmup=1, vs_torch=False, torch_compile=True):
             'arch': config.model.arch,
             'layout': config.model.layout,
             'dtype': config.model.dtype}
-  result.update(bench_jax(config, steps, warmup))
-  steps_of = {'jax': result.pop('_train_once')}
+  figures, train_once = bench_jax(config, steps, warmup)
+  result.update(figures)
+  steps_of = {'jax': train_once}
   if vs_torch:
-    result.update(bench_torch(config, steps, warmup))
-    steps_of['torch'] = result.pop('_train_once')
+    from alexnet_jax import torch_twin  # pylint: disable=g-import-not-at-top
+    figures, steps_of['torch'] = torch_twin.bench_train(config, steps, warmup)
+    result.update(figures)
     if torch_compile:
       try:
-        result.update(bench_torch(config, steps, warmup, compiled=True))
-        steps_of['torch_compile'] = result.pop('_train_once')
+        figures, once = torch_twin.bench_train(config, steps, warmup,
+                                               compiled=True)
+        result.update(figures)
+        steps_of['torch_compile'] = once
       except Exception as e:  # pylint: disable=broad-except
         # Inductor needs a C++ compiler on CPU; keep the eager comparison.
         result['torch_compile_error'] = (
@@ -518,7 +314,7 @@ def run(config, steps=5, warmup=1, vs_torch=False, torch_compile=True):
     times = {name: [] for name in steps_of}
     for _ in range(steps):
       for name, once in steps_of.items():
-        times[name].append(_timed(once))
+        times[name].append(timing.timed(once))
     for name in steps_of:
       result[f'{name}_alternating_step_s'] = statistics.median(times[name])
       if name != 'jax':

@@ -20,19 +20,17 @@ cpu_kernels.XLA_CPU_OPTIONS (`xla_defaults_step_s`).
 import importlib
 import json
 import statistics
-import time
-
-import jax
 
 from alexnet_jax import cli
 from alexnet_jax import bench
 from alexnet_jax import cpu_kernels
+from alexnet_jax import timing
 
 
 def compiled_step(config, without=(), xla_defaults=False):
-  """(step, its arguments) traced with the kernel sizes `without` by
-  matmuls rather than Winograd, or with `xla_defaults` compiled without
-  cpu_kernels.XLA_CPU_OPTIONS."""
+  """The train step (bench.CompiledStep) traced with the kernel sizes
+  `without` by matmuls rather than Winograd, or with `xla_defaults` compiled
+  without cpu_kernels.XLA_CPU_OPTIONS."""
   saved = cpu_kernels.WINOGRAD_MIN_CHANNELS, cpu_kernels.XLA_CPU_OPTIONS
   cpu_kernels.WINOGRAD_MIN_CHANNELS = {
       size: channels for size, channels in saved[0].items()
@@ -40,11 +38,10 @@ def compiled_step(config, without=(), xla_defaults=False):
   if xla_defaults:
     cpu_kernels.XLA_CPU_OPTIONS = {}
   try:
-    _, (_, _, _, holder, compiled, data, stats, key) = bench.bench_train(
-        config, steps=1, warmup=1)
+    _, step = bench.bench_train(config, steps=1, warmup=1)
   finally:
     cpu_kernels.WINOGRAD_MIN_CHANNELS, cpu_kernels.XLA_CPU_OPTIONS = saved
-  return compiled, holder, (data, stats, key)
+  return step
 
 
 def compare(config, rounds: int, sizes=(3, 5), options=False) -> dict:
@@ -57,11 +54,8 @@ def compare(config, rounds: int, sizes=(3, 5), options=False) -> dict:
            after: compiled_step(config)}
   times = {name: [] for name in steps}
   for r in range(rounds):
-    for name, (compiled, holder, args) in steps.items():
-      t = time.perf_counter()
-      holder['state'], metrics = compiled(holder['state'], *args)
-      jax.block_until_ready(metrics)
-      times[name].append(time.perf_counter() - t)
+    for name, step in steps.items():
+      times[name].append(timing.timed(step.run))  # It waits for its step.
     print(f'round {r + 1}/{rounds}: ' + ', '.join(
         f'{name} {v[-1]:.2f} s' for name, v in times.items()), flush=True)
   return {

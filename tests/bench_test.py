@@ -10,6 +10,7 @@ import pytest
 
 from alexnet_jax import bench
 from alexnet_jax import model as model_lib
+from alexnet_jax import torch_twin
 from alexnet_jax.configs import default
 from tests.helpers import ROOT
 
@@ -74,7 +75,7 @@ def test_torch_twin_of_the_four_layer_cnn_matches_ours():
   torch = pytest.importorskip('torch')
   config = _arch_config('four_layer_cnn')
   model = model_lib.create_model(config.model)
-  net = bench.torch_twin(model)
+  net = torch_twin.build(model)
   import jax  # pylint: disable=g-import-not-at-top
   params = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
   assert sum(p.numel() for p in net.parameters()) == model_lib.count_params(
@@ -85,7 +86,7 @@ def test_torch_twin_of_the_four_layer_cnn_matches_ours():
 def test_torch_twin_has_the_same_parameter_count():
   torch = pytest.importorskip('torch')
   model = model_lib.create_model(default.get_config().model)
-  net = bench.torch_alexnet(model)
+  net = torch_twin.alexnet(model)
   assert sum(p.numel() for p in net.parameters()) == 60_965_224
   out = net(torch.zeros(2, 3, 224, 224))
   assert tuple(out.shape) == (2, 1000)
@@ -95,7 +96,7 @@ def test_torch_lrn_matches_ours():
   torch = pytest.importorskip('torch')
   from alexnet_jax import ops  # pylint: disable=g-import-not-at-top
   model = model_lib.AlexNet()
-  lrn = bench.torch_alexnet(model)[2]  # conv1's TowerLRN.
+  lrn = torch_twin.alexnet(model)[2]  # conv1's TowerLRN.
   x = np.random.RandomState(0).normal(0, 30, (2, 96, 5, 5)).astype(np.float32)
   got = lrn(torch.from_numpy(x)).numpy()
   towers = x.transpose(0, 2, 3, 1).reshape(2, 5, 5, 2, 48).transpose(3, 0, 1, 2, 4)

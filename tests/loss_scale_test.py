@@ -5,12 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import bench
+from alexnet_jax import synthetic
 from alexnet_jax import errors
 from alexnet_jax import loss_scale as loss_scale_lib
-from alexnet_jax import model as model_lib
-from alexnet_jax import optim
-from alexnet_jax import parallel
 from alexnet_jax import steps as steps_lib
 from alexnet_jax import train
 from tests.helpers import assert_same_run
@@ -38,13 +35,8 @@ def _float16_steps(initial, mesh_shape=(2, 1)):
   config.model.dtype = 'float16'
   config.loss_scale.initial = initial
   config.mesh.data, config.mesh.model = mesh_shape
-  mesh = parallel.create_mesh(*mesh_shape)
-  model = model_lib.create_model(config.model)
-  tx, _ = optim.create(config, steps_per_epoch=10)
-  steps = steps_lib.create(config, model, tx, mesh)
-  batch = bench.synthetic_batch(config, mesh, config.batch_size)
-  stats = bench.synthetic_stats(config, mesh)
-  return steps, steps.init_state(jax.random.key(0)), batch, stats
+  s = synthetic.setup(config, steps_per_epoch=10)
+  return s.steps, s.state, s.batch, s.stats
 
 
 @pytest.mark.parametrize('mesh_shape', [(2, 1), (1, 2)])
@@ -80,13 +72,9 @@ def test_float16_trains_like_float32():
   for dtype in ('float32', 'float16'):
     config = tiny_config()
     config.model.dtype = dtype
-    mesh = parallel.create_mesh(1, 1)
-    model = model_lib.create_model(config.model)
-    tx, _ = optim.create(config, steps_per_epoch=10)
-    steps = steps_lib.create(config, model, tx, mesh)
-    state = steps.init_state(jax.random.key(0))
-    batch = bench.synthetic_batch(config, mesh, config.batch_size)
-    stats = bench.synthetic_stats(config, mesh)
+    config.mesh.data = config.mesh.model = 1
+    s = synthetic.setup(config, steps_per_epoch=10)
+    steps, state, batch, stats = s.steps, s.state, s.batch, s.stats
     losses[dtype] = []
     for _ in range(3):
       state, m = steps.train_step(state, batch, stats, jax.random.key(1))

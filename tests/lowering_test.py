@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from alexnet_jax import bench
+from alexnet_jax import synthetic
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import parallel
@@ -37,8 +37,8 @@ def _steps(mesh_shape, dtype='bfloat16', scheme='towers', precision=None):
   tx, _ = optim.create(config, steps_per_epoch=10)
   steps = steps_lib.create(config, model, tx, mesh)
   state = steps.abstract_state  # Real shardings; nothing is computed.
-  batch = bench.synthetic_batch(config, mesh, config.batch_size)
-  stats = bench.synthetic_stats(config, mesh)
+  batch = synthetic.batch(config, mesh, config.batch_size)
+  stats = synthetic.stats(config, mesh)
   return steps, (state, batch, stats, jax.random.key(1))
 
 
