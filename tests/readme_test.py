@@ -109,3 +109,19 @@ def test_job_script_requeues_only_a_preempted_run(tmp_path, status,
   _, args, _ = split_command(calls[0][len('srun '):])
   assert config_from(args).mesh.model == 2
   assert calls[1:] == (['scontrol requeue 4242'] if requeued else [])
+
+
+def test_the_layout_table_names_every_module():
+  # docs/design.md's Layout table (README links it): a newcomer finds each
+  # piece from the file names, so every module of the package is listed.
+  with open(os.path.join(ROOT, 'docs', 'design.md')) as f:
+    table = f.read().split('## Layout', 1)[1].split('\n## ', 1)[0]
+  package = os.path.join(ROOT, 'alexnet_jax')
+  missing = []
+  for folder in ('', 'datasets'):
+    for name in sorted(os.listdir(os.path.join(package, folder))):
+      if name.endswith('.py') and name != '__init__.py':
+        path = '/'.join(p for p in ('alexnet_jax', folder, name) if p)
+        if f'`{path}`' not in table:
+          missing.append(path)
+  assert not missing, f'not in docs/design.md\'s Layout table: {missing}'
