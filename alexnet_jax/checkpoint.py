@@ -17,7 +17,7 @@ import datetime
 import logging as std_logging
 import os
 import shutil
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, TypedDict
 
 from absl import logging
 import jax
@@ -34,6 +34,18 @@ STATE, META = 'state', 'meta'
 
 class CheckpointError(errors.UserError):
   """Checkpoints that cannot be read or written."""
+
+
+class Meta(TypedDict, total=False):
+  """A checkpoint's JSON record (the META item), the one definition of its
+  keys. Every key is optional when read: older checkpoints lack some."""
+  config: Dict[str, Any]  # The run's resolved config (workdir.saved_config).
+  schedule: Dict[str, Any]  # The learning-rate schedule's state (optim).
+  epoch: float
+  data_position: Dict[str, int]  # {'epoch', 'batch'}: where input resumes.
+  store_fingerprint: Optional[str]  # The source the store was prepared from.
+  reached_train_err: Optional[float]  # Set once a training target is met.
+  imported: bool  # Written by `pretrained`: weights, no training yet.
 
 
 def _fields(state: Any) -> Any:
@@ -69,7 +81,7 @@ class Checkpointer:
   def all_steps(self):
     return sorted(self.manager.all_steps(), reverse=True)
 
-  def save(self, step: int, state: Any, meta: Dict[str, Any]):
+  def save(self, step: int, state: Any, meta: Meta):
     """Starts an asynchronous save; errors name the fix."""
     # orbax skips a save while the previous one is still being written; wait
     # for it instead, so every requested checkpoint is written.
@@ -100,12 +112,12 @@ class Checkpointer:
         'make the --workdir writable, then rerun: earlier checkpoints are '
         'intact.')
 
-  def read_meta(self, step: int) -> Dict[str, Any]:
+  def read_meta(self, step: int) -> Meta:
     out = self.manager.restore(step, args=ocp.args.Composite(**{
         META: ocp.args.JsonRestore()}))
     return out[META]
 
-  def restore(self, target: Any) -> Optional[Tuple[Any, Dict]]:
+  def restore(self, target: Any) -> Optional[Tuple[Any, Meta]]:
     """The newest readable checkpoint, onto `target`'s shapes and shardings.
 
     Returns None when there is no checkpoint at all.
@@ -184,3 +196,20 @@ def read_params(step_dir: str, device=None):
   finally:
     quiet.setLevel(level)
   return state['params'], meta
+
+
+def write_imported(workdir: str, state: Any, config: Dict[str, Any]) -> str:
+  """Checkpoint 0 of an imported network (`state`: its parameters and a
+  fresh optimiser state) in a workdir that holds none yet; its directory."""
+  ckpt = Checkpointer(workdir, keep=1)
+  try:
+    if ckpt.all_steps():
+      raise CheckpointError(f'{ckpt.directory} already holds checkpoints; '
+                            'import into a new --workdir (nothing was '
+                            'changed).')
+    ckpt.save(0, state, Meta(config=config, imported=True, schedule={},
+                             epoch=0.0, data_position={'epoch': 0, 'batch': 0}))
+    ckpt.wait()
+  finally:
+    ckpt.close()
+  return ckpt.directory

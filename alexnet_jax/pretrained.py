@@ -279,19 +279,14 @@ def write_workdir(workdir: str, config, params, mean_pixel) -> str:
   if got != want:
     raise WeightsError(f'converted shapes {got} do not match the model '
                        f'{want}; please report this.')
-  ckpt = checkpoint.Checkpointer(workdir, keep=1)
-  if ckpt.all_steps():
-    raise WeightsError(f'{ckpt.directory} already holds checkpoints; import '
-                       'into a new --workdir (nothing was changed).')
   params = jax.tree.map(jnp.asarray, params)
   tx, _ = optim.create(config, steps_per_epoch=1)
   state = steps_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                opt_state=tx.init(params))
-  ckpt.save(0, state, {'config': config.to_dict(), 'imported': True,
-                       'schedule': {}, 'epoch': 0.0,
-                       'data_position': {'epoch': 0, 'batch': 0}})
-  ckpt.wait()
-  ckpt.close()
+  try:
+    directory = checkpoint.write_imported(workdir, state, config.to_dict())
+  except checkpoint.CheckpointError as e:
+    raise WeightsError(str(e)) from e
   size = config.image_size
   stats = stats_lib.Stats.neutral(size)._replace(
       mean=np.broadcast_to(np.asarray(mean_pixel, np.float32),
@@ -303,7 +298,7 @@ def write_workdir(workdir: str, config, params, mean_pixel) -> str:
     # ILSVRC-2012's classes, in the label order both files were trained in.
     workdir_lib.save_class_names(workdir, list(imagenet_classes.wnids()),
                                  overwrite=True)
-  return ckpt.directory
+  return directory
 
 
 def main(argv=None):

@@ -385,10 +385,10 @@ def _train_and_evaluate(config, workdir):
 
   def save(step, reached=None):
     # Every step's loss and gradient norm were checked first (flush).
-    ckpt.save(step, state, {
-        'store_fingerprint': fingerprint, 'reached_train_err': reached,
-        'schedule': schedule.state_dict(), 'epoch': durations.epoch(step),
-        'data_position': durations.position(step), 'config': config.to_dict()})
+    ckpt.save(step, state, checkpoint.Meta(
+        store_fingerprint=fingerprint, reached_train_err=reached,
+        schedule=schedule.state_dict(), epoch=durations.epoch(step),
+        data_position=durations.position(step), config=config.to_dict()))
 
   def run_eval(step):
     t0 = time.time()

@@ -199,7 +199,8 @@ def _flatten(d, prefix=''):
   return out
 
 
-def saved_config(meta: Dict[str, Any], where: str) -> ml_collections.ConfigDict:
+def saved_config(meta: checkpoint.Meta,
+                 where: str) -> ml_collections.ConfigDict:
   """A checkpoint's config, with LEGACY_DEFAULTS where older code had no key."""
   if 'config' not in meta:
     raise WorkdirError(f'{where} records no config; it was not written by '
