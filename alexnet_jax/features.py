@@ -45,9 +45,10 @@ from alexnet_jax import progress as progress_lib
 from alexnet_jax import workdir as workdir_lib
 from alexnet_jax.datasets import stats as stats_lib
 
-# Every layer whose output can be extracted, input to output.
-LAYERS = (model_lib.CONV_LAYERS + ('pool5',) + model_lib.FC_LAYERS[:2] +
-          ('logits', 'probs'))
+# Every layer of the paper's network whose output can be extracted, input to
+# output (another architecture's: `Features.layers`, from the registry).
+OUTPUTS = ('logits', 'probs')
+LAYERS = model_lib.ARCHS['alexnet'].features + OUTPUTS
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.ppm',
                     '.tif', '.tiff')
 
@@ -167,6 +168,11 @@ class Features:
     self._fns = {}
 
   @property
+  def layers(self) -> Tuple[str, ...]:
+    """The layers this network's features can be taken from."""
+    return model_lib.arch(self.config.model).features + OUTPUTS
+
+  @property
   def input_size(self) -> int:
     return self.model.input_size
 
@@ -206,7 +212,8 @@ class Features:
       images: file paths, uint8 arrays `(H, W, 3)` of any size (a list, or one
         `(N, H, W, 3)` array), or with `preprocess=False` network-ready float
         arrays `(N, input_size, input_size, 3)` (mean subtracted, scaled).
-      layer: one of LAYERS. `fc7` is the paper's 4096-d last hidden layer.
+      layer: one of `layers` (LAYERS for the paper's network). `fc7` is the
+        paper's 4096-d last hidden layer.
       preprocess: apply the paper's evaluation preprocessing.
       crops: 1 (centre) or 10 (the paper's test); default: the config's
         `eval_crops`.
@@ -215,8 +222,9 @@ class Features:
       progress: show progress (a bar on a terminal, else a log line every
         30 s).
     """
-    if layer not in LAYERS:
-      raise FeaturesError(f'layer {layer!r} is unknown; use one of {LAYERS}.')
+    if layer not in self.layers:
+      raise FeaturesError(f'layer {layer!r} is unknown; use one of '
+                          f'{self.layers}.')
     crops = crops or self.config.eval_crops
     if crops not in (1, 10):
       raise FeaturesError(f'crops={crops}: use 1 (centre) or 10 (paper).')
@@ -329,7 +337,8 @@ def main(argv=None):
   parser.add_argument('--workdir', required=True,
                       help='a training workdir, or WORKDIR/checkpoints/STEP')
   parser.add_argument('--images', required=True, help='directory of images')
-  parser.add_argument('--layer', default='fc7', choices=LAYERS)
+  parser.add_argument('--layer', default='fc7',
+                      help=f'the layer (the paper\'s network: {", ".join(LAYERS)})')
   parser.add_argument('--out', required=True, help='output .npz file')
   parser.add_argument('--crops', type=int, default=None, choices=(1, 10),
                       help="views per image (default: the run's eval_crops)")

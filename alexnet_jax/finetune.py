@@ -35,12 +35,16 @@ def source(config) -> Tuple[ml_collections.ConfigDict,
   ft = config.finetune
   if not ft.init_from:
     return config, None
+  try:
+    layers = model_lib.arch(config.model).layers
+  except ValueError as e:
+    raise errors.ConfigError(str(e)) from e
   unknown = [l for l in tuple(ft.reinit) + tuple(ft.freeze)
-             if l not in model_lib.LAYERS]
+             if l not in layers]
   if unknown:
     raise errors.ConfigError(
         f'finetune.reinit / finetune.freeze name unknown layer(s) {unknown}; '
-        f'use {model_lib.LAYERS}.')
+        f'use {layers}.')
   try:
     workdir, step = workdir_lib.locate(ft.init_from)
     params, meta = workdir_lib.read_params(workdir, step,

@@ -36,7 +36,7 @@ Initialisation (`init`):
 """
 
 import dataclasses
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -403,16 +403,36 @@ def _four_layer_cnn(c, common, overrides) -> four_layer_cnn.FourLayerCNN:
 
 
 # model.arch -> how to build it from config.model.
-ARCHS = {'alexnet': _alexnet, 'four_layer_cnn': _four_layer_cnn}
+@dataclasses.dataclass(frozen=True)
+class Arch:
+  """A registered architecture: its builder, and its layers by name, so
+  `features` and `finetune` ask the registry instead of assuming AlexNet."""
+  build: Callable[..., nn.Module]
+  layers: Tuple[str, ...]  # Parameterised, input to output (finetune).
+  features: Tuple[str, ...]  # What `capture` returns besides the logits.
+
+
+ARCHS = {
+    'alexnet': Arch(_alexnet, LAYERS,
+                    CONV_LAYERS + ('pool5',) + FC_LAYERS[:2]),
+    'four_layer_cnn': Arch(_four_layer_cnn, four_layer_cnn.LAYERS,
+                           four_layer_cnn.LAYERS[:-1]),
+}
+
+
+def arch(model_config: ml_collections.ConfigDict) -> Arch:
+  """The registry entry of `model_config.arch` (a config's `model`)."""
+  name = model_config.arch
+  if name not in ARCHS:
+    raise ValueError(f'model.arch={name!r} is unknown; use one of '
+                     f'{tuple(ARCHS)}.')
+  return ARCHS[name]
 
 
 def create_model(config: ml_collections.ConfigDict, **overrides) -> nn.Module:
   """Builds the module `config.model.arch` names (see configs/default.py)."""
   c = config
-  arch = c.arch
-  if arch not in ARCHS:
-    raise ValueError(f'model.arch={arch!r} is unknown; use one of '
-                     f'{tuple(ARCHS)}.')
+  entry = arch(c)
   if c.dtype not in DTYPES:
     raise ValueError(f'model.dtype={c.dtype!r} is unknown; use one of '
                      f'{tuple(DTYPES)}.')
@@ -430,7 +450,7 @@ def create_model(config: ml_collections.ConfigDict, **overrides) -> nn.Module:
                 activation=c.activation, init_scheme=c.init,
                 dtype=DTYPES[c.dtype],
                 matmul_precision=None if precision == 'default' else precision)
-  return ARCHS[arch](c, common, overrides)
+  return entry.build(c, common, overrides)
 
 
 def run_once(jitted, *args, platform: str):

@@ -296,3 +296,27 @@ def test_model_custom_vjp_switch_keeps_the_loss_and_gradients():
     grads.append(jax.grad(lambda p: net.apply({'params': p}, x).sum())(params))
   for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('config_name', ['default', 'figure1_cifar10'])
+def test_each_registry_entry_names_its_own_layers(config_name):
+  # features and finetune ask the registry: its names are the parameters'
+  # and the captured activations' own.
+  import importlib  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(
+      f'alexnet_jax.configs.{config_name}').get_config()
+  if config_name == 'default':
+    config = tiny_config()
+  entry = model_lib.arch(config.model)
+  net = model_lib.create_model(config.model)
+  images = model_lib.example_images(net)
+  params = jax.eval_shape(net.init, jax.random.key(0), images)['params']
+  # (eval_shape returns dicts with sorted keys.)
+  assert sorted(params) == sorted(entry.layers)
+  _, feats = jax.eval_shape(
+      lambda p: net.apply({'params': p}, images, capture=True), params)
+  assert sorted(feats) == sorted(entry.features + ('logits',))
+  config.model.arch = 'vgg'
+  with pytest.raises(ValueError, match="model.arch='vgg' is unknown"):
+    model_lib.arch(config.model)
