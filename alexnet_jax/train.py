@@ -296,6 +296,24 @@ def _initial_state(steps, ckpt, schedule, source, config, key):
   return state, {}
 
 
+def _run_stats(workdir: str, source, resumed: bool, compute):
+  """The run's dataset statistics, saved in its workdir: a fine-tuning
+  source's, a resumed run's own, else `compute()`'s (the training split's,
+  computed once, by process 0)."""
+  saved_stats = os.path.join(workdir, workdir_lib.STATS_FILE)
+  if source is not None and source['stats'] is not None:
+    stats = source['stats']  # The normalisation the weights were trained on.
+  elif resumed and os.path.exists(saved_stats):
+    # A resumed run keeps the normalisation its checkpoint was trained with,
+    # even if its store was prepared again since.
+    stats = workdir_lib.read_stats(saved_stats)
+  else:
+    with parallel.process_zero_first('stats'):
+      stats = compute()
+  workdir_lib.save_stats(workdir, stats)
+  return stats
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> Dict[str, float]:
   """Trains, evaluates and checkpoints; resumes from `workdir` if it can.
@@ -359,19 +377,9 @@ def _train_and_evaluate(config, workdir):
         'prepared again from a changed folder): epochs from here hold the new '
         'images, in a new order; for a clean comparison, train in a new '
         '--workdir.', start_step)
-
-  saved_stats = os.path.join(workdir, workdir_lib.STATS_FILE)
-  if source is not None and source['stats'] is not None:
-    stats = source['stats']  # The normalisation the weights were trained on.
-  elif start_step and os.path.exists(saved_stats):
-    # A resumed run keeps the normalisation its checkpoint was trained with,
-    # even if its store was prepared again since.
-    stats = workdir_lib.read_stats(saved_stats)
-  else:
-    with parallel.process_zero_first('stats'):  # Computed once, by process 0.
-      stats = stats_lib.load(data, config.train_split, config.image_size,
-                             config.augment.mean, config.augment.pca_lighting)
-  workdir_lib.save_stats(workdir, stats)
+  stats = _run_stats(workdir, source, start_step > 0, lambda: stats_lib.load(
+      data, config.train_split, config.image_size, config.augment.mean,
+      config.augment.pca_lighting))
   workdir_lib.save_class_names(workdir, class_names)
   stats = jax.device_put(stats, parallel.replicated(mesh))
   log = metrics_log.MetricsLog(workdir)
