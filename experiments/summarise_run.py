@@ -1,7 +1,8 @@
 """One training run's results, as committed under experiments/results/NAME/.
 
   python -m experiments.summarise_run --workdir RUN --out experiments/results/imagenette \
-      [--label main] [--runs OTHER_RUN ...]
+      [--label main] [--runs LABEL=OTHER_RUN ...]
+  python -m experiments.summarise_run --add LABEL=RUN --out experiments/results/imagenette
 
 Reads RUN/metrics.jsonl and RUN's newest checkpoint and writes into --out:
 results.json (the last centre-crop and 10-crop evaluations, epochs, wall
@@ -10,6 +11,11 @@ same figures for every run given), results.md (the same as a table),
 curves.png (viz.curves), conv1_kernels.png and colour_index.json (viz,
 Figure 3), and metrics.jsonl and config.json copied from each run. Nothing
 here shows a dataset photo: Figure 4 is drawn by the command in command.txt.
+
+`--add` puts one more run (another seed) into an existing --out without the
+main run's workdir: its figures join (or replace, by label) the `runs` list,
+with its own conv1 colour index, and its kernels go to LABEL_conv1_kernels.png
+and LABEL_colour_index.json; the main run's figures stay as they were.
 
 The last evaluation is the final checkpoint's; an evaluation with 10 crops
 comes from rerunning the finished workdir with --config.eval_crops=10 (the
@@ -101,15 +107,16 @@ def markdown(name: str, results: Dict) -> str:
         f"{_pct(run.get('val_top5_err_10crop'))} | "
         f"{run['train_img_per_sec_median'] or 0:.1f} | "
         f"{run['train_seconds'] / 3600:.2f} h |")
-  index = results.get('colour_index')
-  if index:
-    lines += ['', 'conv1 colour index (0 grey, 1 no grey; median and '
-              'quartiles per tower): ' + '; '.join(
-                  f"{t} {index[t]['median']:.3f} ({index[t]['q1']:.3f}-"
-                  f"{index[t]['q3']:.3f})" for t in ('tower1', 'tower2')
-                  if t in index) +
-              f". Shows the paper's split (one median at least twice the "
-              f"other): {index.get('shows_it')}."]
+  for label, index in [('main', results.get('colour_index'))] + [
+      (run['label'], run.get('colour_index')) for run in results['runs'][1:]]:
+    if index:
+      lines += ['', f'{label}: conv1 colour index (0 grey, 1 no grey; median '
+                'and quartiles per tower): ' + '; '.join(
+                    f"{t} {index[t]['median']:.3f} ({index[t]['q1']:.3f}-"
+                    f"{index[t]['q3']:.3f})" for t in ('tower1', 'tower2')
+                    if t in index) +
+                f". Shows the paper's split (one median at least twice the "
+                f"other): {index.get('shows_it')}."]
   lines += ['', 'Training time is the training windows\' own time (the '
             'sum of their steps over their img/s): evaluations, checkpoints, '
             'restarts and compilation left out.']
@@ -121,16 +128,69 @@ def markdown(name: str, results: Dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def _colour_index(workdir: str, kernels_png: str, index_json: str) -> Dict:
+  """Figure 3 of the run's newest checkpoint: conv1's kernels drawn, and
+  the colour index per tower (its summary returned, every value saved)."""
+  from alexnet_jax import features  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import viz  # pylint: disable=g-import-not-at-top
+  net = features.load(workdir)
+  viz.conv1_kernels(net.params, kernels_png)
+  index = viz.colour_indices(net.params)
+  with open(index_json, 'w') as f:
+    json.dump(index, f, indent=1)
+  out = {t: {k: v for k, v in index[t].items() if k != 'values'}
+         for t in ('tower1', 'tower2') if t in index}
+  out.update({k: index[k] for k in ('ratio', 'shows_it') if k in index})
+  return out
+
+
+def _write(out: str, results: Dict):
+  with open(os.path.join(out, 'results.json'), 'w') as f:
+    json.dump(results, f, indent=1)
+  with open(os.path.join(out, 'results.md'), 'w') as f:
+    f.write(markdown(os.path.basename(out.rstrip('/')), results))
+
+
+def add(out: str, label: str, workdir: str) -> Dict:
+  """One more run into the results already in `out` (see the docstring)."""
+  with open(os.path.join(out, 'results.json')) as f:
+    results = json.load(f)
+  run = dict(summary(workdir), label=label)
+  run['colour_index'] = _colour_index(
+      workdir, os.path.join(out, f'{label}_conv1_kernels.png'),
+      os.path.join(out, f'{label}_colour_index.json'))
+  for name in ('metrics.jsonl', 'config.json'):
+    shutil.copy(os.path.join(workdir, name),
+                os.path.join(out, f'{label}_{name}'))
+  runs = [r for r in results['runs'] if r['label'] != label]
+  results['runs'] = runs + [run]
+  _write(out, results)
+  return results
+
+
 def main(argv=None):
   parser = cli.ArgumentParser(prog='python -m experiments.summarise_run')
-  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--workdir')
   parser.add_argument('--out', required=True)
   parser.add_argument('--label', default='main')
   parser.add_argument('--runs', nargs='*', default=[],
                       help='other runs, as LABEL=WORKDIR')
+  parser.add_argument('--add', help='one more run into an existing --out, '
+                      'as LABEL=WORKDIR')
   args = parser.parse_args(argv)
   sys.path.insert(0, ROOT)
-  from alexnet_jax import features  # pylint: disable=g-import-not-at-top
+  if args.add:
+    if '=' not in args.add or not os.path.exists(
+        os.path.join(args.out, 'results.json')):
+      parser.error('--add LABEL=WORKDIR adds to an --out that holds a '
+                   'results.json; write one first with --workdir.')
+    label, workdir = args.add.split('=', 1)
+    add(args.out, label, workdir)
+    print(f'added {label} to {args.out}: results.json, results.md, '
+          f'{label}_conv1_kernels.png, {label}_colour_index.json')
+    return 0
+  if not args.workdir:
+    parser.error('give --workdir RUN (or --add LABEL=RUN).')
   from alexnet_jax import viz  # pylint: disable=g-import-not-at-top
   os.makedirs(args.out, exist_ok=True)
   runs = [(args.label, args.workdir)] + [tuple(r.split('=', 1))
@@ -146,23 +206,12 @@ def main(argv=None):
   for key in ('val_top1_err_centre', 'val_top5_err_centre',
               'val_top1_err_10crop', 'val_top5_err_10crop', 'epochs'):
     results[key] = main_run.get(key)
-  net = features.load(args.workdir)
-  viz.conv1_kernels(net.params, os.path.join(args.out, 'conv1_kernels.png'))
-  index = viz.colour_indices(net.params)
-  results['colour_index'] = {t: {k: v for k, v in index[t].items()
-                                 if k != 'values'} for t in ('tower1',
-                                                             'tower2')
-                             if t in index}
-  results['colour_index'].update({k: index[k] for k in ('ratio', 'shows_it')
-                                  if k in index})
-  with open(os.path.join(args.out, 'colour_index.json'), 'w') as f:
-    json.dump(index, f, indent=1)
+  results['colour_index'] = _colour_index(
+      args.workdir, os.path.join(args.out, 'conv1_kernels.png'),
+      os.path.join(args.out, 'colour_index.json'))
   viz.curves(os.path.join(args.workdir, 'metrics.jsonl'),
              os.path.join(args.out, 'curves.png'))
-  with open(os.path.join(args.out, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=1)
-  with open(os.path.join(args.out, 'results.md'), 'w') as f:
-    f.write(markdown(os.path.basename(args.out.rstrip('/')), results))
+  _write(args.out, results)
   print(f'wrote {args.out}: results.json, results.md, curves.png, '
         'conv1_kernels.png, colour_index.json')
   return 0

@@ -240,6 +240,28 @@ def test_summarise_run_reports_centre_and_ten_crops(digits_dir, tmp_path):
     table = f.read()
   assert f"| main | {config.model.init} | 0.04 |" in table
   assert " h |" in table  # Training time.
+  # Another seed joins without the main run's workdir (here: the same run
+  # again, under another label); the main run's figures stay.
+  os.rename(os.path.join(out, 'conv1_kernels.png'),
+            os.path.join(out, 'main_kernels.png'))
+  assert summarise_run.main(['--add', f'seed1={workdir}', '--out', out]) == 0
+  with open(os.path.join(out, 'results.json')) as f:
+    added = json.load(f)
+  assert [r['label'] for r in added['runs']] == ['main', 'seed1']
+  assert added['colour_index'] == results['colour_index']
+  assert added['runs'][1]['colour_index'] == results['colour_index']
+  assert added['runs'][1]['val_top1_err_10crop'] == pytest.approx(
+      ten['top1_err'])
+  for name in ('seed1_conv1_kernels.png', 'seed1_colour_index.json',
+               'seed1_metrics.jsonl', 'seed1_config.json'):
+    assert os.path.exists(os.path.join(out, name)), name
+  assert not os.path.exists(os.path.join(out, 'conv1_kernels.png'))
+  with open(os.path.join(out, 'results.md')) as f:
+    table = f.read()
+  assert '| seed1 |' in table and 'seed1: conv1 colour index' in table
+  assert summarise_run.main(['--add', f'seed1={workdir}', '--out', out]) == 0
+  with open(os.path.join(out, 'results.json')) as f:
+    assert [r['label'] for r in json.load(f)['runs']] == ['main', 'seed1']
 
 
 def test_runner_config_is_file_then_protocol_then_yours_then_variant():
