@@ -105,6 +105,15 @@ class Comm:
     return lax.dynamic_slice_in_dim(
         x, lax.axis_index(self.fc_axis) * local_batch, local_batch)
 
+  def logits(self, x, units: int, local_batch: int):
+    """fc8's output as the loss reads it: every tower's, replicated over the
+    model axis (towers), or, back to data parallelism, this device's rows
+    of the group's whole logits (one weird trick)."""
+    if self.fc_parallel:
+      return self.own_rows(self.connect(self.gather_units(x, units)),
+                           local_batch)
+    return self.connect(x, replicated=True)
+
   def own_units(self, x, local: int):
     """This device's `local` units of a full-width array (a dropout mask)."""
     if x.shape[-1] == local:

@@ -271,6 +271,24 @@ class AlexNet(nn.Module):
     keep = self.comm.own_units(jnp.stack(keep), local)
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
+  def _normalise(self, y):
+    """Local response normalisation, within each tower (the paper's) or
+    across both (`lrn.across_towers`)."""
+    if not self.lrn.enabled:
+      return y
+    if not self.lrn.across_towers or self.towers == 1:
+      return self.lrn(y, self.custom_vjp)
+    if self.local_towers != self.towers:
+      raise ValueError('model.lrn.across_towers needs every tower on one '
+                       'device: set mesh.model=1 or mesh.scheme='
+                       "'one_weird_trick'.")
+    merged = self.lrn(ops.merge_towers(y), self.custom_vjp)  # Across towers.
+    return jnp.stack(jnp.split(merged, self.towers, axis=-1))
+
+  def _pool(self, y):
+    return ops.max_pool(y, self.pool_window, self.pool_stride,
+                        self.custom_vjp)
+
   @nn.compact
   def __call__(self, images, *, train: bool = False,
                example_ids: Optional[jax.Array] = None,
@@ -298,23 +316,6 @@ class AlexNet(nn.Module):
       example_ids = jnp.arange(images.shape[0])
     use_dropout = train and self.dropout_rate > 0
 
-    def lrn(y):
-      if not self.lrn.enabled:
-        return y
-      norm = self.lrn
-      if not self.lrn.across_towers or all_t == 1:
-        return norm(y, self.custom_vjp)
-      if towers != all_t:
-        raise ValueError('model.lrn.across_towers needs every tower on one '
-                         'device: set mesh.model=1 or mesh.scheme='
-                         "'one_weird_trick'.")
-      merged = norm(ops.merge_towers(y), self.custom_vjp)  # Across towers.
-      return jnp.stack(jnp.split(merged, all_t, axis=-1))
-
-    def pool(y):
-      return ops.max_pool(y, self.pool_window, self.pool_stride,
-                          self.custom_vjp)
-
     def conv(spec, y, in_features):
       return TowerConv(spec, towers, in_features, self.init_scheme, self.dtype,
                        self.matmul_precision, name=spec.name)(y)
@@ -336,19 +337,19 @@ class AlexNet(nn.Module):
     x = images.astype(self.dtype)
     x = act(conv(s1, x, 3))                        # both towers read the image
     feats['conv1'] = x
-    x = pool(lrn(x))
+    x = self._pool(self._normalise(x))
     x = act(conv(s2, x, s1.features))              # own tower only
     feats['conv2'] = x
-    x = pool(lrn(x))
+    x = self._pool(self._normalise(x))
     x = act(conv(s3, self.comm.connect(x), all_t * s2.features))  # GPUs talk
     feats['conv3'] = x
     x = act(conv(s4, x, s3.features))              # own tower only
     feats['conv4'] = x
     x = act(conv(s5, x, s4.features))              # own tower only
     feats['conv5'] = x
-    x = pool(x)
+    x = self._pool(x)
     feats['pool5'] = x
-    x = self.comm.connect(x)                           # GPUs talk
+    x = self.comm.connect(x)                       # GPUs talk
     x = x.reshape(x.shape[0], -1)                  # HWC flatten
     local_batch = x.shape[0]
     # One weird trick: the fc layers run on the whole group's batch.
@@ -363,11 +364,7 @@ class AlexNet(nn.Module):
       x = self._dropout(x, example_ids, s7.features)
     feats['fc7'] = x
     x = dense(s8, fc_input(s7, x), all_t * s7.features)        # GPUs talk
-    if self.comm.fc_parallel:
-      # Back to data parallelism: this device's rows of the logits.
-      logits = self.comm.own_rows(fc_input(s8, x), local_batch)
-    else:
-      logits = self.comm.connect(x, replicated=True)             # GPUs talk
+    logits = self.comm.logits(x, s8.features, local_batch)      # GPUs talk
     logits = logits[:, :self.num_classes].astype(jnp.float32)
     if capture:
       feats['logits'] = logits
