@@ -190,7 +190,9 @@ class Features:
           return jax.nn.softmax(logits)
         if layer == 'logits':
           return logits
-        return ops.merge_towers(feats[layer])  # Towers side by side.
+        if isinstance(model, model_lib.AlexNet):  # Towers side by side.
+          return ops.merge_towers(feats[layer])
+        return feats[layer]
 
       inputs = (evaluation.views(images, self.mean, config.augment.scale,
                                  model.input_size, crops)

@@ -36,7 +36,16 @@ def source(config) -> Tuple[ml_collections.ConfigDict,
   if not ft.init_from:
     return config, None
   try:
-    layers = model_lib.arch(config.model).layers
+    workdir, step = workdir_lib.locate(ft.init_from)
+    params, meta = workdir_lib.read_params(workdir, step,
+                                           jax.devices('cpu')[0])
+    saved = workdir_lib.saved_config(meta, f'{workdir} step {step}')
+  except errors.UserError as e:
+    raise errors.ConfigError(f'finetune.init_from: {e}') from e
+  # The layers of the network that trains: the source's, when it is adopted.
+  try:
+    layers = model_lib.arch(saved.model if ft.copy_model else
+                            config.model).layers
   except ValueError as e:
     raise errors.ConfigError(str(e)) from e
   unknown = [l for l in tuple(ft.reinit) + tuple(ft.freeze)
@@ -45,19 +54,13 @@ def source(config) -> Tuple[ml_collections.ConfigDict,
     raise errors.ConfigError(
         f'finetune.reinit / finetune.freeze name unknown layer(s) {unknown}; '
         f'use {layers}.')
-  try:
-    workdir, step = workdir_lib.locate(ft.init_from)
-    params, meta = workdir_lib.read_params(workdir, step,
-                                           jax.devices('cpu')[0])
-    saved = workdir_lib.saved_config(meta, f'{workdir} step {step}')
-  except errors.UserError as e:
-    raise errors.ConfigError(f'finetune.init_from: {e}') from e
+  output = layers[-1]  # The classifier: a new class count re-initialises it.
   stats = None
-  if (ft.copy_model and 'fc8' not in ft.reinit and
+  if (ft.copy_model and output not in ft.reinit and
       saved.model.num_classes != config.model.num_classes):
     raise errors.ConfigError(
         f'finetune: {workdir} has {saved.model.num_classes} classes, '
-        f'model.num_classes={config.model.num_classes}; add \'fc8\' to '
+        f'model.num_classes={config.model.num_classes}; add {output!r} to '
         'finetune.reinit for a new class count.')
   if ft.copy_model:
     config = config.copy_and_resolve_references()
@@ -69,7 +72,7 @@ def source(config) -> Tuple[ml_collections.ConfigDict,
         config.model[key].update(value.to_dict())
       else:  # JSON gave lists where the config holds tuples.
         config.model[key] = tuple(value) if isinstance(value, list) else value
-    if 'fc8' in ft.reinit:
+    if output in ft.reinit:
       config.model.num_classes = keep_classes
     config.image_size = saved.image_size
     config.augment.mean = saved.augment.mean

@@ -275,8 +275,9 @@ class Scheme:
     if size == 1:
       return model
     if not hasattr(model, 'comm'):
-      raise errors.ConfigError(f'{type(model).__name__} runs data parallel '
-                               'only: set mesh.model=1.')
+      raise errors.ConfigError(
+          f'{type(model).__name__} (model.arch) runs data parallel only: '
+          'set mesh.model=1.')
     if self.name == 'one_weird_trick':
       return model.clone(comm=comm_lib.Comm(fc_axis=MODEL, fc_axis_size=size))
     if model.lrn.across_towers and model.towers > 1:
@@ -292,7 +293,7 @@ class Scheme:
       raise errors.ConfigError(str(e)) from e
     return sharded
 
-  def param_spec(self, x, path=(), fc_layers: Sequence[str] = ()) -> P:
+  def param_spec(self, x, path, fc_layers: Sequence[str]) -> P:
     """Where one parameter (or optimiser-state leaf) lives on the mesh;
     `fc_layers`: the names of the model's fully connected layers."""
     if self.model_size == 1 or not getattr(x, 'ndim', 0):
@@ -304,12 +305,12 @@ class Scheme:
       return P(*([None] * (x.ndim - 1) + [MODEL]))
     return P()
 
-  def param_specs(self, tree, fc_layers: Sequence[str] = ()):
+  def param_specs(self, tree, fc_layers: Sequence[str]):
     """PartitionSpecs for a tree of parameters (or a whole train state)."""
     return jax.tree_util.tree_map_with_path(
         lambda path, x: self.param_spec(x, path, fc_layers), tree)
 
-  def param_sharding(self, tree, fc_layers: Sequence[str] = ()):
+  def param_sharding(self, tree, fc_layers: Sequence[str]):
     """NamedShardings for a tree of parameters (or a whole train state)."""
     return jax.tree.map(lambda spec: NamedSharding(self.mesh, spec),
                         self.param_specs(tree, fc_layers),

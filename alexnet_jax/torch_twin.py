@@ -1,6 +1,6 @@
 """The network in PyTorch, as a user would write it, and its train step
-timed: the benchmark's `--vs-torch` comparison (the only importer; PyTorch
-is imported inside the functions, so this module loads without it).
+timed: the benchmark's `--vs-torch` comparison (bench imports it only then;
+PyTorch is imported inside the functions, so this module loads without it).
 """
 
 import os

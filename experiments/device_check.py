@@ -32,8 +32,8 @@ cut short keeps what it wrote: the sweep, every row so far; 7 files in all):
 
 `device_check.json` records each part's status, attempts and seconds, and
 `device_check.log` everything the parts printed. `--rehearse` runs every part
-at toy size on CPU in a few minutes (tests/device_check_test.py does), from
-stores it makes itself.
+at toy size on CPU (tests/device_check_test.py does), from stores it makes
+itself: 3-6 minutes on 2 cores, depending on their load.
 """
 
 import argparse
@@ -59,6 +59,7 @@ WHEELS = ('grain', 'array_record', 'ml_collections', 'portpicker')
 # Each part's limit in seconds on the GPU host (compilation included), and
 # at toy size on CPU. The host's total stays under 8 minutes. The rehearsal's
 # limits only catch a hang: on 2 shared cores a toy part has taken 40-150 s.
+# Each part gets the smaller of its limit and what is left of the total.
 PARTS = {'sweep': (170, 300), 'tests': (60, 300), 'cifar10': (60, 300),
          'imagenette': (90, 300), 'custom_vjp': (60, 300)}
 # The whole check, retries included, on the host and in a rehearsal.
@@ -301,13 +302,14 @@ def part_custom_vjp(out, data, rehearse):
     config.batch_size = 8 if rehearse else 256
     config.model.dtype = 'bfloat16'
     config.model.custom_vjp = custom
-    timed, (step_lib, _, _, _, compiled, batch, stats, key) = (
-        bench.bench_train(config, steps=3 if rehearse else 20, warmup=2))
+    timed, step = bench.bench_train(config, steps=3 if rehearse else 20,
+                                    warmup=2)
+    s = step.setup
     weights = []
     for _ in range(2):  # The same steps from the same start, twice.
-      state = step_lib.init_state(jax.random.key(0))
+      state = s.steps.init_state(jax.random.key(0))
       for _ in range(3):
-        state, _ = compiled(state, batch, stats, key)
+        state, _ = step.compiled(state, s.batch, s.stats, s.key)
       weights.append(jax.device_get(state.params))
     same = all(np.array_equal(a, b) for a, b in zip(
         jax.tree.leaves(weights[0]), jax.tree.leaves(weights[1])))

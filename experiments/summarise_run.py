@@ -107,7 +107,8 @@ def markdown(name: str, results: Dict) -> str:
         f"{_pct(run.get('val_top5_err_10crop'))} | "
         f"{run['train_img_per_sec_median'] or 0:.1f} | "
         f"{run['train_seconds'] / 3600:.2f} h |")
-  for label, index in [('main', results.get('colour_index'))] + [
+  for label, index in [(results['runs'][0]['label'],
+                        results.get('colour_index'))] + [
       (run['label'], run.get('colour_index')) for run in results['runs'][1:]]:
     if index:
       lines += ['', f'{label}: conv1 colour index (0 grey, 1 no grey; median '
@@ -155,6 +156,9 @@ def add(out: str, label: str, workdir: str) -> Dict:
   """One more run into the results already in `out` (see the docstring)."""
   with open(os.path.join(out, 'results.json')) as f:
     results = json.load(f)
+  if label == results['runs'][0]['label']:
+    raise ValueError(f'{label!r} is the main run\'s label: rewrite the main '
+                     'run with --workdir, or --add under another label.')
   run = dict(summary(workdir), label=label)
   run['colour_index'] = _colour_index(
       workdir, os.path.join(out, f'{label}_conv1_kernels.png'),
@@ -185,7 +189,10 @@ def main(argv=None):
       parser.error('--add LABEL=WORKDIR adds to an --out that holds a '
                    'results.json; write one first with --workdir.')
     label, workdir = args.add.split('=', 1)
-    add(args.out, label, workdir)
+    try:
+      add(args.out, label, workdir)
+    except ValueError as e:
+      parser.error(str(e))
     print(f'added {label} to {args.out}: results.json, results.md, '
           f'{label}_conv1_kernels.png, {label}_colour_index.json')
     return 0

@@ -262,6 +262,8 @@ def test_summarise_run_reports_centre_and_ten_crops(digits_dir, tmp_path):
   assert summarise_run.main(['--add', f'seed1={workdir}', '--out', out]) == 0
   with open(os.path.join(out, 'results.json')) as f:
     assert [r['label'] for r in json.load(f)['runs']] == ['main', 'seed1']
+  with pytest.raises(SystemExit):  # The main run is not replaced this way.
+    summarise_run.main(['--add', f'main={workdir}', '--out', out])
 
 
 def test_runner_config_is_file_then_protocol_then_yours_then_variant():

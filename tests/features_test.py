@@ -358,3 +358,22 @@ def test_folder_images_are_labelled_by_their_class_subfolder(tmp_path):
   assert folders == ['a', 'a', 'b', 'b', None]
   _, spread = features.folder_images(str(tmp_path), 16, limit=2)
   assert spread == ['a', 'b']  # Evenly over the sorted files.
+
+
+def test_features_of_another_architecture_come_from_its_registry_entry():
+  # The four-layer CNN: its own layers, without a tower axis to merge.
+  from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.configs import figure1_cifar10  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.datasets import stats as stats_lib  # pylint: disable=g-import-not-at-top
+  config = figure1_cifar10.get_config()
+  module = model_lib.create_model(config.model)
+  x = np.random.RandomState(0).normal(size=(3, 32, 32, 3)).astype(np.float32)
+  params = module.init(jax.random.key(0), x)['params']
+  net = features.Features(config, params,
+                          stats_lib.Stats.neutral(config.image_size))
+  assert net.layers == ('conv1', 'conv2', 'conv3', 'logits', 'probs')
+  _, feats = module.apply({'params': params}, x, capture=True)
+  got = net.extract(x, layer='conv2', preprocess=False)
+  np.testing.assert_allclose(got, feats['conv2'], rtol=1e-5, atol=1e-5)
+  with pytest.raises(features.FeaturesError, match="'fc7' is unknown"):
+    net.extract(x, layer='fc7', preprocess=False)

@@ -229,7 +229,7 @@ def test_the_scheme_decides_the_batch_split_and_the_models_comm():
                                                              'model')
   assert trick.param_spec(np.zeros((2, 8, 5)), path, net.fc_layers) == P()
   assert trick.param_spec(kernel, path, ()) == P()
-  assert towers.param_spec(np.zeros(()), path) == P()
+  assert towers.param_spec(np.zeros(()), path, net.fc_layers) == P()
   assert net.fc_layers == ('fc6', 'fc7', 'fc8')
 
 
