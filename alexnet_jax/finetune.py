@@ -24,6 +24,14 @@ from alexnet_jax import workdir as workdir_lib
 _OWN_MODEL_KEYS = ('init', 'dtype', 'matmul_precision')
 
 
+def _refuse_unknown(named, layers):
+  unknown = [l for l in named if l not in layers]
+  if unknown:
+    raise errors.ConfigError(
+        f'finetune.reinit / finetune.freeze name unknown layer(s) {unknown}; '
+        f'use {layers}.')
+
+
 def source(config) -> Tuple[ml_collections.ConfigDict,
                              Optional[Dict[str, Any]]]:
   """Reads `finetune.init_from` and adopts its model (copy_model).
@@ -35,6 +43,11 @@ def source(config) -> Tuple[ml_collections.ConfigDict,
   ft = config.finetune
   if not ft.init_from:
     return config, None
+  named = tuple(ft.reinit) + tuple(ft.freeze)
+  # Names no architecture has are refused before the source is read; the
+  # adopted network's own layers are known once it is.
+  _refuse_unknown(named, tuple(dict.fromkeys(
+      l for a in model_lib.ARCHS.values() for l in a.layers)))
   try:
     workdir, step = workdir_lib.locate(ft.init_from)
     params, meta = workdir_lib.read_params(workdir, step,
@@ -48,12 +61,7 @@ def source(config) -> Tuple[ml_collections.ConfigDict,
                             config.model).layers
   except ValueError as e:
     raise errors.ConfigError(str(e)) from e
-  unknown = [l for l in tuple(ft.reinit) + tuple(ft.freeze)
-             if l not in layers]
-  if unknown:
-    raise errors.ConfigError(
-        f'finetune.reinit / finetune.freeze name unknown layer(s) {unknown}; '
-        f'use {layers}.')
+  _refuse_unknown(named, layers)
   output = layers[-1]  # The classifier: a new class count re-initialises it.
   stats = None
   if (ft.copy_model and output not in ft.reinit and
