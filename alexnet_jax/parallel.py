@@ -236,14 +236,17 @@ class Scheme:
     return self.mesh.shape[MODEL]
 
   @property
-  def batch_spec(self) -> P:
-    """How the steps split a batch inside shard_map."""
-    return P(DATA) if self.name == 'towers' else P((DATA, MODEL))
+  def batch_axes(self) -> Tuple[str, ...]:
+    """The axes a batch is split over (gradients and metrics sum over them):
+    `data` (towers: every device of a model group sees the group's images),
+    or every axis (one weird trick: the convolutions are data parallel)."""
+    return (DATA,) if self.name == 'towers' else (DATA, MODEL)
 
   @property
-  def batch_axes(self) -> Tuple[str, ...]:
-    """The axes a batch is split over (gradients and metrics sum over them)."""
-    return (DATA,) if self.name == 'towers' else (DATA, MODEL)
+  def batch_spec(self) -> P:
+    """How the steps split a batch inside shard_map."""
+    axes = self.batch_axes
+    return P(axes[0]) if len(axes) == 1 else P(axes)
 
   @property
   def batch_shards(self) -> int:
