@@ -13,7 +13,7 @@ runs them), evaluation with the centre crop and with 10 crops, compile time,
 peak memory (the device's own count where its backend reports one, and the
 process's RSS), and achieved GFLOP/s from the model's counted multiply-adds
 against the device's peak: from a table of published peaks for known
-accelerators (`PEAK_TFLOPS`), else a matmul of the compute dtype measured in
+accelerators (`peaks.PEAK_TFLOPS`), else a matmul of the compute dtype measured in
 the same run (CPU). `--batch_sizes` measures several batches one after
 another (a list under "batches"). `--vs-torch` trains the same two-tower
 network (groups=2 convolutions, the paper's LRN per tower) in PyTorch in the
@@ -30,7 +30,7 @@ separately (`compile_seconds`, `torch_compile_seconds`).
 and writes the table to `experiments/results/bench/<device>.json` (`--out`).
 
 `--pipeline` measures the host input path on the config's real, prepared
-dataset, read from its store's files (`bench_pipeline`), beside the JPEG path
+dataset, read from its store's files (`pipeline_bench.py`), beside the JPEG path
 it replaced on the same images; e.g. with your own images:
 `--config configs/image_folder.py --config.data_dir=DIR
 --config.model.num_classes=N`.
@@ -51,7 +51,6 @@ from typing import Any
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
 
 from alexnet_jax import cli
@@ -59,8 +58,11 @@ from alexnet_jax import errors
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
+from alexnet_jax import peaks
+from alexnet_jax import pipeline_bench
 from alexnet_jax import synthetic
 from alexnet_jax import timing
+from alexnet_jax.datasets import store as store_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.')
@@ -81,59 +83,6 @@ flags.DEFINE_bool('pipeline', False, 'Measure only the host input pipeline '
                   "on the config's prepared dataset.")
 flags.DEFINE_integer('batches', 50, 'Batches timed by --pipeline.')
 flags.register_validator('steps', lambda n: n >= 1, '--steps must be >= 1')
-
-# Dense peak TFLOP/s by device kind and compute dtype, from the vendors'
-# datasheets (NVIDIA H100/H200 SXM, A100 SXM, V100 SXM2, T4; Google Cloud TPU
-# v4, v5e, v5p; float16 and bfloat16 on the tensor cores). float32 at the
-# default matmul precision runs as TF32 on Ampere and Hopper and as bfloat16
-# passes on TPU; 'float32_highest' is true float32. Matched as substrings of
-# `device.device_kind`, first match wins.
-PEAK_TFLOPS = (
-    ('H100 PCIe', {'bfloat16': 756.0, 'float16': 756.0, 'float32': 378.0,
-                   'float32_highest': 51.2}),
-    ('H100 NVL', {}),  # Not in the table: no fraction rather than a wrong one.
-    ('H100', {'bfloat16': 989.4, 'float16': 989.4, 'float32': 494.7,
-              'float32_highest': 66.9}),
-    ('H200', {'bfloat16': 989.4, 'float16': 989.4, 'float32': 494.7,
-              'float32_highest': 66.9}),
-    ('A100', {'bfloat16': 312.0, 'float16': 312.0, 'float32': 156.0,
-              'float32_highest': 19.5}),
-    ('V100', {'float16': 125.0, 'float32': 15.7, 'float32_highest': 15.7}),
-    ('T4', {'float16': 65.0, 'float32': 8.1, 'float32_highest': 8.1}),
-    ('TPU v4', {'bfloat16': 275.0, 'float32': 275.0}),
-    ('TPU v5 lite', {'bfloat16': 197.0, 'float32': 197.0}),
-    ('TPU v5e', {'bfloat16': 197.0, 'float32': 197.0}),
-    ('TPU v5p', {'bfloat16': 459.0, 'float32': 459.0}),
-    ('TPU v5', {'bfloat16': 459.0, 'float32': 459.0}),
-)
-
-
-def peak_tflops(device_kind: str, dtype: str, precision: str = 'default'):
-  """The table's peak for a device and dtype, or None if not known."""
-  key = dtype
-  if dtype == 'float32' and precision in ('highest', 'float32'):
-    key = 'float32_highest'
-  elif dtype == 'float32' and precision != 'default':
-    key = 'float32_' + precision  # Not in the table: unknown.
-  for kind, peaks in PEAK_TFLOPS:
-    if kind.lower() in device_kind.lower():
-      return peaks.get(key)
-  return None
-
-
-def matmul_peak_gflops(dtype: str = 'float32', n: int = 0,
-                       repeats: int = 5) -> float:
-  """A jitted n x n matmul in `dtype` on the default device: a practical
-  peak where no published one is known (CPUs). n: 2048 on CPU, 8192 on an
-  accelerator (a small one would not fill it)."""
-  n = n or (2048 if jax.default_backend() == 'cpu' else 8192)
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
-  f = jax.jit(lambda x, y: x @ y)
-  jax.block_until_ready(f(a, a))
-  t = min(timing.timed(lambda: jax.block_until_ready(f(a, a)))
-          for _ in range(repeats))
-  return 2 * n ** 3 / t / 1e9
-
 
 def device_peak_memory_gb(mesh):
   """The mesh's local devices' peak memory so far (parallel.peak_memory_gb)."""
@@ -173,8 +122,8 @@ def bench_train(config, steps, warmup, devices=None):
   macs = model_lib.forward_macs(model)
   gflops = train_rate * 2 * model_lib.train_macs(model) / 1e9
   device = mesh.devices.flat[0]
-  peak = peak_tflops(device.device_kind, config.model.dtype,
-                     config.model.matmul_precision)
+  peak = peaks.peak_tflops(device.device_kind, config.model.dtype,
+                           config.model.matmul_precision)
   result = dict(
       batch=batch, dtype=config.model.dtype, mesh=dict(mesh.shape),
       train_img_per_sec=train_rate,
@@ -200,75 +149,22 @@ def bench_train(config, steps, warmup, devices=None):
   return result, step
 
 
-def bench_jax(config, steps, warmup):
-  """Train and eval throughput of the jitted, sharded steps: (the figures,
-  a function that runs one more train step)."""
-  result, step = bench_train(config, steps, warmup)
-  setup, batch = step.setup, config.batch_size
-  eval_data = synthetic.batch(config, setup.mesh, batch, mask=True)
-  params = setup.state.params
+def eval_figures(step: CompiledStep, repeats: int) -> dict:
+  """Evaluation throughput, centre crop and 10 crops, on the step's set-up
+  (its parameters and a masked batch of its shapes), median of `repeats`."""
+  setup = step.setup
+  batch, image_size = setup.batch['image'].shape[:2]
+  eval_data = synthetic.batch(setup.mesh, batch, image_size,
+                              setup.model.num_classes, mask=True)
+  result = {}
   for crops, name in ((1, 'eval_img_per_sec'), (10, 'eval10_img_per_sec')):
-    run = functools.partial(setup.steps.eval_step, params, eval_data,
-                            setup.stats, crops=crops)
-    jax.block_until_ready(run())
+    run_eval = functools.partial(setup.steps.eval_step, setup.state.params,
+                                 eval_data, setup.stats, crops=crops)
+    jax.block_until_ready(run_eval())
     result[name] = batch / timing.median_time(
-        lambda: jax.block_until_ready(run()), max(1, steps // 2))
+        lambda: jax.block_until_ready(run_eval()), repeats)
   result['num_params'] = model_lib.count_params(setup.state.params)
-  return result, step.run
-
-
-def bench_pipeline(config, batches: int = 50) -> dict:
-  """The host input path on the config's prepared dataset, from its files.
-
-  `pipeline_img_per_sec`: from a fresh training stream's first batch to
-  `batches` batches later, each a numpy batch ready for
-  `make_array_from_process_local_data` (what the training loop is given).
-  `pipeline_jpeg_img_per_sec`: the path the store replaced, on the same
-  images: the source (a tfds dataset's records, or an image folder's files)
-  decoded and resized on every core, as the store is written from it.
-  Prepares the dataset and its store first if needed (not timed).
-  """
-  from alexnet_jax.datasets import store as store_lib  # pylint: disable=g-import-not-at-top
-  data = store_lib.get(config, splits=[config.train_split])
-  split = data.split(config.train_split)
-  cores = input_pipeline.host_cores()
-  used = min(input_pipeline.workers(config), cores)
-
-  def timed(iterator, batch):
-    next(iterator)  # The first batch: start-up is not throughput.
-    t, cpu = time.perf_counter(), time.process_time()
-    images = 0
-    for _ in range(batches):
-      images += len(next(iterator)[batch])
-    seconds = time.perf_counter() - t
-    return images / seconds, (time.process_time() - cpu) / seconds
-
-  rate, cpu = timed(input_pipeline.train_stream(split, config), 'image')
-  def jpeg_path():  # Epoch after epoch, as training read it.
-    while True:
-      yield from store_lib.source_batches(config, config.train_split)
-
-  jpeg_rate, jpeg_cpu = timed(jpeg_path(), 'image')
-  prepare_seconds = split.meta.get('prepare_seconds')
-  return {
-      'pipeline_img_per_sec': rate,
-      'pipeline_cores': used,
-      'pipeline_img_per_sec_per_core': rate / used,
-      'pipeline_cpu_busy': cpu,  # CPU seconds per second: cores kept busy.
-      'pipeline_bytes_per_image': split.bytes_per_image,
-      'pipeline_store': split.path,
-      'pipeline_store_format': split.format,
-      'pipeline_batches': batches,
-      'pipeline_batch': config.batch_size // jax.process_count(),
-      'pipeline_images_in_split': len(split),
-      'pipeline_jpeg_img_per_sec': jpeg_rate,
-      'pipeline_jpeg_img_per_sec_per_core': jpeg_rate / cores,
-      'pipeline_jpeg_cpu_busy': jpeg_cpu,
-      'pipeline_speedup_vs_jpeg': rate / jpeg_rate,
-      'prepare_img_per_sec': (len(split) / max(prepare_seconds, 1e-3)
-                              if prepare_seconds is not None else None),
-      'host_cores': cores,
-  }
+  return result
 
 
 def _with(config, dtype=None, batch=None, mesh=None):
@@ -290,17 +186,21 @@ def run(config, steps=5, warmup=1, vs_torch=False, torch_compile=True):
             'arch': config.model.arch,
             'layout': config.model.layout,
             'dtype': config.model.dtype}
-  figures, train_once = bench_jax(config, steps, warmup)
+  figures, step = bench_train(config, steps, warmup)
   result.update(figures)
-  steps_of = {'jax': train_once}
+  result.update(eval_figures(step, max(1, steps // 2)))
+  steps_of = {'jax': step.run}
   if vs_torch:
     from alexnet_jax import torch_twin  # pylint: disable=g-import-not-at-top
-    figures, steps_of['torch'] = torch_twin.bench_train(config, steps, warmup)
+    twin = functools.partial(
+        torch_twin.bench_train, config.model, config.batch_size,
+        (config.learning_rate, config.momentum, config.weight_decay), steps,
+        warmup)
+    figures, steps_of['torch'] = twin()
     result.update(figures)
     if torch_compile:
       try:
-        figures, once = torch_twin.bench_train(config, steps, warmup,
-                                               compiled=True)
+        figures, once = twin(compiled=True)
         result.update(figures)
         steps_of['torch_compile'] = once
       except Exception as e:  # pylint: disable=broad-except
@@ -321,7 +221,7 @@ def run(config, steps=5, warmup=1, vs_torch=False, torch_compile=True):
         ratios = [t / j for t, j in zip(times[name], times['jax'])]
         result[f'train_speedup_vs_{name}'] = statistics.median(ratios)
         result[f'train_speedup_vs_{name}_pairs'] = ratios
-  result['matmul_peak_gflops'] = matmul_peak_gflops(config.model.dtype)
+  result['matmul_peak_gflops'] = peaks.matmul_peak_gflops(config.model.dtype)
   result['gflops_fraction_of_matmul_peak'] = (
       result['gflops_per_sec'] / result['matmul_peak_gflops'])
   result['peak_rss_mb'] = resource.getrusage(
@@ -356,8 +256,9 @@ def sweep(config, batch_sizes=None, dtypes=('float32', 'bfloat16'),
       'jax_version': jax.__version__, 'commit': _commit(),
       'layout': config.model.layout, 'input_size': config.model.input_size,
       'matmul_precision': precision, 'steps_timed': steps,
-      'peak_tflops_per_device': {d: peak_tflops(device.device_kind, d,
-                                                precision) for d in dtypes},
+      'peak_tflops_per_device': {d: peaks.peak_tflops(device.device_kind, d,
+                                                      precision)
+                                 for d in dtypes},
       'rows': rows}
   for mesh in sweep_meshes(jax.local_device_count()):
     for dtype in dtypes:
@@ -415,7 +316,10 @@ def main(argv):
     if FLAGS.dtype:
       config = _with(config, dtype=FLAGS.dtype)
     if FLAGS.pipeline:
-      result = bench_pipeline(config, FLAGS.batches)
+      result = pipeline_bench.measure(
+          store_lib.Spec.from_config(config),
+          input_pipeline.Reading.from_config(config), config.train_split,
+          FLAGS.batches)
     elif FLAGS.sweep:
       out = FLAGS.out or os.path.join(
           'experiments', 'results', 'bench',

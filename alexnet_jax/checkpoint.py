@@ -198,16 +198,18 @@ def read_params(step_dir: str, device=None):
   return state['params'], meta
 
 
-def write_imported(workdir: str, state: Any, config: Dict[str, Any]) -> str:
+def write_imported(workdir: str, state: Any,
+                   run_config: Dict[str, Any]) -> str:
   """Checkpoint 0 of an imported network (`state`: its parameters and a
-  fresh optimiser state) in a workdir that holds none yet; its directory."""
+  fresh optimiser state; `run_config`: its config as a dict) in a workdir
+  that holds none yet; its directory."""
   ckpt = Checkpointer(workdir, keep=1)
   try:
     if ckpt.all_steps():
       raise CheckpointError(f'{ckpt.directory} already holds checkpoints; '
                             'import into a new --workdir (nothing was '
                             'changed).')
-    ckpt.save(0, state, Meta(config=config, imported=True, schedule={},
+    ckpt.save(0, state, Meta(config=run_config, imported=True, schedule={},
                              epoch=0.0, data_position={'epoch': 0, 'batch': 0}))
     ckpt.wait()
   finally:

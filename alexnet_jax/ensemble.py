@@ -58,7 +58,8 @@ def evaluate(paths: Sequence[str], crops: Optional[int] = None,
   member_probs = [[] for _ in nets]
   labels = []
   for batch in input_pipeline.eval_batches(
-      data.split(split or config.eval_split), config):
+      data.split(split or config.eval_split),
+      input_pipeline.Reading.from_config(config)):
     keep = batch['mask'] > 0
     images = batch['image'][keep]
     labels.append(batch['label'][keep])

@@ -4,6 +4,8 @@
 anything else keeps its traceback.
 """
 
+import functools
+
 
 class UserError(Exception):
   """Bad configuration, data or environment; the message names the fix."""
@@ -15,6 +17,20 @@ class ConfigError(UserError, ValueError):
 
 class DataError(UserError):
   """A dataset that cannot be found, prepared or read."""
+
+
+def config_errors(factory):
+  """Decorates a factory that builds from config values: the ValueError a
+  bad value raises in it (or below it) is a ConfigError, one line."""
+  @functools.wraps(factory)
+  def build(*args, **kwargs):
+    try:
+      return factory(*args, **kwargs)
+    except UserError:
+      raise
+    except ValueError as e:
+      raise ConfigError(str(e).splitlines()[0]) from e
+  return build
 
 
 def not_writable(workdir: str, error: OSError) -> UserError:

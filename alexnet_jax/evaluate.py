@@ -21,6 +21,7 @@ import jax
 
 from alexnet_jax import cli
 from alexnet_jax import errors
+from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import parallel
@@ -32,20 +33,15 @@ from alexnet_jax.datasets import store as store_lib
 PROG = 'python -m alexnet_jax.evaluate'
 
 
-def with_overrides(config, overrides: Sequence[str]):
-  """`config` with '--config.KEY=VALUE' arguments applied (cli.parse_config)."""
-  if not overrides:
-    return config
-  return cli.parse_config(overrides, config=config, prog=PROG)[0]
-
-
 def evaluate_workdir(path: str, overrides: Sequence[str] = (),
                      split: Optional[str] = None) -> Dict:
   """Top-1 / top-5 error and loss of the checkpoint at `path`."""
   workdir, step = workdir_lib.locate(path)
   params, meta = workdir_lib.read_params(workdir, step)
   where = f'checkpoint {step} in {workdir}'
-  config = with_overrides(workdir_lib.saved_config(meta, where), overrides)
+  config = workdir_lib.saved_config(meta, where)
+  if overrides:  # '--config.KEY=VALUE' arguments (cli.parse_config).
+    config = cli.parse_config(overrides, config=config, prog=PROG)[0]
   split = split or config.eval_split
   train.validate_config(config)
   mesh = parallel.create_mesh(config.mesh.data, config.mesh.model)
@@ -79,7 +75,9 @@ def evaluate_workdir(path: str, overrides: Sequence[str] = (),
     raise errors.ConfigError(
         f'the {split} split has {len(eval_split.classes)} classes but the '
         f'network {config.model.num_classes}; evaluate it on its own data.')
-  result = train.evaluate(steps, params, eval_split, config, stats)
+  result = train.evaluate(steps, params, eval_split, stats,
+                          input_pipeline.Reading.from_config(config),
+                          config.eval_crops)
   result.update(workdir=workdir, step=step, split=split,
                 crops=config.eval_crops, dataset=config.dataset)
   return result

@@ -57,13 +57,14 @@ class FeaturesError(errors.UserError):
   """A checkpoint, image or argument the feature extractor cannot use."""
 
 
-def saved_stats(workdir: str, config) -> stats_lib.Stats:
-  """The statistics the network was trained with (from its workdir)."""
+def saved_stats(workdir: str, mean: str, image_size: int) -> stats_lib.Stats:
+  """The statistics the network was trained with (from its workdir; none
+  needed where it subtracted no mean: `mean` is augment.mean)."""
   path = os.path.join(workdir, workdir_lib.STATS_FILE)
   if os.path.exists(path):
     return workdir_lib.read_stats(path)
-  if config.augment.mean == 'none':
-    return stats_lib.Stats.neutral(config.image_size)
+  if mean == 'none':
+    return stats_lib.Stats.neutral(image_size)
   raise FeaturesError(
       f'{path} is missing: the mean image the network was trained with. '
       'Rerun the training command on this workdir once (it writes the file '
@@ -289,7 +290,7 @@ def load(path: str, device=None) -> Features:
   workdir, step = workdir_lib.locate(path)
   params, meta = workdir_lib.read_params(workdir, step, device)
   config = workdir_lib.saved_config(meta, f'checkpoint {step} in {workdir}')
-  stats = saved_stats(workdir, config)
+  stats = saved_stats(workdir, config.augment.mean, config.image_size)
   logging.info('Loaded %s step %d (%s, %d parameters).', workdir, step,
                config.model.layout, model_lib.count_params(params))
   return Features(config, params, stats, step, workdir,

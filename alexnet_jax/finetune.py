@@ -7,7 +7,7 @@ the new run adopts the source's model settings, image size and normalisation
 """
 
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from absl import logging
 import jax
@@ -98,11 +98,11 @@ def source(config) -> Tuple[ml_collections.ConfigDict,
                   'path': workdir}
 
 
-def params(config, src, fresh, shardings):
-  """The source's parameters, fresh ones for re-initialised layers."""
+def params(reinit: Sequence[str], src, fresh, shardings):
+  """The source's parameters, fresh ones for the layers in `reinit`."""
   out = {}
   for name, layer in fresh.items():
-    if name in config.finetune.reinit:
+    if name in reinit:
       out[name] = layer
       continue
     theirs = src['params'].get(name)

@@ -12,12 +12,14 @@ starts at any (epoch, batch) without reading what came before it, so a
 resumed run starts at once and sees the batches an uninterrupted run would
 have seen.
 
-Reading runs on `input.workers` threads (0: every core of the host) through
-grain, `input.prefetch` batches ahead; array_record reads and JPEG decoding
+What the pipeline takes of the config is one value, `Reading`. Reading runs
+on `input.workers` threads (0: every core of the host) through grain,
+`input.prefetch` batches ahead; array_record reads and JPEG decoding
 release the GIL. We do not use grain's own samplers: they split the records
 between hosts, which would make a global batch depend on the host count.
 """
 
+import dataclasses
 import functools
 import os
 import queue
@@ -47,9 +49,26 @@ def host_cores() -> int:
     return os.cpu_count() or 1
 
 
-def workers(config) -> int:
-  """Reading threads: input.workers, or every core of the host (0)."""
-  return int(config.input.workers) or host_cores()
+@dataclasses.dataclass(frozen=True)
+class Reading:
+  """How the splits are read: batch sizes, the shuffling seed, threads."""
+  batch_size: int
+  eval_batch_size: int
+  seed: int = 0
+  workers: int = 0  # Reading threads; 0: every core of the host.
+  prefetch: int = 4  # Batches read ahead.
+
+  @classmethod
+  def from_config(cls, config) -> 'Reading':
+    return cls(batch_size=int(config.batch_size),
+               eval_batch_size=int(config.eval_batch_size),
+               seed=int(config.seed), workers=int(config.input.workers),
+               prefetch=int(config.input.prefetch))
+
+  @property
+  def threads(self) -> int:
+    """Reading threads: `workers`, or every core of the host (0)."""
+    return self.workers or host_cores()
 
 
 @functools.lru_cache(maxsize=4)
@@ -58,58 +77,58 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def _iterate(read, start: int, stop: int, config) -> Iterator:
+def _iterate(read, start: int, stop: int, reading: Reading) -> Iterator:
   """read(b) for b in [start, stop), on worker threads, in order."""
   import grain  # pylint: disable=g-import-not-at-top
-  n_workers = workers(config)
+  n_workers = reading.threads
   ds = grain.MapDataset.range(start, stop).map(read)
   return iter(ds.to_iter_dataset(grain.ReadOptions(
       num_threads=n_workers,
-      prefetch_buffer_size=max(int(config.input.prefetch),
-                               n_workers))))
+      prefetch_buffer_size=max(reading.prefetch, n_workers))))
 
 
-def steps_per_epoch(split, config) -> int:
+def steps_per_epoch(split, reading: Reading) -> int:
   """Full global batches in an epoch (the last partial batch is dropped)."""
-  return len(split) // config.batch_size
+  return len(split) // reading.batch_size
 
 
-def train_stream(split, config, epoch: int = 0, batch: int = 0,
+def train_stream(split, reading: Reading, epoch: int = 0, batch: int = 0,
                  rows=None) -> Iterator[Dict[str, np.ndarray]]:
   """Endless training batches from position (epoch, batch in that epoch).
 
   `split`: a store split (store.Split). `rows`: this process's rows of each
   global batch (default_rows). Every global batch is full.
   """
-  rows = rows or default_rows(config.batch_size)
-  n, gb = len(split), config.batch_size
-  per_epoch = steps_per_epoch(split, config)
+  rows = rows or default_rows(reading.batch_size)
+  n, gb = len(split), reading.batch_size
+  per_epoch = steps_per_epoch(split, reading)
   lo, hi = rows
 
   def read(g):
     e, b = divmod(g, per_epoch)
-    order = epoch_order(n, config.seed, e)
+    order = epoch_order(n, reading.seed, e)
     return split.read(order[b * gb + lo:b * gb + hi])
 
   start = epoch * per_epoch + batch
-  return _iterate(read, start, 1 << 62, config)
+  return _iterate(read, start, 1 << 62, reading)
 
 
-def train_batches(split, config, epoch: int, start_batch: int = 0,
+def train_batches(split, reading: Reading, epoch: int, start_batch: int = 0,
                   rows=None) -> Iterator[Dict[str, np.ndarray]]:
   """This process's share of epoch `epoch`'s batches, from a batch on."""
-  stream = train_stream(split, config, epoch, start_batch, rows)
-  for _ in range(steps_per_epoch(split, config) - start_batch):
+  stream = train_stream(split, reading, epoch, start_batch, rows)
+  for _ in range(steps_per_epoch(split, reading) - start_batch):
     yield next(stream)
 
 
-def eval_batches(split, config, rows=None) -> Iterator[Dict[str, np.ndarray]]:
+def eval_batches(split, reading: Reading,
+                 rows=None) -> Iterator[Dict[str, np.ndarray]]:
   """The whole split in stored order, in full global batches of
   `eval_batch_size`; padding rows are blank images with mask 0.
 
   `rows`: this process's rows of each global batch (default_rows).
   """
-  gb = config.eval_batch_size
+  gb = reading.eval_batch_size
   rows = rows or default_rows(gb)
   n = len(split)
   lo, hi = rows
@@ -126,7 +145,7 @@ def eval_batches(split, config, rows=None) -> Iterator[Dict[str, np.ndarray]]:
     out['label'][valid] = got['label']
     return out
 
-  return _iterate(read, 0, -(-n // gb), config)
+  return _iterate(read, 0, -(-n // gb), reading)
 
 
 def to_global(batch: Dict[str, np.ndarray], mesh,

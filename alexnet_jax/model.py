@@ -45,6 +45,7 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax import comm as comm_lib
+from alexnet_jax import errors
 from alexnet_jax import four_layer_cnn
 from alexnet_jax import ops
 
@@ -426,9 +427,12 @@ def arch(model_config: ml_collections.ConfigDict) -> Arch:
   return ARCHS[name]
 
 
-def create_model(config: ml_collections.ConfigDict, **overrides) -> nn.Module:
-  """Builds the module `config.model.arch` names (see configs/default.py)."""
-  c = config
+@errors.config_errors
+def create_model(model_config: ml_collections.ConfigDict,
+                 **overrides) -> nn.Module:
+  """Builds the module `model_config.arch` names (`model_config`: a run's
+  config.model; see configs/default.py)."""
+  c = model_config
   entry = arch(c)
   if c.dtype not in DTYPES:
     raise ValueError(f'model.dtype={c.dtype!r} is unknown; use one of '
@@ -440,6 +444,11 @@ def create_model(config: ml_collections.ConfigDict, **overrides) -> nn.Module:
   if c.activation not in ACTIVATIONS:
     raise ValueError(f'model.activation={c.activation!r} is unknown; use one '
                      f'of {tuple(ACTIVATIONS)}.')
+  if not 0 <= c.dropout_rate < 1:
+    raise ValueError(f'model.dropout_rate={c.dropout_rate} must be in [0, 1).')
+  if c.num_classes <= 0 or c.width <= 0:
+    raise ValueError(f'model.num_classes={c.num_classes} and model.width='
+                     f'{c.width} must be > 0.')
   # The arguments every architecture takes. Config keys are the attribute
   # names, but for model.init (`init` is flax's Module.init: init_scheme) and
   # the dtype and precision, which the config spells as strings.

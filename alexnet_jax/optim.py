@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from alexnet_jax import errors
+
 
 def paper_sgd(learning_rate: float, momentum: float = 0.9,
               weight_decay: float = 5e-4, decay_mask: Any = None,
@@ -152,34 +154,36 @@ class Schedule:
 LR_SCALINGS = ('none', 'linear', 'sqrt')
 
 
-def scaled_learning_rate(config) -> float:
-  """`learning_rate` for a global batch other than `lr_reference_batch`.
-
-  learning_rate is the rate at the reference batch (paper: 0.01 at 128). For
-  a batch k times larger: 'none' keeps it, 'linear' multiplies it by k (Goyal
+def scaled_learning_rate(learning_rate: float, batch_size: int,
+                         reference_batch: int = 128,
+                         scaling: str = 'none') -> float:
+  """`learning_rate` (config.learning_rate, the rate at `reference_batch`,
+  config.lr_reference_batch; paper: 0.01 at 128) for a global batch of
+  `batch_size`, by the rule `scaling` (config.lr_scaling). For a batch k
+  times larger: 'none' keeps it, 'linear' multiplies it by k (Goyal
   et al. 2017), 'sqrt' by sqrt(k), the rule Krizhevsky (2014, "One weird
   trick", Section 5) derives from keeping the variance of the gradient
   estimate constant.
   """
-  scaling = config.lr_scaling
   if scaling not in LR_SCALINGS:
     raise ValueError(f'lr_scaling={scaling!r} is unknown; use one of '
                      f'{LR_SCALINGS}.')
-  reference = config.lr_reference_batch
-  if reference <= 0:
-    raise ValueError(f'lr_reference_batch={reference} must be > 0 (paper: '
-                     '128).')
-  k = config.batch_size / reference
+  if reference_batch <= 0:
+    raise ValueError(f'lr_reference_batch={reference_batch} must be > 0 '
+                     '(paper: 128).')
+  k = batch_size / reference_batch
   factor = {'none': 1.0, 'linear': k, 'sqrt': k ** 0.5}[scaling]
-  return config.learning_rate * factor
+  return learning_rate * factor
 
 
+@errors.config_errors
 def create(config, steps_per_epoch: int):
   """(optax transformation, Schedule) from the config."""
   if config.learning_rate <= 0:
     raise ValueError(f'learning_rate={config.learning_rate} must be positive; '
                      'the paper uses 0.01.')
-  lr = scaled_learning_rate(config)
+  lr = scaled_learning_rate(config.learning_rate, config.batch_size,
+                            config.lr_reference_batch, config.lr_scaling)
   if config.weight_decay < 0 or not 0 <= config.momentum < 1:
     raise ValueError('weight_decay must be >= 0 and momentum in [0, 1) '
                      '(paper: 5e-4 and 0.9).')

@@ -16,6 +16,7 @@ that decides what a scheme means.
 
 import contextlib
 import dataclasses
+import math
 import os
 from typing import Sequence, Tuple
 
@@ -252,6 +253,17 @@ class Scheme:
   def batch_shards(self) -> int:
     """How many pieces a global batch is split into."""
     return int(np.prod([self.mesh.shape[a] for a in self.batch_axes]))
+
+  def check_batches(self, **sizes: int):
+    """Raises ConfigError (naming the fix) for a global batch size, given as
+    {its config name: size}, that the batch shards and the processes cannot
+    split evenly."""
+    shards = math.lcm(self.batch_shards, jax.process_count())
+    for name, size in sizes.items():
+      if size % shards:
+        raise errors.ConfigError(
+            f'{name}={size} cannot be split evenly over the mesh\'s batch '
+            f'shards ({shards}); use a multiple of {shards}.')
 
   def split(self, *arrays):
     """Batch arrays (laid out by batch_sharding) as the steps split them."""

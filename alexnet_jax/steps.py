@@ -18,6 +18,7 @@ import optax
 
 from alexnet_jax import augment as augment_lib
 from alexnet_jax import cpu_kernels
+from alexnet_jax import errors
 from alexnet_jax import evaluation
 from alexnet_jax import loss_scale as loss_scale_lib
 from alexnet_jax import model as model_lib
@@ -35,6 +36,7 @@ class TrainState:
   loss_scale: Any = None
 
 
+@errors.config_errors
 def create(config, model, tx, mesh) -> 'Steps':
   """The steps of `config`'s run: its values read once, here."""
   loss_scale = None

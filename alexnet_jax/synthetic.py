@@ -19,21 +19,21 @@ from alexnet_jax import steps as steps_lib
 from alexnet_jax.datasets import stats as stats_lib
 
 
-def batch(config, mesh, size: int, mask: bool = False):
-  """Random uint8 images and labels of the config's shapes, on the mesh."""
+def batch(mesh, size: int, image_size: int, num_classes: int,
+          mask: bool = False):
+  """`size` random uint8 images and labels, on the mesh."""
   rng = np.random.RandomState(0)
-  s = config.image_size
+  s = image_size
   host = {'image': rng.randint(0, 256, (size, s, s, 3), np.uint8),
-          'label': rng.randint(0, config.model.num_classes, (size,)
-                               ).astype(np.int32)}
+          'label': rng.randint(0, num_classes, (size,)).astype(np.int32)}
   if mask:
     host['mask'] = np.ones((size,), np.float32)
   return input_pipeline.to_global(host, mesh)
 
 
-def stats(config, mesh) -> stats_lib.Stats:
-  """Plausible dataset statistics of the config's image size, replicated."""
-  s = config.image_size
+def stats(mesh, image_size: int) -> stats_lib.Stats:
+  """Plausible dataset statistics of an image size, replicated."""
+  s = image_size
   eigvecs, _ = np.linalg.qr(np.random.RandomState(0).normal(size=(3, 3)))
   return jax.device_put(
       stats_lib.Stats(mean=jnp.full((s, s, 3), 110.0, jnp.float32),
@@ -65,5 +65,6 @@ def setup(config, devices: Optional[Sequence[Any]] = None,
   steps = steps_lib.create(config, model, tx, mesh)
   return Setup(mesh=mesh, model=model, steps=steps,
                state=steps.init_state(jax.random.key(0)),
-               batch=batch(config, mesh, config.batch_size, mask),
-               stats=stats(config, mesh), key=jax.random.key(1))
+               batch=batch(mesh, config.batch_size, config.image_size,
+                           config.model.num_classes, mask),
+               stats=stats(mesh, config.image_size), key=jax.random.key(1))

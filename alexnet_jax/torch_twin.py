@@ -4,6 +4,7 @@ PyTorch is imported inside the functions, so this module loads without it).
 """
 
 import os
+from typing import Tuple
 
 import jax
 
@@ -92,9 +93,11 @@ def pick_device():
   return 'cpu'
 
 
-def bench_train(config, steps: int, warmup: int, compiled: bool = False):
+def bench_train(model_config, batch_size: int, sgd: Tuple[float, float, float],
+                steps: int, warmup: int, compiled: bool = False):
   """The PyTorch twin's train step on the same device kind: (its figures,
-  a function that runs one more step).
+  a function that runs one more step). `model_config`: the network's config
+  (`config.model`); `sgd`: (learning rate, momentum, weight decay).
 
   Eager, or with `compiled` as `torch.compile` (inductor) users run it: the
   loss function (the model and the cross-entropy) compiled, which compiles
@@ -114,26 +117,26 @@ def bench_train(config, steps: int, warmup: int, compiled: bool = False):
   if device == 'cpu':
     torch.set_num_threads(os.cpu_count() or 1)
   else:
-    tf32 = config.model.matmul_precision in (
+    tf32 = model_config.matmul_precision in (
         'default', 'high', 'tensorfloat32')
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True
-  model = model_lib.create_model(config.model)
+  model = model_lib.create_model(model_config)
   torch.manual_seed(0)
   net = build(model).to(device)
-  opt = torch.optim.SGD(net.parameters(), lr=config.learning_rate,
-                        momentum=config.momentum,
-                        weight_decay=config.weight_decay)
-  size, batch = config.model.input_size, config.batch_size
+  learning_rate, momentum, weight_decay = sgd
+  opt = torch.optim.SGD(net.parameters(), lr=learning_rate, momentum=momentum,
+                        weight_decay=weight_decay)
+  size, batch = model_config.input_size, batch_size
   x = torch.randn(batch, 3, size, size, device=device)
-  y = torch.randint(0, config.model.num_classes, (batch,), device=device)
+  y = torch.randint(0, model_config.num_classes, (batch,), device=device)
   cross_entropy = torch.nn.CrossEntropyLoss()
   half = {'bfloat16': torch.bfloat16,
-          'float16': torch.float16}.get(config.model.dtype)
+          'float16': torch.float16}.get(model_config.dtype)
   # float16 with PyTorch's dynamic loss scale, as ours (loss_scale.py).
   scaler = torch.amp.GradScaler(device,
-                                enabled=config.model.dtype == 'float16')
+                                enabled=model_config.dtype == 'float16')
 
   def loss_of(x, y):
     with torch.autocast(device, dtype=half or torch.float32,

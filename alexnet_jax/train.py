@@ -5,12 +5,13 @@ log, evaluate and checkpoint in durations.py, fine-tuning in finetune.py.
 """
 
 import contextlib
+import dataclasses
 import math
 import os
 import queue
 import threading
 import time
-from typing import Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 from absl import logging
 import jax
@@ -45,8 +46,6 @@ def validate_config(config: ml_collections.ConfigDict):
   need(config.batch_size > 0, f'batch_size={config.batch_size} must be > 0.')
   need(config.eval_batch_size > 0,
        f'eval_batch_size={config.eval_batch_size} must be > 0.')
-  need(config.learning_rate > 0,
-       f'learning_rate={config.learning_rate} must be > 0 (paper: 0.01).')
   need(config.num_epochs > 0 or config.num_train_steps > 0,
        'set num_epochs > 0 or num_train_steps > 0.')
   need(config.stop_at_train_err == -1 or 0 < config.stop_at_train_err <= 1,
@@ -57,49 +56,35 @@ def validate_config(config: ml_collections.ConfigDict):
        f'eval_every_epochs={config.eval_every_epochs} must be > 0.')
   need(config.log_every_steps > 0 and config.checkpoint_every_steps > 0,
        'log_every_steps and checkpoint_every_steps must be > 0.')
-  need(0 <= config.model.dropout_rate < 1,
-       f'model.dropout_rate={config.model.dropout_rate} must be in [0, 1).')
-  need(config.model.num_classes > 0, 'model.num_classes must be > 0.')
-  need(config.model.width > 0, 'model.width must be > 0.')
   need(config.augment.mean in ('per_pixel', 'none'),
        f"augment.mean={config.augment.mean!r}: use 'per_pixel' or 'none'.")
   need(config.augment.pca_lighting >= 0,
        'augment.pca_lighting is a standard deviation: use >= 0 (paper 0.1).')
-  need(config.mesh.scheme in parallel.SCHEMES,
-       f'mesh.scheme={config.mesh.scheme!r}: use one of '
-       f'{parallel.SCHEMES}.')
   need(config.eval_crops in (1, 10),
        f'eval_crops={config.eval_crops}: use 1 (centre) or 10 (paper).')
   need(config.model.input_size <= config.image_size,
        f'model.input_size={config.model.input_size} (the crop) is larger than '
        f'image_size={config.image_size}; lower model.input_size or raise '
        'image_size.')
-  try:
-    model_lib.create_model(config.model)
-    optim.create(config, steps_per_epoch=1)
-    if config.model.dtype == 'float16':
-      loss_scale_lib.DynamicLossScale.create(config.loss_scale.initial,
-                                             config.loss_scale.period)
-  except ValueError as e:
-    raise errors.ConfigError(str(e)) from e
 
 
-def evaluate(steps: steps_lib.Steps, params, split, config,
-             stats) -> Dict[str, float]:
+def evaluate(steps: steps_lib.Steps, params, split, stats,
+             reading: input_pipeline.Reading,
+             crops: int = 1) -> Dict[str, float]:
   """Top-1 / top-5 error and loss over the whole evaluation split (a
-  store.Split), with `config.eval_crops` views of each image."""
+  store.Split), with `crops` views of each image (1: the centre, 10: the
+  paper's)."""
   totals = None
   start = time.time()
-  gb = config.eval_batch_size
+  gb = reading.eval_batch_size
   rows = input_pipeline.default_rows(gb, steps.mesh)
-  crops = ('centre crop' if config.eval_crops == 1 else
-           f'{config.eval_crops} crops')
-  with progress.Progress(len(split), f'eval ({crops})') as bar:
+  views = 'centre crop' if crops == 1 else f'{crops} crops'
+  with progress.Progress(len(split), f'eval ({views})') as bar:
     for batch in input_pipeline.prefetch_to_device(
-        input_pipeline.eval_batches(split, config, rows=rows), steps.mesh,
+        input_pipeline.eval_batches(split, reading, rows=rows), steps.mesh,
         global_batch=gb):
       earlier = totals  # One batch behind: the device is never left idle.
-      sums = steps.eval_step(params, batch, stats, crops=config.eval_crops)
+      sums = steps.eval_step(params, batch, stats, crops=crops)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
       if earlier is not None:  # Shown only once finished (Progress waits).
         bar.update(min(gb, len(split) - bar.done),
@@ -112,41 +97,33 @@ def evaluate(steps: steps_lib.Steps, params, split, config,
   return out
 
 
-def _check_batch_split(config, mesh):
-  shards = parallel.Scheme(config.mesh.scheme, mesh).batch_shards
-  shards = math.lcm(shards, jax.process_count())
-  for name in ('batch_size', 'eval_batch_size'):
-    if config[name] % shards:
-      raise errors.ConfigError(
-          f'{name}={config[name]} cannot be split evenly over the mesh\'s '
-          f'batch shards ({shards}); use a multiple of {shards}.')
-
-
-def _open_dataset(config):
+def _open_dataset(spec: store_lib.Spec, num_classes: int,
+                  reading: input_pipeline.Reading):
   """(store, train split, eval split, class names), checked against the
-  config."""
+  model's class count and the batch size."""
   with parallel.process_zero_first('dataset'):  # Prepared once, by process 0.
     # Process 0 alone compares the folder and rewrites a changed split; the
     # others open what it left.
-    data = store_lib.get(config, check_source=jax.process_index() == 0)
-  train_split = data.split(config.train_split)
-  eval_split = data.split(config.eval_split)
+    data = store_lib.prepare(None, spec,
+                             check_source=jax.process_index() == 0)
+  train_name, eval_name = spec.splits
+  train_split, eval_split = data.split(train_name), data.split(eval_name)
   names = train_split.classes
   if names and eval_split.classes and eval_split.classes != names:
     raise errors.DataError(
-        f'the store\'s {config.train_split} and {config.eval_split} splits '
-        f'were prepared with different classes ({len(names)} and '
+        f'the store\'s {train_name} and {eval_name} splits were prepared '
+        f'with different classes ({len(names)} and '
         f'{len(eval_split.classes)}, in {data.root}); run python -m '
         'alexnet_jax.datasets.prepare --config CONFIG to prepare them again.')
-  classes = len(names) if names else config.model.num_classes
-  if classes != config.model.num_classes:
+  classes = len(names) if names else num_classes
+  if classes != num_classes:
     raise errors.ConfigError(
-        f'dataset {config.dataset!r} has {classes} classes but '
-        f'model.num_classes={config.model.num_classes}; pass '
+        f'dataset {spec.dataset!r} has {classes} classes but '
+        f'model.num_classes={num_classes}; pass '
         f'--config.model.num_classes={classes}.')
-  if input_pipeline.steps_per_epoch(train_split, config) < 1:
+  if input_pipeline.steps_per_epoch(train_split, reading) < 1:
     raise errors.ConfigError(
-        f'batch_size={config.batch_size} is larger than the training split '
+        f'batch_size={reading.batch_size} is larger than the training split '
         f'({len(train_split)} examples); lower batch_size.')
   return data, train_split, eval_split, names
 
@@ -162,11 +139,11 @@ class _TrainRecords:
   window and raises if one had a non-finite loss.
   """
 
-  def __init__(self, log, durations, config, ckpt,
+  def __init__(self, log, durations, batch_size: int, ckpt,
                clock: Callable[[], float] = time.time,
                fetch: Callable = jax.device_get):
     self.log, self.durations, self.ckpt = log, durations, ckpt
-    self.batch_size = config.batch_size
+    self.batch_size = batch_size
     self._clock, self._fetch = clock, fetch
     self.window, self.started = [], None
     self.windows = progress.WindowClock()
@@ -281,9 +258,10 @@ def peak_device_memory_gb():
   return parallel.peak_memory_gb(jax.local_devices())
 
 
-def _initial_state(steps, ckpt, schedule, source, config, key):
+def _initial_state(steps, ckpt, schedule, source, reinit, key):
   """(state, checkpoint metadata): the workdir's newest checkpoint, else a
-  fresh state (holding fine-tuning's source weights, if any)."""
+  fresh state (holding fine-tuning's source weights, but for the layers in
+  `reinit`)."""
   restored = ckpt.restore(steps.abstract_state)
   if restored is not None:
     state, meta = restored
@@ -292,7 +270,7 @@ def _initial_state(steps, ckpt, schedule, source, config, key):
   state = steps.init_state(key)
   if source is not None:
     state = state.replace(params=finetune.params(
-        config, source, state.params, steps.state_sharding.params))
+        reinit, source, state.params, steps.state_sharding.params))
   return state, {}
 
 
@@ -326,24 +304,60 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     with parallel.process_zero_first('the workdir lock'):
       if jax.process_index() == 0:
         lock.enter_context(writer_lock.hold(workdir))
-    return _train_and_evaluate(config, workdir)
+    return _Loop(_start(config, workdir)).run()
 
 
-def _train_and_evaluate(config, workdir):
+@dataclasses.dataclass
+class _Run:
+  """A run's parts, built once from its config by `_start`: all the loop
+  needs (it never reads the config)."""
+  config: Dict[str, Any]  # The resolved config, saved with each checkpoint.
+  reading: input_pipeline.Reading
+  durations: durations_lib.Durations
+  steps: steps_lib.Steps
+  schedule: optim.Schedule
+  ckpt: checkpoint.Checkpointer
+  state: steps_lib.TrainState
+  start_step: int
+  end_step: int  # Where training stops (the start, for a finished run).
+  position: Dict[str, int]  # The input stream's, at start_step.
+  train_split: store_lib.Split
+  eval_split: store_lib.Split
+  stats: stats_lib.Stats
+  log: metrics_log.MetricsLog
+  fingerprint: Optional[str]  # The training images', as checkpoints record.
+  train_key: jax.Array
+  eval_crops: int
+  target: float  # stop_at_train_err (-1: off).
+  profiler: 'Profiler'
+
+
+def _start(config, workdir) -> _Run:
+  """Checks the config, opens the workdir and the dataset, and builds the
+  mesh, model, optimiser and steps once; restores the newest checkpoint."""
   config, source = finetune.source(config)
   validate_config(config)
   workdir_lib.prepare(workdir, config)
+  reading = input_pipeline.Reading.from_config(config)
   mesh = parallel.create_mesh(config.mesh.data, config.mesh.model)
-  _check_batch_split(config, mesh)
+  parallel.Scheme(config.mesh.scheme, mesh).check_batches(
+      batch_size=reading.batch_size, eval_batch_size=reading.eval_batch_size)
   logging.info('Mesh: %s on %d %s device(s)', dict(mesh.shape),
                mesh.devices.size, jax.devices()[0].platform)
-  data, train_split, eval_split, class_names = _open_dataset(config)
-  durations = durations_lib.Durations.from_config(
-      config, input_pipeline.steps_per_epoch(train_split, config))
-
+  # Built once, before any data is read: each factory refuses a bad value in
+  # one line (ConfigError).
   model = model_lib.create_model(config.model)
-  tx, schedule = optim.create(config, durations.steps_per_epoch)
+  tx, schedule = optim.create(config, steps_per_epoch=1)
   steps = steps_lib.create(config, model, tx, mesh)
+
+  spec = store_lib.Spec.from_config(config)
+  data, train_split, eval_split, class_names = _open_dataset(
+      spec, config.model.num_classes, reading)
+  durations = durations_lib.Durations.from_config(
+      config, input_pipeline.steps_per_epoch(train_split, reading))
+  # The epoch's length is known now (milestones are in epochs).
+  schedule = dataclasses.replace(schedule,
+                                 steps_per_epoch=durations.steps_per_epoch)
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
   logging.info('Model: %s, %s parameters',
                config.model.layout if isinstance(model, model_lib.AlexNet)
@@ -353,20 +367,18 @@ def _train_and_evaluate(config, workdir):
       config.batch_size != config.lr_reference_batch):
     logging.info('Learning rate %g: learning_rate %g at batch %d, scaled '
                  "'%s' to batch %d (lr_scaling).",
-                 optim.scaled_learning_rate(config), config.learning_rate,
+                 schedule.base_lr, config.learning_rate,
                  config.lr_reference_batch, config.lr_scaling,
                  config.batch_size)
 
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
-  workdir_lib.check_config_drift(ckpt, config)
-  state, meta = _initial_state(steps, ckpt, schedule, source, config, init_key)
+  workdir_lib.check_config_drift(ckpt, config.to_dict())
+  state, meta = _initial_state(steps, ckpt, schedule, source,
+                               tuple(config.finetune.reinit), init_key)
   start_step = int(jax.device_get(state.step))
   if not start_step:
     # config.json is this run's, not that of an attempt that failed earlier.
     workdir_lib.prepare(workdir, config, overwrite=True)
-  # The input stream's position is stored in the checkpoint (it is a function
-  # of the step as long as the batch size and dataset do not change).
-  position = meta.get('data_position') or durations.position(start_step)
   if start_step:
     logging.info('Resuming from step %d (epoch %.2f).', start_step,
                  durations.epoch(start_step))
@@ -378,129 +390,176 @@ def _train_and_evaluate(config, workdir):
         'images, in a new order; for a clean comparison, train in a new '
         '--workdir.', start_step)
   stats = _run_stats(workdir, source, start_step > 0, lambda: stats_lib.load(
-      data, config.train_split, config.image_size, config.augment.mean,
+      data, spec.splits[0], spec.image_size, config.augment.mean,
       config.augment.pca_lighting))
   workdir_lib.save_class_names(workdir, class_names)
-  stats = jax.device_put(stats, parallel.replicated(mesh))
   log = metrics_log.MetricsLog(workdir)
   log.roll_back(start_step)
 
   target = config.stop_at_train_err
-  # A run that reached its training-error target is finished (see below).
+  # A run that reached its training-error target is finished (see _Loop).
   reached_before = meta.get('reached_train_err')
   end_step = (start_step if target > 0 and reached_before is not None and
               reached_before <= target else durations.total_steps)
+  return _Run(
+      config=config.to_dict(), reading=reading, durations=durations,
+      steps=steps, schedule=schedule, ckpt=ckpt, state=state,
+      start_step=start_step, end_step=end_step,
+      # The input stream's position is stored in the checkpoint (it is a
+      # function of the step as long as the batch size and dataset do not
+      # change).
+      position=meta.get('data_position') or durations.position(start_step),
+      train_split=train_split, eval_split=eval_split,
+      stats=jax.device_put(stats, parallel.replicated(mesh)), log=log,
+      fingerprint=fingerprint, train_key=train_key,
+      eval_crops=config.eval_crops, target=target,
+      profiler=Profiler(config.profile_steps,
+                        workdir_lib.profile_dir(workdir)))
 
-  def save(step, reached=None):
-    # Every step's loss and gradient norm were checked first (flush).
-    ckpt.save(step, state, checkpoint.Meta(
-        store_fingerprint=fingerprint, reached_train_err=reached,
-        schedule=schedule.state_dict(), epoch=durations.epoch(step),
-        data_position=durations.position(step), config=config.to_dict()))
 
-  def run_eval(step):
-    t0 = time.time()
-    result = evaluate(steps, state.params, eval_split, config, stats)
-    log.write({'step': step, 'epoch': durations.epoch(step), 'split': 'eval',
-               'lr': current_lr, 'crops': config.eval_crops, **result})
+_REACHED = 'reached'  # _Loop._step: the training-error target was reached.
+
+
+class _Loop:
+  """The training loop over a `_Run`: steps, log windows, evaluations,
+  checkpoints, the training-error target and preemption."""
+
+  def __init__(self, run: _Run):
+    self.r = run
+    self.state, self.step = run.state, run.start_step
+    self.lr = None  # The learning rate the optimiser state holds.
+    self.last_eval = None
+    self.records = None
+
+  def save(self, step: int, reached: Optional[float] = None):
+    """Checkpoints `step` (every step's loss and gradient norm were checked
+    first: records.flush)."""
+    r = self.r
+    r.ckpt.save(step, self.state, checkpoint.Meta(
+        store_fingerprint=r.fingerprint, reached_train_err=reached,
+        schedule=r.schedule.state_dict(), epoch=r.durations.epoch(step),
+        data_position=r.durations.position(step), config=r.config))
+
+  def evaluate(self, step: int, lr: float, during_training: bool = True):
+    """Evaluates the state, logs and records the result; during training,
+    the plateau schedule observes it."""
+    r, t0 = self.r, time.time()
+    result = evaluate(r.steps, self.state.params, r.eval_split, r.stats,
+                      r.reading, r.eval_crops)
+    # Recorded after training too: this is how a finished run is evaluated
+    # with other settings (e.g. --config.eval_crops=10).
+    r.log.write({'step': step, 'epoch': r.durations.epoch(step),
+                 'split': 'eval', 'lr': lr, 'crops': r.eval_crops, **result})
+    if not during_training:
+      return result
     logging.info('eval at step %d: loss %.4f  top1_err %.2f%%  top5_err '
                  '%.2f%%  (%d images, %.1fs)', step, result['loss'],
                  100 * result['top1_err'], 100 * result['top5_err'],
                  result['num_examples'], time.time() - t0)
-    if schedule.observe(result['top1_err']):
+    if r.schedule.observe(result['top1_err']):
       logging.info('Validation error stopped improving: learning rate / 10 '
-                   '(drop %d of at most %d).', schedule.drops,
-                   schedule.max_drops)
-    records.eval_seconds.append(time.time() - t0)  # For the ETA.
+                   '(drop %d of at most %d).', r.schedule.drops,
+                   r.schedule.max_drops)
+    self.records.eval_seconds.append(time.time() - t0)  # For the ETA.
     return result
 
-  current_lr, last_eval = None, None
-  batches = input_pipeline.prefetch_to_device(
-      input_pipeline.train_stream(
-          train_split, config, position['epoch'], position['batch'],
-          input_pipeline.default_rows(config.batch_size, mesh)),
-      mesh, global_batch=config.batch_size)
-  records = _TrainRecords(log, durations, config, ckpt)  # Its clock starts.
-  profiler = Profiler(config.profile_steps, workdir_lib.profile_dir(workdir))
-  step = start_step
-  with preemption.StopRequests() as stop, contextlib.closing(ckpt):
-    try:
-      while step < end_step:
-        lr = schedule.lr_at(step)
-        if lr != current_lr:
-          state = state.replace(opt_state=optim.set_learning_rate(
-              state.opt_state, lr))
-          if current_lr is not None:
-            logging.info('Learning rate -> %g at step %d.', lr, step)
-          current_lr = lr
-        waited = time.perf_counter()
-        batch = next(batches)
-        waited = time.perf_counter() - waited
-        profiler.before(step)
-        state, metrics = steps.train_step(state, batch, stats, train_key)
-        records.add(metrics, waited)
-        step += 1
-        profiler.after(step, state)
-        # One reading per step (on every process, of an agreed step where
-        # there are several): a signal arriving later in this iteration is
-        # handled, consistently, after the next step.
-        stopping = stop.stop_at(step)
-        checkpoint_now = durations.is_checkpoint(step) or stopping is not None
-        # A checkpoint step always closes the log window, so the records of a
-        # resumed run line up with those of an uninterrupted one, and writes
-        # every open window, so a non-finite loss is caught before its state
-        # could be saved.
-        evaluate_now = durations.is_eval(step) and not stopping
-        # An evaluation or a checkpoint ends the log window, so the records
-        # of a resumed run line up with those of an uninterrupted one.
-        if durations.is_log(step) or checkpoint_now or evaluate_now:
-          records.close_window(step)
-        reached = None
-        if target > 0 and durations.is_log(step):
-          records.flush()  # Once per record: the newest training error.
-          if (records.last_train_err is not None and
-              records.last_train_err <= target):
-            reached = records.last_train_err
-            evaluate_now = checkpoint_now = True
-        if evaluate_now or checkpoint_now:
-          # Every window is logged first, so a diverged run never evaluates
-          # and a non-finite loss is caught before its state could be saved.
-          records.flush()
-        if evaluate_now:
-          last_eval = run_eval(step)
-        if checkpoint_now:
-          save(step, reached)
-        if reached is not None:
-          logging.info('Training error %.2f%% reached the target %g%% at step '
-                       '%d (epoch %.2f): stopped; this run is finished.',
-                       100 * reached, 100 * target, step,
-                       durations.epoch(step))
-          break
-        if stopping:
-          ckpt.wait()
-          logging.warning('%s: saved checkpoint %d in %s and stopped (exit '
-                          'status %d); rerun the same command to resume.',
-                          stopping, step, ckpt.directory,
-                          preemption.EXIT_PREEMPTED)
-          return {'stopped_by': stopping, 'step': step}
-    finally:
-      profiler.close()
-      batches.close()  # Stops the input threads.
-      records.close()
-      ckpt.wait()  # Never leave a half-written checkpoint behind on exit.
+  def _set_lr(self, step: int):
+    lr = self.r.schedule.lr_at(step)
+    if lr != self.lr:
+      self.state = self.state.replace(opt_state=optim.set_learning_rate(
+          self.state.opt_state, lr))
+      if self.lr is not None:
+        logging.info('Learning rate -> %g at step %d.', lr, step)
+      self.lr = lr
 
-  if last_eval is None:  # Nothing left to train: report the restored state.
-    last_eval = evaluate(steps, state.params, eval_split, config, stats)
-    # Recorded too: this is how a finished run is evaluated with other
-    # settings (e.g. --config.eval_crops=10).
-    log.write({'step': step, 'epoch': durations.epoch(step), 'split': 'eval',
-               'lr': schedule.lr_at(step), 'crops': config.eval_crops,
-               **last_eval})
-  logging.info('Done: %d steps, final top1_err %.2f%%, top5_err %.2f%%, '
-               'checkpoints in %s', step,
-               100 * last_eval['top1_err'], 100 * last_eval['top5_err'],
-               ckpt.directory)
-  return last_eval
+  def run(self) -> Dict[str, Any]:
+    """Trains to the end step (or the target, or a stop request); the final
+    evaluation's metrics, or {'stopped_by', 'step'}."""
+    r = self.r
+    batches = input_pipeline.prefetch_to_device(
+        input_pipeline.train_stream(
+            r.train_split, r.reading, r.position['epoch'],
+            r.position['batch'],
+            input_pipeline.default_rows(r.reading.batch_size, r.steps.mesh)),
+        r.steps.mesh, global_batch=r.reading.batch_size)
+    # Its clock starts now.
+    self.records = _TrainRecords(r.log, r.durations, r.reading.batch_size,
+                                 r.ckpt)
+    with preemption.StopRequests() as stop, contextlib.closing(r.ckpt):
+      try:
+        while self.step < r.end_step:
+          outcome = self._step(batches, stop)
+          if outcome == _REACHED:
+            break
+          if outcome is not None:
+            return outcome  # Stopped by a request: checkpointed.
+      finally:
+        r.profiler.close()
+        batches.close()  # Stops the input threads.
+        self.records.close()
+        r.ckpt.wait()  # Never leave a half-written checkpoint behind on exit.
+    step = self.step
+    if self.last_eval is None:  # Nothing left to train: the restored state.
+      self.last_eval = self.evaluate(step, r.schedule.lr_at(step),
+                                     during_training=False)
+    logging.info('Done: %d steps, final top1_err %.2f%%, top5_err %.2f%%, '
+                 'checkpoints in %s', step,
+                 100 * self.last_eval['top1_err'],
+                 100 * self.last_eval['top5_err'], r.ckpt.directory)
+    return self.last_eval
+
+  def _step(self, batches, stop):
+    """One train step and what falls due after it. Returns None to go on,
+    _REACHED at the training-error target, or a stop request's result."""
+    r, d, records, step = self.r, self.r.durations, self.records, self.step
+    self._set_lr(step)
+    waited = time.perf_counter()
+    batch = next(batches)
+    waited = time.perf_counter() - waited
+    r.profiler.before(step)
+    self.state, metrics = r.steps.train_step(self.state, batch, r.stats,
+                                             r.train_key)
+    records.add(metrics, waited)
+    step = self.step = step + 1
+    r.profiler.after(step, self.state)
+    # One reading per step (on every process, of an agreed step where there
+    # are several): a signal arriving later in this iteration is handled,
+    # consistently, after the next step.
+    stopping = stop.stop_at(step)
+    checkpoint_now = d.is_checkpoint(step) or stopping is not None
+    evaluate_now = d.is_eval(step) and not stopping
+    # An evaluation or a checkpoint ends the log window, so the records of a
+    # resumed run line up with those of an uninterrupted one.
+    if d.is_log(step) or checkpoint_now or evaluate_now:
+      records.close_window(step)
+    reached = None
+    if r.target > 0 and d.is_log(step):
+      records.flush()  # Once per record: the newest training error.
+      if (records.last_train_err is not None and
+          records.last_train_err <= r.target):
+        reached = records.last_train_err
+        evaluate_now = checkpoint_now = True
+    if evaluate_now or checkpoint_now:
+      # Every window is logged first, so a diverged run never evaluates and
+      # a non-finite loss is caught before its state could be saved.
+      records.flush()
+    if evaluate_now:
+      self.last_eval = self.evaluate(step, self.lr)
+    if checkpoint_now:
+      self.save(step, reached)
+    if reached is not None:
+      logging.info('Training error %.2f%% reached the target %g%% at step %d '
+                   '(epoch %.2f): stopped; this run is finished.',
+                   100 * reached, 100 * r.target, step, d.epoch(step))
+      return _REACHED
+    if stopping:
+      r.ckpt.wait()
+      logging.warning('%s: saved checkpoint %d in %s and stopped (exit '
+                      'status %d); rerun the same command to resume.',
+                      stopping, step, r.ckpt.directory,
+                      preemption.EXIT_PREEMPTED)
+      return {'stopped_by': stopping, 'step': step}
+    return None
 
 
 def _train_record(window, step, steps_per_epoch, batch_size, seconds):

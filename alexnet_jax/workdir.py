@@ -218,16 +218,19 @@ def saved_config(meta: checkpoint.Meta,
   return config
 
 
-def config_changes(saved: Dict[str, Any], config) -> Dict[str, Tuple]:
-  """{key: (saved, now)} for every key whose value differs."""
-  now = _flatten(json.loads(json.dumps(config.to_dict())))
+def config_changes(saved: Dict[str, Any],
+                   now: Dict[str, Any]) -> Dict[str, Tuple]:
+  """{key: (saved, now)} for every key whose value differs between two
+  configs as dicts (ConfigDict.to_dict)."""
+  now = _flatten(json.loads(json.dumps(now)))
   before = _flatten(saved)
   return {k: (before.get(k), now.get(k)) for k in sorted(set(now) | set(before))
           if before.get(k) != now.get(k)}
 
 
-def check_config_drift(ckpt: checkpoint.Checkpointer, config):
-  """Refuses to resume a checkpoint under a config that changes what it is."""
+def check_config_drift(ckpt: checkpoint.Checkpointer, now: Dict[str, Any]):
+  """Refuses to resume a checkpoint under a config (`now`, as a dict) that
+  changes what it is."""
   for step in ckpt.all_steps():
     try:
       saved = ckpt.read_meta(step).get('config')
@@ -235,7 +238,7 @@ def check_config_drift(ckpt: checkpoint.Checkpointer, config):
       continue  # Unreadable: restore() deals with damaged checkpoints.
     if saved is None:
       return
-    changes = config_changes(saved, config)
+    changes = config_changes(saved, now)
     known = _flatten(saved)
     legacy = json.loads(json.dumps(LEGACY_DEFAULTS))  # Tuples as JSON lists.
     # A key the checkpoint predates is fine at the value that keeps the old

@@ -10,6 +10,7 @@ import pytest
 
 from alexnet_jax import bench
 from alexnet_jax import model as model_lib
+from alexnet_jax import peaks
 from alexnet_jax import torch_twin
 from alexnet_jax.configs import default
 from tests.helpers import ROOT
@@ -142,17 +143,17 @@ def test_bench_command_prints_json():
 
 
 def test_peak_table():
-  assert bench.peak_tflops('NVIDIA H100 80GB HBM3', 'bfloat16') == 989.4
-  assert bench.peak_tflops('NVIDIA H100 PCIe', 'bfloat16') == 756.0
+  assert peaks.peak_tflops('NVIDIA H100 80GB HBM3', 'bfloat16') == 989.4
+  assert peaks.peak_tflops('NVIDIA H100 PCIe', 'bfloat16') == 756.0
   # float32 runs as TF32 by default on Ampere; 'highest' is true float32.
-  assert bench.peak_tflops('NVIDIA A100-SXM4-40GB', 'float32') == 156.0
-  assert bench.peak_tflops('NVIDIA A100-SXM4-40GB', 'float32',
+  assert peaks.peak_tflops('NVIDIA A100-SXM4-40GB', 'float32') == 156.0
+  assert peaks.peak_tflops('NVIDIA A100-SXM4-40GB', 'float32',
                            'highest') == 19.5
-  assert bench.peak_tflops('TPU v5 lite', 'bfloat16') == 197.0
-  assert bench.peak_tflops('Tesla T4', 'float16') == 65.0
-  assert bench.peak_tflops('Tesla V100-SXM2-16GB', 'float16') == 125.0
-  assert bench.peak_tflops('TPU v4', 'float16') is None
-  assert bench.peak_tflops('cpu', 'float32') is None
+  assert peaks.peak_tflops('TPU v5 lite', 'bfloat16') == 197.0
+  assert peaks.peak_tflops('Tesla T4', 'float16') == 65.0
+  assert peaks.peak_tflops('Tesla V100-SXM2-16GB', 'float16') == 125.0
+  assert peaks.peak_tflops('TPU v4', 'float16') is None
+  assert peaks.peak_tflops('cpu', 'float32') is None
   assert bench.device_file_name('NVIDIA H100 80GB HBM3') == (
       'nvidia_h100_80gb_hbm3')
 

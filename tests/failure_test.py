@@ -209,10 +209,10 @@ def test_keys_newer_than_a_checkpoint_are_fine_at_their_default():
   saved = json.loads(json.dumps(config.to_dict()))
   del saved['lr_scaling']  # Written before these keys existed.
   del saved['finetune']  # (Its defaults are tuples: [] in JSON.)
-  workdir_lib.check_config_drift(_FakeCheckpoints(saved), config)
+  workdir_lib.check_config_drift(_FakeCheckpoints(saved), config.to_dict())
   config.lr_scaling = 'linear'  # Not the old behaviour: refused.
   with pytest.raises(errors.ConfigError, match='lr_scaling: None'):
-    workdir_lib.check_config_drift(_FakeCheckpoints(saved), config)
+    workdir_lib.check_config_drift(_FakeCheckpoints(saved), config.to_dict())
 
 
 def test_a_key_newer_than_a_checkpoint_means_what_the_old_code_did():
@@ -223,9 +223,9 @@ def test_a_key_newer_than_a_checkpoint_means_what_the_old_code_did():
   del saved['augment']['pca_lighting']
   config.augment.pca_lighting = 0.1
   with pytest.raises(errors.ConfigError, match='augment.pca_lighting'):
-    workdir_lib.check_config_drift(_FakeCheckpoints(saved), config)
+    workdir_lib.check_config_drift(_FakeCheckpoints(saved), config.to_dict())
   config.augment.pca_lighting = 0.0
-  workdir_lib.check_config_drift(_FakeCheckpoints(saved), config)
+  workdir_lib.check_config_drift(_FakeCheckpoints(saved), config.to_dict())
   # Readers of old checkpoints see the same values.
   old = workdir_lib.saved_config({'config': saved}, 'test')
   assert old.augment.pca_lighting == 0.0

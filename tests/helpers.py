@@ -106,7 +106,8 @@ def assert_same_run(a, b, params_atol=1e-7):
 
 def validation(config):
   split = store.get(config).split(config.eval_split)
-  batches = list(input_pipeline.eval_batches(split, config))
+  batches = list(input_pipeline.eval_batches(
+      split, input_pipeline.Reading.from_config(config)))
   keep = np.concatenate([b['mask'] for b in batches]) > 0
   images = np.concatenate([b['image'] for b in batches])[keep]
   labels = np.concatenate([b['label'] for b in batches])[keep]

@@ -123,21 +123,21 @@ def test_training_reads_the_folder_and_writes_nothing_in_it(tmp_path):
   with open(os.path.join(str(tmp_path / 'run'), 'metrics.jsonl')) as f:
     assert [json.loads(l)['split'] for l in f][-1] == 'eval'
   # The store is under store.dir, keyed by the folder's path.
-  path = store.directory(config)
+  path = store.Spec.from_config(config).directory
   assert path.startswith(str(tmp_path / 'stores'))
   assert os.path.exists(os.path.join(path, 'train', store.SPLIT_FILE))
   other = small_config(str(tmp_path / 'elsewhere' / 'images'),
                        tmp_path / 'stores')
-  assert store.directory(other) != path
+  assert store.Spec.from_config(other).directory != path
 
 
 def _count_writes(monkeypatch):
   calls = []
   real = store._write_split  # pylint: disable=protected-access
 
-  def counted(config, split, path, src):
+  def counted(spec, split, path, src):
     calls.append(split)
-    return real(config, split, path, src)
+    return real(spec, split, path, src)
   monkeypatch.setattr(store, '_write_split', counted)
   return calls
 
@@ -352,7 +352,7 @@ def test_a_class_with_no_readable_image_names_its_folder(tmp_path):
                      r'image \(1 class\(es\) like it') as e:
     store.get(config)
   assert '\n' not in str(e.value)
-  train_dir = os.path.join(store.directory(config), 'train')
+  train_dir = os.path.join(store.Spec.from_config(config).directory, 'train')
   assert not os.path.exists(train_dir)
   assert not os.path.exists(train_dir + store.INCOMPLETE)
 

@@ -20,7 +20,6 @@ import tensorflow_datasets as tfds
 from alexnet_jax import errors
 from alexnet_jax import input_pipeline
 from alexnet_jax import train
-from alexnet_jax.datasets import source
 from alexnet_jax.datasets import store
 from alexnet_jax.configs import ilsvrc2012
 from tests.helpers import ROOT
@@ -85,23 +84,24 @@ def tiny_imagenet_config(manual, data_dir):
 def test_missing_tars_are_a_clear_error(tmp_path):
   config = tiny_imagenet_config(None, str(tmp_path / 'tfds'))
   with pytest.raises(errors.DataError, match='manual_dir'):
-    source.get_builder(config)
+    store.Spec.from_config(config).builder()
   config.manual_dir = str(tmp_path)
   with pytest.raises(errors.DataError,
                      match='lacks ILSVRC2012_img_train.tar'):
-    source.get_builder(config)
+    store.Spec.from_config(config).builder()
 
 
 @pytest.mark.slow
 def test_imagenet_prepares_and_trains(imagenet_dirs, tmp_path):
   manual, data_dir, synsets = imagenet_dirs
   config = tiny_imagenet_config(manual, data_dir)
-  builder = source.get_builder(config)
+  builder = store.Spec.from_config(config).builder()
   assert builder.info.splits['train'].num_examples == 3 * IMAGES_PER_SYNSET
   assert builder.info.splits['validation'].num_examples == NUM_VAL
   assert builder.info.features['label'].num_classes == 1000
   batch = next(input_pipeline.train_batches(
-      store.get(config).split('train'), config, epoch=0))
+      store.get(config).split('train'),
+      input_pipeline.Reading.from_config(config), epoch=0))
   assert batch['image'].shape == (6, 72, 72, 3)
   names = {builder.info.features['label'].int2str(l) for l in batch['label']}
   assert names <= set(synsets)
@@ -167,7 +167,8 @@ def test_an_extracted_folder_gives_the_tars_routes_pixels(imagenet_dirs,
     got = split.read(range(len(split)))
     return sorted((names(int(l)), img.tobytes())
                   for l, img in zip(got['label'], got['image']))
-  int2str = source.get_builder(tars).info.features['label'].int2str
+  builder = store.Spec.from_config(tars).builder()
+  int2str = builder.info.features['label'].int2str
   classes = image_folder.class_names(str(root))
   by_tars = images(tars, int2str)
   by_folder = images(folder, classes.__getitem__)

@@ -18,12 +18,15 @@ from alexnet_jax.datasets import store as store_lib
 from tests.helpers import tiny_config
 
 
+reading = input_pipeline.Reading.from_config
+
+
 def data(config, name='train'):
   return store_lib.get(config).split(name)
 
 
 def test_digits_builder_splits(digits_dir):
-  builder = source.get_builder(tiny_config(digits_dir))
+  builder = store_lib.Spec.from_config(tiny_config(digits_dir)).builder()
   assert builder.info.splits['train'].num_examples == 1438
   assert builder.info.splits['validation'].num_examples == 359
   assert builder.info.features['label'].num_classes == 10
@@ -41,7 +44,7 @@ def test_digits_builder_splits(digits_dir):
 @pytest.mark.slow
 def test_store_holds_the_host_preprocessed_split_in_order(digits_dir):
   config = tiny_config(digits_dir)
-  builder = source.get_builder(config)
+  builder = store_lib.Spec.from_config(config).builder()
   split = data(config)
   assert len(split) == 1438 and split.format == 'raw'
   assert split.classes == [str(i) for i in range(10)]
@@ -74,9 +77,9 @@ def test_jpeg_store_is_the_raw_one_up_to_jpeg_loss(digits_dir):
   diff = np.abs(raw['image'].astype(float) - jpeg['image'].astype(float))
   assert diff.mean() < 3, diff.mean()
   # Training reads the same order from either.
-  a = next(input_pipeline.train_batches(split, config, 0))
+  a = next(input_pipeline.train_batches(split, reading(config), 0))
   config.store.format = 'raw'
-  b = next(input_pipeline.train_batches(data(config), config, 0))
+  b = next(input_pipeline.train_batches(data(config), reading(config), 0))
   np.testing.assert_array_equal(a['label'], b['label'])
 
 
@@ -88,7 +91,8 @@ def test_epoch_order_is_a_full_permutation_of_seed_and_epoch(digits_dir):
   counted = store_lib.Split(split.path)
   labels = lambda epoch, start=0, n=5: np.concatenate(
       [b['label'] for b in itertools.islice(
-          input_pipeline.train_batches(split, config, epoch, start), n)])
+          input_pipeline.train_batches(split, reading(config), epoch, start),
+          n)])
   e0 = labels(0)
   np.testing.assert_array_equal(e0, labels(0))
   assert not np.array_equal(e0, labels(1))
@@ -101,7 +105,7 @@ def test_epoch_order_is_a_full_permutation_of_seed_and_epoch(digits_dir):
   for epoch in (0, 1):
     order = input_pipeline.epoch_order(1438, 0, epoch)
     images = np.concatenate([b['image'] for b in input_pipeline.train_batches(
-        counted, config, epoch)])
+        counted, reading(config), epoch)])
     assert len(images) == per_epoch * 64
     np.testing.assert_array_equal(
         images, split.read(order[:per_epoch * 64])['image'])
@@ -117,11 +121,11 @@ def test_resumed_stream_equals_uninterrupted_batch_for_batch(digits_dir):
   split = data(config)
   per_epoch = 1438 // 200
   take = lambda it, n: [next(it) for _ in range(n)]
-  straight = take(input_pipeline.train_stream(split, config), 10)
+  straight = take(input_pipeline.train_stream(split, reading(config)), 10)
   k = 5
-  first = take(input_pipeline.train_stream(split, config), k)
+  first = take(input_pipeline.train_stream(split, reading(config)), k)
   resumed = take(input_pipeline.train_stream(
-      split, config, k // per_epoch, k % per_epoch), 10 - k)
+      split, reading(config), k // per_epoch, k % per_epoch), 10 - k)
   for a, b in zip(straight, first + resumed):
     np.testing.assert_array_equal(a['image'], b['image'])
     np.testing.assert_array_equal(a['label'], b['label'])
@@ -134,7 +138,8 @@ def test_resuming_at_the_end_of_an_epoch_reads_only_what_it_needs(digits_dir):
   config.input.workers, config.input.prefetch = 2, 2
   split = store_lib.Split(data(config).path)  # A fresh read count.
   per_epoch = 1438 // 16
-  stream = input_pipeline.train_stream(split, config, 3, per_epoch - 1)
+  stream = input_pipeline.train_stream(split, reading(config), 3,
+                                       per_epoch - 1)
   last = next(stream)
   want = split.read(input_pipeline.epoch_order(1438, 0, 3)[
       (per_epoch - 1) * 16:per_epoch * 16])
@@ -160,10 +165,10 @@ def test_each_process_reads_only_its_rows_of_the_same_batches(digits_dir):
   mesh = parallel.create_mesh(2, 2)
   assert parallel.process_rows(mesh, 16) == (0, 16)  # One process: all.
   whole = list(itertools.islice(
-      input_pipeline.train_batches(data(config), config, 0), 3))
+      input_pipeline.train_batches(data(config), reading(config), 0), 3))
   splits = [store_lib.Split(path) for _ in range(2)]
   halves = [list(itertools.islice(input_pipeline.train_batches(
-      s, config, 0, rows=rows), 3)) for s, rows in zip(splits,
+      s, reading(config), 0, rows=rows), 3)) for s, rows in zip(splits,
                                                        ((0, 8), (8, 16)))]
   for w, a, b in zip(whole, *halves):
     for k in w:
@@ -171,9 +176,9 @@ def test_each_process_reads_only_its_rows_of_the_same_batches(digits_dir):
   for s in splits:  # 3 batches of 8 rows, and at most 2 read ahead.
     assert 24 <= s.records_read <= 40, s.records_read
   val = data(config, 'validation')
-  whole = list(input_pipeline.eval_batches(val, config))
+  whole = list(input_pipeline.eval_batches(val, reading(config)))
   splits = [store_lib.Split(val.path) for _ in range(2)]
-  halves = [list(input_pipeline.eval_batches(s, config, rows=rows))
+  halves = [list(input_pipeline.eval_batches(s, reading(config), rows=rows))
             for s, rows in zip(splits, ((0, 20), (20, 40)))]
   assert len(whole) == len(halves[0]) == len(halves[1]) == 9
   for w, a, b in zip(whole, *halves):
@@ -187,7 +192,7 @@ def test_each_process_reads_only_its_rows_of_the_same_batches(digits_dir):
 def test_eval_batches_cover_the_split_once(digits_dir):
   config = tiny_config(digits_dir)
   split = data(config, 'validation')
-  batches = list(input_pipeline.eval_batches(split, config))
+  batches = list(input_pipeline.eval_batches(split, reading(config)))
   assert all(len(b['label']) == 40 for b in batches)
   mask = np.concatenate([b['mask'] for b in batches])
   assert mask.sum() == 359 and mask[:359].all() and not mask[359:].any()

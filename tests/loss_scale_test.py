@@ -8,6 +8,9 @@ import pytest
 from alexnet_jax import synthetic
 from alexnet_jax import errors
 from alexnet_jax import loss_scale as loss_scale_lib
+from alexnet_jax import model as model_lib
+from alexnet_jax import optim
+from alexnet_jax import parallel
 from alexnet_jax import steps as steps_lib
 from alexnet_jax import train
 from tests.helpers import assert_same_run
@@ -87,8 +90,10 @@ def test_bad_loss_scale_is_refused_in_one_line():
   config = tiny_config()
   config.model.dtype = 'float16'
   config.loss_scale.period = 0
+  model = model_lib.create_model(config.model)
+  tx, _ = optim.create(config, steps_per_epoch=1)
   with pytest.raises(errors.ConfigError, match='period at least 1') as e:
-    train.validate_config(config)
+    steps_lib.create(config, model, tx, parallel.create_mesh(1, 1))
   assert '\n' not in str(e.value)
 
 

@@ -37,8 +37,9 @@ def _steps(mesh_shape, dtype='bfloat16', scheme='towers', precision=None):
   tx, _ = optim.create(config, steps_per_epoch=10)
   steps = steps_lib.create(config, model, tx, mesh)
   state = steps.abstract_state  # Real shardings; nothing is computed.
-  batch = synthetic.batch(config, mesh, config.batch_size)
-  stats = synthetic.stats(config, mesh)
+  batch = synthetic.batch(mesh, config.batch_size, config.image_size,
+                          config.model.num_classes)
+  stats = synthetic.stats(mesh, config.image_size)
   return steps, (state, batch, stats, jax.random.key(1))
 
 

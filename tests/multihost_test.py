@@ -151,11 +151,12 @@ parallel.initialize_distributed(config)
 mesh = parallel.create_mesh(2, 2)
 train_split = store.get(config).split('train')
 rows = input_pipeline.default_rows(config.batch_size, mesh)
-stream = input_pipeline.train_stream(train_split, config, 2, 5, rows)
+reading = input_pipeline.Reading.from_config(config)
+stream = input_pipeline.train_stream(train_split, reading, 2, 5, rows)
 labels = [next(stream)['label'].tolist() for _ in range(10)]
 val = store.get(config).split('validation')
 eval_labels = [b['label'].tolist() for b in input_pipeline.eval_batches(
-    val, config, input_pipeline.default_rows(config.eval_batch_size, mesh))]
+    val, reading, input_pipeline.default_rows(config.eval_batch_size, mesh))]
 print(json.dumps({'rows': rows, 'labels': labels, 'eval': eval_labels,
                   'train_read': train_split.records_read,
                   'eval_read': val.records_read}))
@@ -184,12 +185,13 @@ def test_two_processes_each_read_only_their_rows(digits_dir):
   assert [h['rows'] for h in hosts] == [[0, 8], [8, 16]]
   config = tiny_config(digits_dir)
   one = store.get(config)
-  stream = input_pipeline.train_stream(one.split('train'), config, 2, 5)
+  reading = input_pipeline.Reading.from_config(config)
+  stream = input_pipeline.train_stream(one.split('train'), reading, 2, 5)
   for b in range(10):
     assert next(stream)['label'].tolist() == (hosts[0]['labels'][b] +
                                               hosts[1]['labels'][b])
   whole = [b['label'].tolist() for b in input_pipeline.eval_batches(
-      one.split('validation'), config)]
+      one.split('validation'), reading)]
   assert whole == [a + b for a, b in zip(hosts[0]['eval'], hosts[1]['eval'])]
   for h in hosts:
     # 10 batches of 8 rows, plus at most two read ahead; 359 = 8 x 40 + 39
@@ -206,7 +208,8 @@ def test_process_zero_failing_stops_every_process_with_its_line(digits_dir,
   from alexnet_jax.datasets import store  # pylint: disable=g-import-not-at-top
   env, args = coordinator_command(digits_dir, str(tmp_path / 'two'), STEPS)
   args += [f'--config.store.dir={tmp_path / "stores"}']
-  split = os.path.join(store.directory(config_from(args)), 'train')
+  split = os.path.join(
+      store.Spec.from_config(config_from(args)).directory, 'train')
   store.get(config_from(args))
   data = os.path.join(split, 'data-00000.array_record')
   with open(data, 'r+b') as f:

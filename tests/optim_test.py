@@ -151,7 +151,8 @@ def test_learning_rate_scales_with_batch(scaling, batch, expected):
   config = default.get_config()
   config.lr_scaling = scaling
   config.batch_size = batch
-  assert optim.scaled_learning_rate(config) == pytest.approx(expected)
+  assert optim.scaled_learning_rate(0.01, batch, 128, scaling) == (
+      pytest.approx(expected))
   tx, schedule = optim.create(config, steps_per_epoch=10)
   assert schedule.lr_at(0) == pytest.approx(expected)
   assert float(optim.get_learning_rate(tx.init(W0))) == pytest.approx(expected)

@@ -280,11 +280,10 @@ def test_distributed_settings(monkeypatch):
 
 def test_a_batch_that_does_not_split_over_the_shards_is_refused():
   from alexnet_jax import errors  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
-  config = tiny_config()
-  config.batch_size = config.eval_batch_size = 6
   mesh = parallel.create_mesh(2, 2)
-  train._check_batch_split(config, mesh)  # pylint: disable=protected-access
-  config.mesh.scheme = 'one_weird_trick'  # Over all 4 devices.
+  parallel.Scheme('towers', mesh).check_batches(batch_size=6,
+                                                eval_batch_size=6)
+  # one_weird_trick: over all 4 devices.
   with pytest.raises(errors.ConfigError, match='batch_size=6 .* multiple of 4'):
-    train._check_batch_split(config, mesh)  # pylint: disable=protected-access
+    parallel.Scheme('one_weird_trick', mesh).check_batches(batch_size=8,
+                                                           eval_batch_size=6)

@@ -88,9 +88,8 @@ def _metrics(step, loss=1.0):
 
 
 def _records(device, d, batch=128):
-  config = types.SimpleNamespace(batch_size=batch)
   ckpt = types.SimpleNamespace(latest_step=lambda: 0, directory='ckpts')
-  return train._TrainRecords(FakeLog(), d, config, ckpt,  # pylint: disable=protected-access
+  return train._TrainRecords(FakeLog(), d, batch, ckpt,  # pylint: disable=protected-access
                              clock=device.clock, fetch=device.fetch)
 
 

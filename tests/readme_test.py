@@ -72,7 +72,8 @@ def test_slurm_command_scales_the_learning_rate():
   train.validate_config(config)
   assert config.batch_size == 1024 and config.lr_scaling == 'sqrt'
   from alexnet_jax import optim  # pylint: disable=g-import-not-at-top
-  assert optim.scaled_learning_rate(config) == pytest.approx(0.01 * 8 ** 0.5)
+  _, schedule = optim.create(config, steps_per_epoch=1)
+  assert schedule.base_lr == pytest.approx(0.01 * 8 ** 0.5)
 
 
 def job_script():

@@ -15,6 +15,8 @@ from tests.helpers import ROOT
 from tests.helpers import bomb_png
 from tests.helpers import tiny_config
 
+spec = store_lib.Spec.from_config
+
 
 def config_in(digits_dir, store_dir):
   config = tiny_config(digits_dir)
@@ -25,7 +27,7 @@ def config_in(digits_dir, store_dir):
 
 
 def split_path(config, split='train'):
-  return os.path.join(store_lib.directory(config), split)
+  return os.path.join(spec(config).directory, split)
 
 
 def test_prepare_prints_the_estimate_and_checks_free_disk(
@@ -158,22 +160,22 @@ def test_a_decompression_bomb_in_any_dataset_stops_prepare_in_one_line(
   config = tiny_config(str(tmp_path))
   builder = FakeSource(str(tmp_path / 'fake'), [photo.getvalue(), bomb_png()])
   with pytest.raises(errors.DataError) as e:
-    store_lib.prepare(builder, config, ['train'])
+    store_lib.prepare(builder, spec(config), ['train'])
   assert str(e.value) == (
       'fake train: an image of 900,000,000 pixels is above the limit of '
       '89,478,485 (max_image_pixels to raise it); set '
       '--config.max_image_pixels=N, or remove the image from the dataset.')
   # Nothing that looks prepared; a lower limit refuses the photo too, and
   # without the bomb the photo is prepared.
-  assert not os.path.exists(os.path.join(store_lib.directory(config),
+  assert not os.path.exists(os.path.join(spec(config).directory,
                                          'train'))
   config.max_image_pixels = 1000
   with pytest.raises(errors.DataError, match='187,500 pixels'):
     store_lib.prepare(FakeSource(builder.data_dir, [photo.getvalue()]),
-                      config, ['train'])
+                      spec(config), ['train'])
   config.max_image_pixels = 89_478_485
   split = store_lib.prepare(FakeSource(builder.data_dir, [photo.getvalue()]),
-                            config, ['train']).split('train')
+                            spec(config), ['train']).split('train')
   pixel = split.read([0])['image'][0, 36, 36].astype(int)
   assert np.abs(pixel - [200, 10, 10]).max() <= 3, pixel  # JPEG's loss.
 
@@ -204,11 +206,11 @@ def test_a_store_where_earlier_versions_kept_it_is_moved_not_rewritten(
   # prepared again (hours) because the layout moved.
   config = tiny_config(digits_dir)
   config.image_size, config.model.input_size = 72, 64
-  prepared = store_lib.directory(config)
+  prepared = spec(config).directory
   config.data_dir = str(tmp_path)
   old = tmp_path / 'digits' / '1.0.0' / os.path.basename(prepared)
   shutil.copytree(prepared, str(old))
   monkeypatch.setattr(store_lib, '_write_split', None)  # Must not be called.
   data = store_lib.get(config)
-  assert data.root == store_lib.directory(config) != str(old)
+  assert data.root == spec(config).directory != str(old)
   assert not old.exists() and len(data.split('train')) == 1438

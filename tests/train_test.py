@@ -134,12 +134,16 @@ def test_plateau_drop_reaches_the_optimizer(digits_dir, tmp_path):
     ('model.dropout_rate', 1.0, 'dropout_rate'),
     ('stop_at_train_err', 0.0, 'stop_at_train_err'),
 ])
-def test_bad_config_values_raise_config_error(key, value, match):
-  config = tiny_config()
+def test_bad_config_values_raise_config_error(key, value, match, tmp_path):
+  # Refused in one line before any data is read: by validate_config's checks
+  # or by the factory that builds from the value (the data dir is empty).
+  config = tiny_config(str(tmp_path / 'no_data_here'))
   section, _, name = key.rpartition('.')
   (config[section] if section else config)[name] = value
-  with pytest.raises(errors.ConfigError, match=match):
-    train.validate_config(config)
+  with pytest.raises(errors.ConfigError, match=match) as e:
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert '\n' not in str(e.value)
+  assert not os.path.exists(tmp_path / 'no_data_here')
 
 
 def test_batch_not_divisible_by_data_axis(digits_dir, tmp_path):

@@ -10,6 +10,7 @@ order through the paper's host preprocessing, which is how the store
 """
 
 import os
+from typing import Optional
 
 from absl import logging
 
@@ -20,31 +21,32 @@ from alexnet_jax import preprocess
 IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 
 
-def get_builder(config):
-  """The prepared tfds builder for `config.dataset` (prepares it if needed)."""
+def get_builder(name: str, data_dir: Optional[str] = None,
+                manual_dir: Optional[str] = None):
+  """The prepared tfds builder of dataset `name` in `data_dir` (None: tfds'
+  default), prepared if needed (ImageNet from the tars in `manual_dir`)."""
   preprocess.check_tf()  # tfds needs it: one line naming the fix if missing.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  name = config.dataset
   if name == 'digits':
     from alexnet_jax.datasets import digits  # pylint: disable=unused-import,g-import-not-at-top
   if name == 'image_folder':
     raise errors.DataError('an image folder is read by the store itself, not '
                            'through tfds (alexnet_jax.datasets.store.get).')
   try:
-    builder = tfds.builder(name, data_dir=config.data_dir)
+    builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # tfds raises several types for unknown names.
     raise errors.DataError(
         f'dataset {name!r} is not a tfds dataset ({e}); use '
         "'digits', 'image_folder' or a tfds name.") from e
   if not builder.is_prepared():
     if name == 'imagenet2012':
-      _check_imagenet_tars(config.manual_dir, builder.data_dir)
+      _check_imagenet_tars(manual_dir, builder.data_dir)
     logging.info('Preparing tfds dataset %s in %s (once).', name,
                  builder.data_dir)
     kwargs = {}
-    if config.manual_dir:
+    if manual_dir:
       kwargs['download_config'] = tfds.download.DownloadConfig(
-          manual_dir=config.manual_dir)
+          manual_dir=manual_dir)
     builder.download_and_prepare(**kwargs)
   return builder
 
@@ -63,11 +65,6 @@ def _check_imagenet_tars(manual_dir, data_dir):
     raise errors.DataError(
         f'manual_dir {manual_dir!r} lacks {", ".join(missing)}; it must hold '
         f'{expected} as downloaded from image-net.org.')
-
-
-def max_pixels(config) -> int:
-  """config.max_image_pixels (configs saved before it existed: the default)."""
-  return int(config.get('max_image_pixels', preprocess.MAX_IMAGE_PIXELS))
 
 
 def num_examples(builder, split: str) -> int:

@@ -9,7 +9,8 @@ only reads: any example by its index, so an epoch's order is a permutation,
 each host reads only its own rows, and a resumed run starts at its batch
 without reading what came before (`alexnet_jax.input_pipeline`).
 
-Where (`directory`, from the config alone: finding a prepared store needs
+What the store takes of the config is one value, `Spec`. Where
+(`Spec.directory`, from the config alone: finding a prepared store needs
 neither tfds nor TensorFlow, nor the source):
 
   BASE/alexnet_jax_stores/<dataset>/store_<S>_<format>/<split>/
@@ -42,6 +43,7 @@ file's size: a missing or truncated file is one error line naming it and the
 prepare command, and prepare rewrites that split.
 """
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -49,7 +51,7 @@ import os
 import shutil
 import threading
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
@@ -80,48 +82,92 @@ class MissingSplit(StoreError):
 STORES = 'alexnet_jax_stores'
 
 
-def base_dir(config) -> str:
-  """The writable root that stores go under: store.dir; else, for tfds
-  datasets, their data_dir; else tfds' default ($TFDS_DATA_DIR, else
-  ~/tensorflow_datasets). An image folder is never written to."""
-  if config.store.dir:
-    return os.path.abspath(os.path.expanduser(config.store.dir))
-  if config.dataset != 'image_folder' and config.data_dir:
-    return os.path.abspath(os.path.expanduser(config.data_dir))
-  return os.path.abspath(os.path.expanduser(
-      os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'))
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """A dataset's store: which dataset, where it and its store live, and how
+  its images are kept (`from_config`: the config's)."""
+  dataset: str
+  image_size: int
+  data_dir: Optional[str] = None  # tfds data dir, or the image folder.
+  manual_dir: Optional[str] = None  # Where the ILSVRC tars are.
+  store_dir: Optional[str] = None  # store.dir: the root of the stores.
+  format: str = 'raw'
+  jpeg_quality: int = 95
+  file_bytes: int = 1 << 30
+  check_source: bool = True
+  max_pixels: int = preprocess.MAX_IMAGE_PIXELS
+  splits: Tuple[str, ...] = ('train', 'validation')  # Prepared by default.
 
+  @classmethod
+  def from_config(cls, config) -> 'Spec':
+    store = config.store
+    return cls(dataset=config.dataset, image_size=int(config.image_size),
+               data_dir=config.data_dir, manual_dir=config.get('manual_dir'),
+               store_dir=store.dir, format=store.format,
+               jpeg_quality=int(store.jpeg_quality),
+               file_bytes=int(store.file_bytes),
+               # Configs saved before these fields existed: the defaults.
+               check_source=bool(store.get('check_source', True)),
+               max_pixels=int(config.get('max_image_pixels',
+                                         preprocess.MAX_IMAGE_PIXELS)),
+               splits=(config.train_split, config.eval_split))
 
-def dataset_key(config) -> str:
-  """The store's name for the config's dataset: the tfds name, or for an
-  image folder its name and a hash of its absolute path (two folders are
-  both 'image_folder')."""
-  if config.dataset == 'image_folder':
-    if not config.data_dir:
-      from alexnet_jax.datasets import image_folder  # pylint: disable=g-import-not-at-top
-      raise errors.DataError('dataset image_folder needs --config.data_dir='
-                             f'DATA_DIR holding {image_folder.LAYOUT}.')
-    path = os.path.realpath(os.path.expanduser(config.data_dir))
-    tag = hashlib.sha1(path.encode()).hexdigest()[:8]
-    return _safe(f'image_folder_{os.path.basename(path.rstrip("/"))}_{tag}')
-  if config.store.dir and config.data_dir:
-    # One store.dir for several tfds data dirs: keep their stores apart.
-    path = os.path.realpath(os.path.expanduser(config.data_dir))
-    return _safe(f'{config.dataset}_{hashlib.sha1(path.encode()).hexdigest()[:8]}')
-  return _safe(config.dataset)
+  @property
+  def is_folder(self) -> bool:
+    return self.dataset == 'image_folder'
 
+  @property
+  def base_dir(self) -> str:
+    """The writable root that stores go under: store.dir; else, for tfds
+    datasets, their data_dir; else tfds' default ($TFDS_DATA_DIR, else
+    ~/tensorflow_datasets). An image folder is never written to."""
+    if self.store_dir:
+      return os.path.abspath(os.path.expanduser(self.store_dir))
+    if not self.is_folder and self.data_dir:
+      return os.path.abspath(os.path.expanduser(self.data_dir))
+    return os.path.abspath(os.path.expanduser(
+        os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'))
 
-def directory(config) -> str:
-  """Where the config's store lives, from the config alone (no tfds):
-  BASE/alexnet_jax_stores/<dataset>/store_<S>_<format>[_q<Q>]."""
-  store = config.store
-  if store.format not in FORMATS:
-    raise errors.ConfigError(f'store.format={store.format!r}: use one of '
-                             f'{FORMATS}.')
-  name = f'store_{config.image_size}_{store.format}'
-  if store.format == 'jpeg':
-    name += f'_q{store.jpeg_quality}'
-  return os.path.join(base_dir(config), STORES, dataset_key(config), name)
+  @property
+  def folder(self) -> str:
+    """An image folder's absolute path."""
+    return os.path.abspath(os.path.expanduser(self.data_dir))
+
+  @property
+  def key(self) -> str:
+    """The store's name for the dataset: the tfds name, or for an image
+    folder its name and a hash of its absolute path (two folders are both
+    'image_folder')."""
+    if self.is_folder:
+      if not self.data_dir:
+        from alexnet_jax.datasets import image_folder  # pylint: disable=g-import-not-at-top
+        raise errors.DataError('dataset image_folder needs --config.data_dir='
+                               f'DATA_DIR holding {image_folder.LAYOUT}.')
+      path = os.path.realpath(os.path.expanduser(self.data_dir))
+      tag = hashlib.sha1(path.encode()).hexdigest()[:8]
+      return _safe(f'image_folder_{os.path.basename(path.rstrip("/"))}_{tag}')
+    if self.store_dir and self.data_dir:
+      # One store.dir for several tfds data dirs: keep their stores apart.
+      path = os.path.realpath(os.path.expanduser(self.data_dir))
+      tag = hashlib.sha1(path.encode()).hexdigest()[:8]
+      return _safe(f'{self.dataset}_{tag}')
+    return _safe(self.dataset)
+
+  @property
+  def directory(self) -> str:
+    """Where the store lives (no tfds needed):
+    BASE/alexnet_jax_stores/<dataset>/store_<S>_<format>[_q<Q>]."""
+    if self.format not in FORMATS:
+      raise errors.ConfigError(f'store.format={self.format!r}: use one of '
+                               f'{FORMATS}.')
+    name = f'store_{self.image_size}_{self.format}'
+    if self.format == 'jpeg':
+      name += f'_q{self.jpeg_quality}'
+    return os.path.join(self.base_dir, STORES, self.key, name)
+
+  def builder(self):
+    """The dataset's prepared tfds builder (source.get_builder)."""
+    return source.get_builder(self.dataset, self.data_dir, self.manual_dir)
 
 
 def _safe(name: str) -> str:
@@ -257,23 +303,23 @@ def get(config, splits: Optional[Sequence[str]] = None,
   command) unless `repair`, which rewrites it. `check_source=False` opens a
   prepared split without comparing its image folder.
   """
-  return prepare(None, config, splits, repair, check_source)
+  return prepare(None, Spec.from_config(config), splits, repair, check_source)
 
 
-def prepare(builder, config, splits: Optional[Sequence[str]] = None,
+def prepare(builder, spec: Spec, splits: Optional[Sequence[str]] = None,
             repair: bool = False, check_source: bool = True) -> Store:
-  """Writes every split (default: the config's train and eval splits) that
-  is missing, changed at its source, or (with `repair`) damaged; returns the
-  store. `builder`: the tfds builder to read (None: the config's own, made
-  only if a split must be written)."""
-  store = Store(directory(config), config.dataset)
-  _adopt_legacy_store(config, store.root)
-  for split in splits or (config.train_split, config.eval_split):
+  """Writes every split (default: `spec.splits`) that is missing, changed at
+  its source, or (with `repair`) damaged; returns the store. `builder`: the
+  tfds builder to read (None: the spec's own, made only if a split must be
+  written)."""
+  store = Store(spec.directory, spec.dataset)
+  _adopt_legacy_store(spec, store.root)
+  for split in splits or spec.splits:
     path = _split_dir(store.root, split)
     listing = None
     try:
       prepared = store.split(split)
-      listing = (_changed_folder(prepared, config, split) if check_source
+      listing = (_changed_folder(prepared, spec, split) if check_source
                  else None)
       if listing is None:
         _report_skipped(prepared)
@@ -285,28 +331,26 @@ def prepare(builder, config, splits: Optional[Sequence[str]] = None,
         raise
       logging.warning('%s Rewriting it.', e)
       print(f'store: {e} Rewriting it.', flush=True)
-    if config.dataset == 'image_folder':
-      source_ = _FolderSource(config, split, listing)
+    if spec.is_folder:
+      source_ = _FolderSource(spec, split, listing)
     else:
       if builder is None:
-        builder = source.get_builder(config)
-      source_ = _TfdsSource(builder, config, split)
-    _write_split(config, split, path, source_)
+        builder = spec.builder()
+      source_ = _TfdsSource(builder, spec, split)
+    _write_split(spec, split, path, source_)
     store._splits.pop(split, None)  # pylint: disable=protected-access
   return store
 
 
-def _adopt_legacy_store(config, root: str):
+def _adopt_legacy_store(spec: Spec, root: str):
   """Moves a tfds dataset's store from where earlier versions kept it
   (DATA_DIR/<name>/<version>/store_...: beside the tfds records) to `root`,
   once, so an ImageNet store is not prepared again."""
-  if config.dataset == 'image_folder' or config.store.dir or os.path.exists(
-      root):
+  if spec.is_folder or spec.store_dir or os.path.exists(root):
     return
   import glob  # pylint: disable=g-import-not-at-top
-  old = sorted(glob.glob(os.path.join(base_dir(config),
-                                      *config.dataset.split('/'), '*',
-                                      os.path.basename(root))))
+  old = sorted(glob.glob(os.path.join(spec.base_dir, *spec.dataset.split('/'),
+                                      '*', os.path.basename(root))))
   if len(old) != 1:
     if old:
       logging.warning('Stores of earlier versions in %s: not moved (several '
@@ -319,15 +363,14 @@ def _adopt_legacy_store(config, root: str):
         flush=True)
 
 
-def _changed_folder(prepared: Split, config, split: str):
+def _changed_folder(prepared: Split, spec: Spec, split: str):
   """For an image-folder split whose folder is present (and store.check_source
   is on): the folder's new listing if it differs from the store's, else
   None. Costs one stat per file."""
-  if config.dataset != 'image_folder' or not config.store.get(
-      'check_source', True):
+  if not spec.is_folder or not spec.check_source:
     return None
   from alexnet_jax.datasets import image_folder  # pylint: disable=g-import-not-at-top
-  root = os.path.abspath(os.path.expanduser(config.data_dir))
+  root = spec.folder
   if not os.path.isdir(os.path.join(root, 'train')):
     logging.info('store %s: its source folder %s is not here; using the '
                  'store as it was prepared.', prepared.path, root)
@@ -368,8 +411,8 @@ class _TfdsSource:
   """A split of a prepared tfds dataset, read through the host
   preprocessing in tf.data."""
 
-  def __init__(self, builder, config, split):
-    self.builder, self.config, self.split = builder, config, split
+  def __init__(self, builder, spec: Spec, split):
+    self.builder, self.spec, self.split = builder, spec, split
     self.name = f'{builder.name} {split}'
     self.num_examples = source.num_examples(builder, split)
     self.skipped = []
@@ -377,18 +420,17 @@ class _TfdsSource:
   def batches(self):
     """The split's preprocessed images in stored order, as numpy batches."""
     tf = preprocess.tf()
-    config = self.config
+    spec = self.spec
     ds = source.preprocessed_dataset(self.builder, self.split,
-                                     config.image_size,
-                                     source.max_pixels(config))
-    if config.store.format == 'jpeg':
-      quality = int(config.store.jpeg_quality)
+                                     spec.image_size, spec.max_pixels)
+    if spec.format == 'jpeg':
+      quality = spec.jpeg_quality
       ds = ds.map(lambda e: {'image': tf.io.encode_jpeg(e['image'],
                                                         quality=quality),
                              'label': e['label']},
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _too_large_is_one_line(ds.batch(256).prefetch(2).as_numpy_iterator(),
-                                  self.name, source.max_pixels(self.config))
+                                  self.name, spec.max_pixels)
 
   def check(self):
     pass
@@ -403,23 +445,22 @@ class _TfdsSource:
 class _FolderSource:
   """A split of an image folder, each file decoded once (image_folder)."""
 
-  def __init__(self, config, split, listing=None):
+  def __init__(self, spec: Spec, split, listing=None):
     from alexnet_jax.datasets import image_folder  # pylint: disable=g-import-not-at-top
     self._lib = image_folder
-    self.config, self.split = config, split
-    self.root = os.path.abspath(os.path.expanduser(config.data_dir))
+    self.spec, self.split = spec, split
+    self.root = spec.folder
     self.listing = listing or image_folder.listing(self.root, split)
     self.name = f'{self.root} {split}'
     self.num_examples = len(self.listing.files)  # At most: bad files skip.
     self.skipped = []
 
   def batches(self):
-    config = self.config
+    spec = self.spec
     self.counts = np.zeros(len(self.listing.classes), np.int64)
     for batch in self._lib.preprocessed(
-        self.root, self.listing.files, config.image_size,
-        config.store.format, int(config.store.jpeg_quality),
-        source.max_pixels(config), skipped=self.skipped):
+        self.root, self.listing.files, spec.image_size, spec.format,
+        spec.jpeg_quality, spec.max_pixels, skipped=self.skipped):
       np.add.at(self.counts, np.asarray(batch['label'], np.int64), 1)
       yield batch
 
@@ -441,14 +482,13 @@ class _FolderSource:
                        'num_files': len(self.listing.files)}}
 
 
-def source_batches(config, split: str):
+def source_batches(spec: Spec, split: str):
   """The source's preprocessed batches of `split`, as uint8 pixels (the
   benchmark's decode path: decoding and resizing, no store encoding)."""
-  config = config.copy_and_resolve_references()
-  config.store.format = 'raw'
-  if config.dataset == 'image_folder':
-    return _FolderSource(config, split).batches()
-  return _TfdsSource(source.get_builder(config), config, split).batches()
+  spec = dataclasses.replace(spec, format='raw')
+  if spec.is_folder:
+    return _FolderSource(spec, split).batches()
+  return _TfdsSource(spec.builder(), spec, split).batches()
 
 
 def _too_large_is_one_line(batches, where, limit):
@@ -485,12 +525,12 @@ def _make_dir(tmp: str, path: str):
         'set --config.store.dir=DIR to a writable directory.') from None
 
 
-def _write_split(config, split: str, path: str, src):
+def _write_split(spec: Spec, split: str, path: str, src):
   """Writes one split from `src` into path.incomplete/, then renames it to
   path (replacing what was there only once the new one is complete)."""
   import tqdm  # pylint: disable=g-import-not-at-top
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-  fmt = config.store.format
+  fmt = spec.format
   n = src.num_examples
   tmp = path + INCOMPLETE
   _make_dir(tmp, path)
@@ -503,7 +543,7 @@ def _write_split(config, split: str, path: str, src):
   estimate = per_record * n * (1.0 if fmt == 'raw' else 1.15)
   free = shutil.disk_usage(tmp).free
   print(f'store: {src.name}: {n:,} images as {fmt} '
-        f'{config.image_size}x{config.image_size} -> {path}, about '
+        f'{spec.image_size}x{spec.image_size} -> {path}, about '
         f'{_gb(estimate)} ({per_record:,.0f} bytes per image); '
         f'{_gb(free)} free', flush=True)
   if estimate > free:
@@ -514,7 +554,7 @@ def _write_split(config, split: str, path: str, src):
         f'the {split} split needs about {_gb(estimate)} in {path} but only '
         f'{_gb(free)} is free; free space, or set --config.store.dir=DIR on a '
         f'larger disk{smaller}.')
-  per_shard = max(1, int(config.store.file_bytes // per_record))
+  per_shard = max(1, int(spec.file_bytes // per_record))
   files, written, total_bytes = [], 0, 0
   writer = None
 
@@ -561,10 +601,9 @@ def _write_split(config, split: str, path: str, src):
     print(f'store: {src.name}: skipped {len(skipped):,} unreadable file(s), '
           f'listed in {os.path.join(path, SPLIT_FILE)}', flush=True)
   seconds = time.time() - start
-  meta = {'dataset': config.dataset, 'split': split, 'num_examples': written,
-          'format': fmt, 'image_size': int(config.image_size),
-          'jpeg_quality': int(config.store.jpeg_quality) if fmt == 'jpeg'
-                          else None,
+  meta = {'dataset': spec.dataset, 'split': split, 'num_examples': written,
+          'format': fmt, 'image_size': spec.image_size,
+          'jpeg_quality': spec.jpeg_quality if fmt == 'jpeg' else None,
           'record': 'int32 little-endian label, then the image: raw uint8 '
                     'HxWx3 or JPEG bytes',
           **src.meta(),
