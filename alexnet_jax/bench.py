@@ -51,6 +51,7 @@ from typing import Any
 from absl import app
 from absl import flags
 import jax
+import jax.numpy as jnp
 from ml_collections import config_flags
 
 from alexnet_jax import cli
@@ -103,13 +104,16 @@ class CompiledStep:
     jax.block_until_ready(metrics)
 
 
-def bench_train(config, steps, warmup, devices=None):
-  """The train step: compiled, then `steps` back to back, blocked once.
+def bench_train(setup: synthetic.Setup, steps: int, warmup: int):
+  """The set-up's train step (synthetic.setup): compiled, then `steps` back
+  to back, blocked once.
 
   Returns (the figures, the CompiledStep).
   """
-  setup = synthetic.setup(config, devices)
-  mesh, model, batch = setup.mesh, setup.model, config.batch_size
+  mesh, model = setup.mesh, setup.model
+  batch = len(setup.batch['label'])
+  dtype = jnp.dtype(model.dtype).name
+  precision = model.matmul_precision or 'default'
   t = time.perf_counter()
   compiled = setup.steps.train_step.lower(
       setup.state, setup.batch, setup.stats, setup.key).compile()
@@ -122,10 +126,9 @@ def bench_train(config, steps, warmup, devices=None):
   macs = model_lib.forward_macs(model)
   gflops = train_rate * 2 * model_lib.train_macs(model) / 1e9
   device = mesh.devices.flat[0]
-  peak = peaks.peak_tflops(device.device_kind, config.model.dtype,
-                           config.model.matmul_precision)
+  peak = peaks.peak_tflops(device.device_kind, dtype, precision)
   result = dict(
-      batch=batch, dtype=config.model.dtype, mesh=dict(mesh.shape),
+      batch=batch, dtype=dtype, mesh=dict(mesh.shape),
       train_img_per_sec=train_rate,
       train_step_ms=1000 * seconds / steps,
       train_steps_timed=steps,
@@ -186,7 +189,7 @@ def run(config, steps=5, warmup=1, vs_torch=False, torch_compile=True):
             'arch': config.model.arch,
             'layout': config.model.layout,
             'dtype': config.model.dtype}
-  figures, step = bench_train(config, steps, warmup)
+  figures, step = bench_train(synthetic.setup(config), steps, warmup)
   result.update(figures)
   result.update(eval_figures(step, max(1, steps // 2)))
   steps_of = {'jax': step.run}
@@ -267,7 +270,7 @@ def sweep(config, batch_sizes=None, dtypes=('float32', 'bfloat16'),
         row = {'mesh': f'{mesh[0]}x{mesh[1]}', 'dtype': dtype,
                'batch': int(batch)}
         try:
-          result, _ = bench_train(c, steps, warmup)
+          result, _ = bench_train(synthetic.setup(c), steps, warmup)
         except (errors.UserError, ValueError) as e:
           row['error'] = str(e).splitlines()[0]
         except jax.errors.JaxRuntimeError as e:  # Out of memory, mostly.

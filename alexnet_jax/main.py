@@ -38,7 +38,8 @@ def main(argv):
   cli.quiet_libraries()
   config = cli.loaded_config(FLAGS)
   try:
-    if parallel.initialize_distributed(config) and jax.process_index():
+    joined = parallel.initialize_distributed(config.get('distributed'))
+    if joined and jax.process_index():
       logging.set_verbosity(logging.WARNING)  # Process 0 reports progress.
     result = train.train_and_evaluate(config, FLAGS.workdir)
   except errors.UserError as e:

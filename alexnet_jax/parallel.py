@@ -56,16 +56,17 @@ def mesh_shape(data: int, model: int, num_devices: int) -> Tuple[int, int]:
   return data, model
 
 
-def initialize_distributed(config) -> bool:
+def initialize_distributed(distributed=None) -> bool:
   """Joins a multi-process run when one is configured (before any jax use).
 
   The coordinator address, process count and process id come from
-  `config.distributed`, else from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
-  and JAX_PROCESS_ID, else from SLURM (`srun` sets SLURM_NTASKS,
-  SLURM_PROCID, ...: jax.distributed finds them itself). Returns True when
+  `distributed` (a run's config.distributed), else from
+  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, else from
+  SLURM (`srun` sets SLURM_NTASKS, SLURM_PROCID, ...: jax.distributed finds
+  them itself). Returns True when
   this is one process of several; False for an ordinary one-process run.
   """
-  cfg = config.get('distributed') or {}
+  cfg = distributed or {}
   address = (cfg.get('coordinator_address') or
              os.environ.get('JAX_COORDINATOR_ADDRESS'))
   count = cfg.get('num_processes', -1)

@@ -229,6 +229,7 @@ def _train_on_store(name, out, data, rehearse, **overrides):
   """Trains on a carried store; its rates against the synthetic ones."""
   import jax  # pylint: disable=g-import-not-at-top
   from alexnet_jax import bench  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import synthetic as synthetic_lib  # pylint: disable=g-import-not-at-top
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   from alexnet_jax import viz  # pylint: disable=g-import-not-at-top
   config = dataset_config(name, data, rehearse)
@@ -239,8 +240,8 @@ def _train_on_store(name, out, data, rehearse, **overrides):
   seconds = time.time() - start
   records = viz.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
   windows = [r for r in records if r['split'] == 'train']
-  synthetic, _ = bench.bench_train(config, steps=5 if rehearse else 20,
-                                   warmup=1)
+  synthetic, _ = bench.bench_train(synthetic_lib.setup(config),
+                                   steps=5 if rehearse else 20, warmup=1)
   real = statistics.median(r['img_per_sec'] for r in windows)
   memory = [r['device_memory_gb'] for r in windows
             if r.get('device_memory_gb') is not None]
@@ -291,6 +292,7 @@ def part_custom_vjp(out, data, rehearse):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from alexnet_jax import bench  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import synthetic as synthetic_lib  # pylint: disable=g-import-not-at-top
   from alexnet_jax.configs import default  # pylint: disable=g-import-not-at-top
   from alexnet_jax.configs import ilsvrc2012  # pylint: disable=g-import-not-at-top
   result = {'device': jax.local_devices()[0].device_kind}
@@ -302,8 +304,8 @@ def part_custom_vjp(out, data, rehearse):
     config.batch_size = 8 if rehearse else 256
     config.model.dtype = 'bfloat16'
     config.model.custom_vjp = custom
-    timed, step = bench.bench_train(config, steps=3 if rehearse else 20,
-                                    warmup=2)
+    timed, step = bench.bench_train(synthetic_lib.setup(config),
+                                    steps=3 if rehearse else 20, warmup=2)
     s = step.setup
     weights = []
     for _ in range(2):  # The same steps from the same start, twice.

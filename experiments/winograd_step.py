@@ -24,6 +24,7 @@ import statistics
 from alexnet_jax import cli
 from alexnet_jax import bench
 from alexnet_jax import cpu_kernels
+from alexnet_jax import synthetic
 from alexnet_jax import timing
 
 
@@ -38,7 +39,7 @@ def compiled_step(config, without=(), xla_defaults=False):
   if xla_defaults:
     cpu_kernels.XLA_CPU_OPTIONS = {}
   try:
-    _, step = bench.bench_train(config, steps=1, warmup=1)
+    _, step = bench.bench_train(synthetic.setup(config), steps=1, warmup=1)
   finally:
     cpu_kernels.WINOGRAD_MIN_CHANNELS, cpu_kernels.XLA_CPU_OPTIONS = saved
   return step

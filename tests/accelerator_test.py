@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import bench
+from alexnet_jax import synthetic
 from tests.helpers import run_steps
 from tests.helpers import tiny_config
 
@@ -44,7 +45,7 @@ def test_half_precision_train_step_is_close(accelerator_devices, dtype):
 def test_bench_reports_device_memory_and_peak(accelerator_devices):
   config = tiny_config()
   config.mesh.data = config.mesh.model = 1
-  result, _ = bench.bench_train(config, steps=3, warmup=1,
-                                devices=accelerator_devices[:1])
+  result, _ = bench.bench_train(
+      synthetic.setup(config, accelerator_devices[:1]), steps=3, warmup=1)
   assert result['train_img_per_sec'] > 0
   assert result['device_peak_memory_gb'] > 0

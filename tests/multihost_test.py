@@ -147,7 +147,7 @@ config.distributed.coordinator_address = sys.argv[2]
 config.distributed.num_processes = 2
 config.distributed.process_id = int(sys.argv[3])
 config.input.workers, config.input.prefetch = 1, 1
-parallel.initialize_distributed(config)
+parallel.initialize_distributed(config.distributed)
 mesh = parallel.create_mesh(2, 2)
 train_split = store.get(config).split('train')
 rows = input_pipeline.default_rows(config.batch_size, mesh)

@@ -261,21 +261,21 @@ def test_distributed_settings(monkeypatch):
   for var in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID',
               'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_STEP_NUM_TASKS'):
     monkeypatch.delenv(var, raising=False)
-  assert not parallel.initialize_distributed(config)  # One process.
+  assert not parallel.initialize_distributed(config.distributed)  # One process.
   # A SLURM batch script (not a step run by srun) is one process too.
   monkeypatch.setenv('SLURM_NTASKS', '8')
-  assert not parallel.initialize_distributed(config)
+  assert not parallel.initialize_distributed(config.distributed)
   config.distributed.coordinator_address = 'localhost:1234'
   with pytest.raises(parallel.MeshError, match='num_processes'):
-    parallel.initialize_distributed(config)
+    parallel.initialize_distributed(config.distributed)
   config.distributed.num_processes = 2
   config.distributed.process_id = 2
   with pytest.raises(parallel.MeshError, match='below'):
-    parallel.initialize_distributed(config)
+    parallel.initialize_distributed(config.distributed)
   monkeypatch.setenv('JAX_PROCESS_ID', '5')  # The config wins.
   config.distributed.process_id = 7
   with pytest.raises(parallel.MeshError, match='process_id=7'):
-    parallel.initialize_distributed(config)
+    parallel.initialize_distributed(config.distributed)
 
 
 def test_a_batch_that_does_not_split_over_the_shards_is_refused():
