@@ -36,13 +36,14 @@ class TrainState:
   loss_scale: Any = None
 
 
-@errors.config_errors
 def create(config, model, tx, mesh) -> 'Steps':
   """The steps of `config`'s run: its values read once, here."""
   loss_scale = None
   if config.model.dtype == 'float16':
     loss_scale = (float(config.loss_scale.initial),
                   int(config.loss_scale.period))
+    # Bad values are refused here in one line, not inside the tracing.
+    errors.config_errors(loss_scale_lib.DynamicLossScale.create)(*loss_scale)
   return Steps(model, tx, mesh, batch_size=int(config.batch_size),
                augment=augment_lib.Augment.from_config(config),
                scheme=config.mesh.scheme, loss_scale=loss_scale)

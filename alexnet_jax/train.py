@@ -52,6 +52,7 @@ def validate_config(config: ml_collections.ConfigDict):
        f'stop_at_train_err={config.stop_at_train_err}: use a training error '
        'in (0, 1], e.g. 0.25, or -1 (off).')
   parse_profile_steps(config.profile_steps)
+  parallel.check_scheme(config.mesh.scheme)
   need(config.eval_every_epochs > 0,
        f'eval_every_epochs={config.eval_every_epochs} must be > 0.')
   need(config.log_every_steps > 0 and config.checkpoint_every_steps > 0,
@@ -69,8 +70,7 @@ def validate_config(config: ml_collections.ConfigDict):
 
 
 def evaluate(steps: steps_lib.Steps, params, split, stats,
-             reading: input_pipeline.Reading,
-             crops: int = 1) -> Dict[str, float]:
+             reading: input_pipeline.Reading, crops: int) -> Dict[str, float]:
   """Top-1 / top-5 error and loss over the whole evaluation split (a
   store.Split), with `crops` views of each image (1: the centre, 10: the
   paper's)."""
@@ -333,22 +333,22 @@ class _Run:
 
 
 def _start(config, workdir) -> _Run:
-  """Checks the config, opens the workdir and the dataset, and builds the
-  mesh, model, optimiser and steps once; restores the newest checkpoint."""
+  """Checks the config, builds the mesh, model, optimiser and steps once,
+  then opens the workdir and the dataset; restores the newest checkpoint."""
   config, source = finetune.source(config)
+  # Built once, before the workdir is touched or any data read: each factory
+  # refuses a bad value in one line (ConfigError).
   validate_config(config)
-  workdir_lib.prepare(workdir, config)
+  model = model_lib.create_model(config.model)
+  tx, schedule = optim.create(config, steps_per_epoch=1)
   reading = input_pipeline.Reading.from_config(config)
   mesh = parallel.create_mesh(config.mesh.data, config.mesh.model)
   parallel.Scheme(config.mesh.scheme, mesh).check_batches(
       batch_size=reading.batch_size, eval_batch_size=reading.eval_batch_size)
   logging.info('Mesh: %s on %d %s device(s)', dict(mesh.shape),
                mesh.devices.size, jax.devices()[0].platform)
-  # Built once, before any data is read: each factory refuses a bad value in
-  # one line (ConfigError).
-  model = model_lib.create_model(config.model)
-  tx, schedule = optim.create(config, steps_per_epoch=1)
   steps = steps_lib.create(config, model, tx, mesh)
+  workdir_lib.prepare(workdir, config)
 
   spec = store_lib.Spec.from_config(config)
   data, train_split, eval_split, class_names = _open_dataset(
@@ -427,6 +427,7 @@ class _Loop:
   def __init__(self, run: _Run):
     self.r = run
     self.state, self.step = run.state, run.start_step
+    run.state = None  # The first step donates its buffers: one owner.
     self.lr = None  # The learning rate the optimiser state holds.
     self.last_eval = None
     self.records = None

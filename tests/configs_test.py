@@ -9,6 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from alexnet_jax import model as model_lib
+from alexnet_jax import optim
 from alexnet_jax import steps as steps_lib
 from alexnet_jax import train
 from tests.helpers import ROOT
@@ -20,8 +21,10 @@ NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(
 @pytest.mark.parametrize('name', NAMES)
 def test_config_is_valid(name):
   config = importlib.import_module(f'alexnet_jax.configs.{name}').get_config()
+  # What a run builds from its config before touching its workdir.
   train.validate_config(config)
   net = model_lib.create_model(config.model)
+  optim.create(config, steps_per_epoch=1)
   params = model_lib.param_shapes(net)
   assert jax.tree.leaves(params)
   if name != 'default' and config.dataset not in ('digits', 'image_folder'):
