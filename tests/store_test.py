@@ -214,3 +214,20 @@ def test_a_store_where_earlier_versions_kept_it_is_moved_not_rewritten(
   data = store_lib.get(config)
   assert data.root == spec(config).directory != str(old)
   assert not old.exists() and len(data.split('train')) == 1438
+
+
+def test_the_spec_and_reading_defaults_are_the_papers_config():
+  # Spec and Reading are what the store and the input pipeline take of a
+  # config; their own defaults must not drift from configs/default.py's.
+  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  assert spec(config) == store_lib.Spec(dataset=config.dataset,
+                                        image_size=config.image_size)
+  assert input_pipeline.Reading.from_config(config) == input_pipeline.Reading(
+      batch_size=config.batch_size, eval_batch_size=config.eval_batch_size)
+  # A config saved before max_image_pixels and store.check_source existed.
+  old = config.to_dict()
+  del old['max_image_pixels'], old['store']['check_source']
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  assert spec(ml_collections.ConfigDict(old)) == spec(config)
