@@ -181,7 +181,8 @@ class Features:
     key = (layer, crops, preprocess)
     if key in self._fns:
       return self._fns[key]
-    config, model = self.config, self.model
+    model = self.model
+    scale = float(self.config.augment.scale)  # Read here, not at trace time.
 
     def run(params, images):
       def layer_of(x):
@@ -195,8 +196,8 @@ class Features:
           return ops.merge_towers(feats[layer])
         return feats[layer]
 
-      inputs = (evaluation.views(images, self.mean, config.augment.scale,
-                                 model.input_size, crops)
+      inputs = (evaluation.views(images, self.mean, scale, model.input_size,
+                                 crops)
                 if preprocess else images[None])
       return evaluation.average_over_views(layer_of, inputs)
 
