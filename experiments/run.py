@@ -437,7 +437,10 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
               f'{result["step"]}; rerun the same command to resume.',
               file=sys.stderr, flush=True)
         raise SystemExit(preemption.EXIT_PREEMPTED)
-      row = dict(exp.row(workdir, result, seed), config=config.to_dict())
+      # The code that trained it: rows of one table may come from several
+      # sessions and commits.
+      row = dict(exp.row(workdir, result, seed), config=config.to_dict(),
+                 commit=_commit())
       with open(row_file(workdir, v) + '.tmp', 'w') as f:
         json.dump(row, f, default=repr)
       os.replace(row_file(workdir, v) + '.tmp', row_file(workdir, v))
@@ -461,6 +464,7 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
   command = 'python -m experiments.run ' + ' '.join(argv or [name])
   commands = _commands(out, command)
   n_seeds = max(len(r) for r in rows.values())
+  trained = _trained_at(rows)
   default_base = config_file is None
   with open(os.path.join(out, 'results.json.tmp'), 'w') as f:
     json.dump({'experiment': name, 'command': command, 'commands': commands,
@@ -471,15 +475,28 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
   os.replace(os.path.join(out, 'results.json.tmp'),
              os.path.join(out, 'results.json'))
   with open(os.path.join(out, 'command.txt'), 'w') as f:
-    f.write('\n'.join(commands) + f'\n# commit {_commit()}\n# this '
+    f.write('\n'.join(commands) + f'\n# aggregated by commit {_commit()}\n'
+            f'# runs trained at: {trained}\n# this '
             f'invocation: {time.time() - start:.0f} s (runs finished earlier '
             'are reused, not trained again)\n')
   with open(os.path.join(out, 'results.md'), 'w') as f:
-    f.write(exp.markdown(name, summary, '; '.join(f'`{c}`' for c in commands),
-                         n_seeds, small, default_base))
+    f.write(exp.markdown(name, summary, '; '.join(f'`{c}`' for c in commands)
+                         + f' (runs trained at: {trained})', n_seeds, small,
+                         default_base))
   exp.plot(summary, os.path.join(out, 'results.png'), name)
   print(f'[{name}] wrote {out}/results.md')
   return summary
+
+
+def _trained_at(rows: Dict[str, List[Dict]]) -> str:
+  """Which commit trained which (variant, seed), e.g. 'abc1234: base seed
+  0, no_lrn seed 0'."""
+  by_commit = {}
+  for slug, found in rows.items():
+    for r in found:
+      commit = r.get('commit') or 'not recorded'
+      by_commit.setdefault(commit, []).append(f'{slug} seed {r["seed"]}')
+  return '; '.join(f'{c}: {", ".join(runs)}' for c, runs in by_commit.items())
 
 
 def _commands(out: str, command: str) -> List[str]:
@@ -688,8 +705,8 @@ def _markdown_speed(name, exp, summary, command, seeds, small,
                     default_base=True):
   target = 100 * exp.target_train_err
   lines = [f'# {name}', '', exp.description, '',
-           f'Commands: {command} (commit {_commit()}); up to {seeds} seed(s) '
-           f'per variant. Epochs to reach {target:g}% training error (the '
+           f'Commands: {command}; aggregated by commit {_commit()}; up to '
+           f'{seeds} seed(s) per variant. Epochs to reach {target:g}% training error (the '
            "mean error of each epoch's training batches, as in Figure 1): "
            'mean ± standard deviation over the seeds that reached it. Fastest '
            'of each activation in bold, chosen on the seeds every rate of '
@@ -814,11 +831,16 @@ def _fmt(x):
   return '—' if x is None else f'+{x:.1f}' if x >= 0 else f'{x:.1f}'
 
 
+def _spread(std, n):
+  """' ± std' over n seeds; one seed has no spread to show (no '± 0.00')."""
+  return f' ± {std:.2f}' if n > 1 else ''
+
+
 def _markdown(name, exp, summary, command, seeds, small, default_base=True):
   lines = [f'# {name}', '', exp.description, '',
-           f'Commands: {command} (commit {_commit()}); up to {seeds} seed(s) '
-           'per variant; errors in % on the validation split, mean ± standard '
-           'deviation over seeds; Δ = variant minus base, paired by seed '
+           f'Commands: {command}; aggregated by commit {_commit()}; up to '
+           f'{seeds} seed(s) per variant; errors in % on the validation split, '
+           'mean ± standard deviation over seeds; Δ = variant minus base, paired by seed '
            '(positive: the paper\'s choice helps).', '']
   if small:
     lines += ['**Toy size (--small): these numbers test the runner and mean '
@@ -831,10 +853,13 @@ def _markdown(name, exp, summary, command, seeds, small, default_base=True):
              f"{_fmt(s['paper_delta'][0])} / {_fmt(s['paper_delta'][1])} "
              f"({s['paper_source']})")
     ours = (['', ''] if s['slug'] == 'base' else
-            [f"{_fmt(s['delta_top1'])} ± {s['delta_top1_std']:.2f}",
+            [_fmt(s['delta_top1'])
+             + _spread(s['delta_top1_std'], s['paired_seeds']),
              _fmt(s['delta_top5'])])
-    cells = [s['variant'], f"{s['top1_err']:.2f} ± {s['top1_std']:.2f}",
-             f"{s['top5_err']:.2f} ± {s['top5_std']:.2f}"] + ours + [paper]
+    cells = [s['variant'],
+             f"{s['top1_err']:.2f}" + _spread(s['top1_std'], s['n']),
+             f"{s['top5_err']:.2f}" + _spread(s['top5_std'], s['n'])
+             ] + ours + [paper]
     lines.append('| ' + ' | '.join(cells) + ' |')
   if exp.caveat and default_base:
     lines += ['', f'Caveat: {exp.caveat}']

@@ -29,11 +29,14 @@ def test_ablations_runner_at_toy_size(digits_dir, tmp_path, monkeypatch):
   runs = results['runs']
   assert [r['workdir'] for r in runs['centre_crop_at_test']] == [
       r['workdir'] for r in runs['base']]
+  # Each row names the code that trained it, and the table says so.
+  assert all(r['commit'] for rs in runs.values() for r in rs)
   assert runs['base'][0]['top1_err'] != runs['base'][1]['top1_err'] or (
       runs['base'][0]['top5_err'] != runs['base'][1]['top5_err'])
   table = open(os.path.join(out, 'results.md')).read()
   assert 'Toy size' in table and '+1.5 / +1.3 (Section 6' in table
   assert '| centre crop at test |' in table and 'Caveat:' in table
+  assert 'runs trained at: ' in table and 'base seed 1' in table
   assert os.path.exists(os.path.join(out, 'results.png'))
   assert sorted(os.listdir(os.path.join(out, 'configs'))) == [
       f'{v}_seed{s}.json' for v in ('base', 'centre_crop_at_test')
@@ -391,3 +394,27 @@ def test_ablation_deltas_pair_seeds_that_the_base_ran():
   summary = {s['slug']: s for s in run._summarise(variants, rows)}  # pylint: disable=protected-access
   assert summary['no_lrn']['delta_top1'] == pytest.approx(5.0)  # 35 - 30.
   assert summary['no_lrn']['paired_seeds'] == 1
+
+
+def test_ablation_table_shows_no_spread_for_one_seed_and_who_trained_it():
+  from experiments import run  # pylint: disable=g-import-not-at-top
+  exp = run.EXPERIMENTS['ablations']
+  variants = [exp.variants[0], exp.variants[1]]  # base, no LRN.
+  row = lambda seed, err, commit=None: dict(  # pylint: disable=g-long-lambda
+      {'seed': seed, 'top1_err': err, 'top5_err': err / 10},
+      **({'commit': commit} if commit else {}))
+  one = {'base': [row(0, 0.20, 'aaa')], 'no_lrn': [row(0, 0.25, 'bbb')]}
+  table = exp.markdown('t', run._summarise(variants, one), 'cmd', 1, False,  # pylint: disable=protected-access
+                       default_base=False)
+  assert '| base | 20.00 | 2.00 |' in table
+  assert '| no LRN | 25.00 | 2.50 | +5.0 | +0.5 |' in table
+  assert '±' not in table.split('|---|')[1]  # One seed: no spread shown.
+  two = {'base': [row(0, 0.20), row(1, 0.30, 'aaa')],
+         'no_lrn': [row(0, 0.25), row(1, 0.25, 'aaa')]}
+  table = exp.markdown('t', run._summarise(variants, two), 'cmd', 2, False,  # pylint: disable=protected-access
+                       default_base=False)
+  assert '| base | 25.00 ± 7.07 | 2.50 ± 0.71 |' in table
+  assert '| no LRN | 25.00 ± 0.00 | 2.50 ± 0.00 | +0.0 ± 7.07 |' in table
+  assert run._trained_at(two) == (  # pylint: disable=protected-access
+      'not recorded: base seed 0, no_lrn seed 0; aaa: base seed 1, '
+      'no_lrn seed 1')
