@@ -232,3 +232,44 @@ def test_profile_steps_write_a_trace_and_bad_ones_are_one_line(digits_dir,
     config.profile_steps = bad
     with pytest.raises(errors.ConfigError, match='profile_steps'):
       train.validate_config(config)
+
+
+def test_the_loop_keeps_at_most_two_steps_in_flight(digits_dir, tmp_path,
+                                                     monkeypatch):
+  """A stop request or an evaluation waits for at most two steps, not for
+  the ~32 computations the backend would queue (2 minutes on 2 CPU cores)."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
+  original = steps_lib.Steps.__dict__['train_step'].func
+  losses, unfinished = [], []
+
+  def slow(x):
+    time.sleep(0.2)  # A step that takes long next to its dispatch.
+    return x
+
+  tail = jax.jit(lambda loss: jax.pure_callback(
+      slow, jax.ShapeDtypeStruct(loss.shape, loss.dtype), loss))
+
+  def slowed(self):
+    step = original(self)
+
+    def run(state, batch, stats, key):
+      # Dispatched steps still running when the loop dispatches this one.
+      unfinished.append(sum(not loss.is_ready() for loss in losses))
+      state, metrics = step(state, batch, stats, key)
+      metrics = dict(metrics, loss=tail(metrics['loss']))
+      losses.append(metrics['loss'])
+      return state, metrics
+    return run
+
+  prop = functools.cached_property(slowed)
+  prop.__set_name__(steps_lib.Steps, 'train_step')
+  monkeypatch.setattr(steps_lib.Steps, 'train_step', prop)
+  config = tiny_config(digits_dir)
+  config.num_train_steps = 10
+  config.log_every_steps = config.checkpoint_every_steps = 10
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert len(unfinished) == 10
+  assert max(unfinished) <= train.MAX_STEPS_IN_FLIGHT, unfinished
