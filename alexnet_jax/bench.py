@@ -9,10 +9,11 @@
 The first measures, on synthetic data of the config's shapes (so no dataset
 is needed): the jitted, sharded train step (`train_img_per_sec`: `--steps`
 steps dispatched back to back and waited for once at the end; training
-keeps two in flight, which keeps the device as busy), evaluation with the centre crop and with 10 crops, compile time,
-peak memory (the device's own count where its backend reports one, and the
-process's RSS), and achieved GFLOP/s from the model's counted multiply-adds
-against the device's peak: from a table of published peaks for known
+keeps at most two in flight, one running and one queued), evaluation with
+the centre crop and with 10 crops, compile time, peak memory (the device's
+own count where its backend reports one, and the process's RSS), and
+achieved GFLOP/s from the model's counted multiply-adds against the device's
+peak: from a table of published peaks for known
 accelerators (`peaks.PEAK_TFLOPS`), else a matmul of the compute dtype measured in
 the same run (CPU). `--batch_sizes` measures several batches one after
 another (a list under "batches"). `--vs-torch` trains the same two-tower

@@ -419,10 +419,11 @@ def _start(config, workdir) -> _Run:
 
 
 _REACHED = 'reached'  # _Loop._step: the training-error target was reached.
-# Steps dispatched but not finished, at most: one running and one queued keep
-# the device busy, and a stop request or an evaluation then waits for at most
-# these. Unbounded, the backend queues about 32 computations, and a SIGTERM
-# on 2 CPU cores took 34 more steps (2 minutes) to checkpoint.
+# Steps dispatched but not finished, at most: one running and one queued
+# behind it, so a stop request is saved within about two steps. Unbounded,
+# XLA's CPU client queues up to 32 computations
+# (max_inflight_computations_per_device), and a SIGTERM on 2 CPU cores took
+# 34 more steps (over 2 minutes) to checkpoint.
 MAX_STEPS_IN_FLIGHT = 2
 
 
@@ -521,6 +522,8 @@ class _Loop:
     _REACHED at the training-error target, or a stop request's result."""
     r, d, records, step = self.r, self.r.durations, self.records, self.step
     self._set_lr(step)
+    if len(self.in_flight) >= MAX_STEPS_IN_FLIGHT:  # Before the input clock.
+      self.in_flight.popleft().block_until_ready()
     waited = time.perf_counter()
     batch = next(batches)
     waited = time.perf_counter() - waited
@@ -529,8 +532,6 @@ class _Loop:
                                              r.train_key)
     records.add(metrics, waited)
     self.in_flight.append(metrics['loss'])
-    if len(self.in_flight) > MAX_STEPS_IN_FLIGHT:
-      self.in_flight.popleft().block_until_ready()
     step = self.step = step + 1
     r.profiler.after(step, self.state)
     # One reading per step (on every process, of an agreed step where there
