@@ -44,6 +44,7 @@ class Meta(TypedDict, total=False):
   epoch: float
   data_position: Dict[str, int]  # {'epoch', 'batch'}: where input resumes.
   store_fingerprint: Optional[str]  # The source the store was prepared from.
+  store_content: Optional[str]  # Its content digest (image folders).
   reached_train_err: Optional[float]  # Set once a training target is met.
   imported: bool  # Written by `pretrained`: weights, no training yet.
 

@@ -327,10 +327,22 @@ class _Run:
   stats: stats_lib.Stats
   log: metrics_log.MetricsLog
   fingerprint: Optional[str]  # The training images', as checkpoints record.
+  content: Optional[str]  # Their content digest (image folders).
   train_key: jax.Array
   eval_crops: int
   target: float  # stop_at_train_err (-1: off).
   profiler: 'Profiler'
+
+
+def images_changed(meta: checkpoint.Meta, fingerprint: Optional[str],
+                   content: Optional[str]) -> bool:
+  """Whether the training split's images differ from those a checkpoint
+  (its `meta`) was trained on: by content where both recorded it, so a store
+  kept for a fresh copy of its folder (new mtimes) resumes exactly; else (a
+  checkpoint or store from before the content digest) by fingerprint."""
+  if meta.get('store_content') and content:
+    return meta['store_content'] != content
+  return meta.get('store_fingerprint') not in (None, fingerprint)
 
 
 def _start(config, workdir) -> _Run:
@@ -383,8 +395,9 @@ def _start(config, workdir) -> _Run:
   if start_step:
     logging.info('Resuming from step %d (epoch %.2f).', start_step,
                  durations.epoch(start_step))
-  fingerprint = train_split.meta.get('source', {}).get('fingerprint')
-  if meta.get('store_fingerprint') not in (None, fingerprint):
+  fingerprint, content = (train_split.meta.get('source', {}).get(k)
+                          for k in ('fingerprint', 'content'))
+  if images_changed(meta, fingerprint, content):
     logging.warning(
         'The training images changed since step %d was saved (the store was '
         'prepared again from a changed folder): epochs from here hold the new '
@@ -412,7 +425,7 @@ def _start(config, workdir) -> _Run:
       position=meta.get('data_position') or durations.position(start_step),
       train_split=train_split, eval_split=eval_split,
       stats=jax.device_put(stats, parallel.replicated(mesh)), log=log,
-      fingerprint=fingerprint, train_key=train_key,
+      fingerprint=fingerprint, content=content, train_key=train_key,
       eval_crops=config.eval_crops, target=target,
       profiler=Profiler(config.profile_steps,
                         workdir_lib.profile_dir(workdir)))
@@ -445,7 +458,8 @@ class _Loop:
     first: records.flush)."""
     r = self.r
     r.ckpt.save(step, self.state, checkpoint.Meta(
-        store_fingerprint=r.fingerprint, reached_train_err=reached,
+        store_fingerprint=r.fingerprint, store_content=r.content,
+        reached_train_err=reached,
         schedule=r.schedule.state_dict(), epoch=r.durations.epoch(step),
         data_position=r.durations.position(step), config=r.config))
 

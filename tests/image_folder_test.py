@@ -9,6 +9,7 @@ import pytest
 
 from alexnet_jax import errors
 from alexnet_jax import train
+from alexnet_jax.datasets import image_folder
 from alexnet_jax.datasets import store
 from alexnet_jax.configs import image_folder as image_folder_config
 from tests.helpers import bomb_png
@@ -172,6 +173,60 @@ def test_a_changed_folder_is_prepared_again(tmp_path, monkeypatch):
   config.store.check_source = False
   assert len(store.get(config).split('train')) == 7
   assert len(writes) == 4
+
+
+def test_a_copy_with_new_mtimes_keeps_its_store(tmp_path, monkeypatch,
+                                                capsys):
+  """A fresh copy of a folder (same names, sizes and contents, new mtimes)
+  keeps its store, and training resumes on it as on the same images; a file
+  whose bytes change at the same size is prepared again."""
+  root = tmp_path / 'images'
+  rng = np.random.RandomState(0)
+  for split in ('train', 'val'):
+    for c in CLASSES:
+      os.makedirs(root / split / c)
+      for i in range(2):
+        (root / split / c / f'{i}.jpg').write_bytes(encode(rng))
+  config = small_config(str(root))
+  config.image_size, config.model.input_size = 40, 32
+  writes = _count_writes(monkeypatch)
+  before = store.get(config).split('train').meta['source']
+  assert writes == ['train', 'validation']
+  for path in root.rglob('*.jpg'):  # What cp without -p does.
+    os.utime(path, ns=(1, 1))
+  capsys.readouterr()
+  after = store.get(config).split('train').meta['source']
+  assert writes == ['train', 'validation']  # Kept: nothing rewritten.
+  out = capsys.readouterr().out
+  assert "train: the files' times changed, not their contents (6 files" in out
+  assert "validation: the files' times changed" in out
+  assert after['content'] == before['content']
+  assert after['fingerprint'] != before['fingerprint']
+  # The new fingerprint is recorded: the next open reads no file.
+  monkeypatch.setattr(image_folder, 'read_content', None)
+  assert store.get(config).split('train').meta['source'] == after
+  assert writes == ['train', 'validation']
+  # A checkpoint trained on `before` resumes as on the same images.
+  meta = {'store_fingerprint': before['fingerprint'],
+          'store_content': before['content']}
+  assert not train.images_changed(meta, after['fingerprint'],
+                                  after['content'])
+  # Only the fingerprint to go by (older checkpoints): a change.
+  assert train.images_changed({'store_fingerprint': before['fingerprint']},
+                              after['fingerprint'], after['content'])
+  monkeypatch.undo()
+  writes = _count_writes(monkeypatch)
+  # One byte changed, the size kept: prepared again, a changed content.
+  path = root / 'train' / 'dog' / '1.jpg'
+  data = bytearray(path.read_bytes())
+  data[-3] ^= 0xFF
+  path.write_bytes(bytes(data))
+  changed = store.get(config).split('train').meta['source']
+  assert writes == ['train']
+  assert changed['content'] != before['content']
+  assert changed['layout'] == before['layout']
+  assert train.images_changed(meta, changed['fingerprint'],
+                              changed['content'])
 
 
 @pytest.mark.slow

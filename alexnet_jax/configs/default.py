@@ -66,7 +66,8 @@ def get_config(arg: str = None) -> ml_collections.ConfigDict:
   config.store.dir = config_dict.placeholder(str)
   # An image folder's listing (names, sizes, mtimes) is compared with its
   # store's at each start when the folder is present, and a changed split is
-  # prepared again; False skips the comparison.
+  # prepared again (where only the mtimes changed, as in a copy, the files
+  # are read and kept if their contents match); False skips the comparison.
   config.store.check_source = True
   # Host input: threads that read (and for 'jpeg' decode) batches, 0 for every
   # core of the host; and how many batches are read ahead.

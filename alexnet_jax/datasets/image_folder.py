@@ -15,9 +15,10 @@ that tfds ships with its imagenet2012 builder (line N is image N's WordNet
 id). The folder is only ever read:
 `alexnet_jax.datasets.store` decodes each image once, through the paper's host
 preprocessing (`alexnet_jax.preprocess`), into the store it keeps under its
-own root, with a fingerprint of the files it read (names, sizes, mtimes), so a
-changed folder is prepared again and a store whose folder is gone still
-trains.
+own root, with a fingerprint of the files it read (names, sizes, mtimes) and
+a digest of their contents, so a changed folder is prepared again, a copy
+whose only change is its files' times is not, and a store whose folder is
+gone still trains.
 
 Readable images (JPEG, PNG, grey, CMYK, a PNG named .JPEG, ...) are taken as
 RGB: a JPEG (RGB, grey or CMYK) or PNG is decoded by TensorFlow exactly as
@@ -41,7 +42,7 @@ import dataclasses
 import hashlib
 import os
 import re
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
@@ -157,11 +158,12 @@ def class_names(root: str) -> List[str]:
 
 @dataclasses.dataclass
 class Listing:
-  """One split's files, in stored order, and the fingerprint of what they
-  were when listed."""
+  """One split's files, in stored order, and digests of what they were when
+  listed."""
   classes: List[str]
   files: List[Tuple[str, int]]  # (path relative to the folder, label)
-  fingerprint: str
+  fingerprint: str  # Of the class list and every file's name, size, mtime.
+  layout: str  # The same without the mtimes, which a copy changes.
 
 
 def listing(root: str, split: str) -> Listing:
@@ -175,30 +177,68 @@ def listing(root: str, split: str) -> Listing:
                            f'{sorted(SPLIT_DIRS)}.')
   root = os.path.abspath(root)
   classes = class_names(root)
-  digest = hashlib.sha256('\n'.join(classes).encode())
+  fingerprint = hashlib.sha256('\n'.join(classes).encode())
+  layout = fingerprint.copy()
   files = []
+
+  def add(rel, label, stat):
+    layout.update(f'\n{rel}\t{stat.st_size}'.encode())
+    fingerprint.update(f'\n{rel}\t{stat.st_size}\t{stat.st_mtime_ns}'.encode())
+    files.append((rel, label))
+
   val = os.path.join(root, SPLIT_DIRS['validation'])
   flat = _flat_val_labels(val) if split == 'validation' else {}
   if flat:  # Sorted by name: image number order, as tfds' own route.
     index = {name: label for label, name in enumerate(classes)}
     for name in sorted(flat):
-      stat = os.stat(os.path.join(val, name))
-      rel = os.path.join(SPLIT_DIRS[split], name)
-      digest.update(f'\n{rel}\t{stat.st_size}\t{stat.st_mtime_ns}'.encode())
-      files.append((rel, index[flat[name]]))
-    return Listing(classes, files, digest.hexdigest())
-  for label, name in enumerate(classes):
-    rel_dir = os.path.join(SPLIT_DIRS[split], name)
-    with os.scandir(os.path.join(root, rel_dir)) as found:
-      entries = sorted((e for e in found
-                        if not e.name.startswith('.') and e.is_file()),
-                       key=lambda e: e.name)
-    for entry in entries:
-      stat = entry.stat()
-      rel = os.path.join(rel_dir, entry.name)
-      digest.update(f'\n{rel}\t{stat.st_size}\t{stat.st_mtime_ns}'.encode())
-      files.append((rel, label))
-  return Listing(classes, files, digest.hexdigest())
+      add(os.path.join(SPLIT_DIRS[split], name), index[flat[name]],
+          os.stat(os.path.join(val, name)))
+  else:
+    for label, name in enumerate(classes):
+      rel_dir = os.path.join(SPLIT_DIRS[split], name)
+      with os.scandir(os.path.join(root, rel_dir)) as found:
+        entries = sorted((e for e in found
+                          if not e.name.startswith('.') and e.is_file()),
+                         key=lambda e: e.name)
+      for entry in entries:
+        add(os.path.join(rel_dir, entry.name), label, entry.stat())
+  return Listing(classes, files, fingerprint.hexdigest(), layout.hexdigest())
+
+
+UNREADABLE = 'unreadable'  # A file's content hash when it cannot be opened.
+
+
+def _read(path: str) -> Tuple[bytes, str]:
+  """A file's bytes and their SHA-256 (OSError if it cannot be read)."""
+  with open(path, 'rb') as f:
+    data = f.read()
+  return data, hashlib.sha256(data).hexdigest()
+
+
+def content_digest(classes: Sequence[str], files: Sequence[Tuple[str, int]],
+                   hashes: Sequence[str]) -> str:
+  """One digest of the classes and every file's name, label and content."""
+  digest = hashlib.sha256('\n'.join(classes).encode())
+  for (rel, label), file_hash in zip(files, hashes):
+    digest.update(f'\n{rel}\t{label}\t{file_hash}'.encode())
+  return digest.hexdigest()
+
+
+def read_content(root: str, found: Listing,
+                 workers: int = 0) -> Tuple[str, int]:
+  """The content digest of `found`'s files, and the bytes read: every file
+  is read, none decoded."""
+  def one(item):
+    try:
+      data, file_hash = _read(os.path.join(root, item[0]))
+    except OSError:
+      return UNREADABLE, 0
+    return file_hash, len(data)
+
+  with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count()) as ex:
+    results = list(ex.map(one, found.files))
+  return (content_digest(found.classes, found.files, [h for h, _ in results]),
+          sum(n for _, n in results))
 
 
 class _Preprocess:
@@ -251,33 +291,39 @@ def preprocessed(root: str, files: List[Tuple[str, int]], image_size: int,
                  fmt: str = 'raw', quality: int = 95,
                  limit: int = preprocess.MAX_IMAGE_PIXELS,
                  batch_size: int = 256, workers: int = 0,
-                 skipped: List[str] = None) -> Iterator[Dict[str, list]]:
+                 skipped: List[str] = None,
+                 hashes: List[str] = None) -> Iterator[Dict[str, list]]:
   """Batches {'image': [...], 'label': [...]} of `files`, in order.
 
   Each image is decoded once, on `workers` threads (0: every core). Files
   that cannot be read are left out and appended to `skipped` as
-  'path (reason)'.
+  'path (reason)'. Every file's content hash, readable or not, is appended
+  to `hashes` in `files`' order (for content_digest).
   """
   skipped = [] if skipped is None else skipped
+  hashes = [] if hashes is None else hashes
   fn = _Preprocess(image_size, fmt, quality)
 
   def load(item):
     rel, label = item
     path = os.path.join(root, rel)
+    file_hash = UNREADABLE
     try:
-      with open(path, 'rb') as f:
-        return fn(f.read(), limit), label
+      data, file_hash = _read(path)
+      return fn(data, limit), label, file_hash
     except Exception as e:  # pylint: disable=broad-except
       # Pillow raises OSError (UnidentifiedImageError), ValueError,
       # SyntaxError and others on bad data; TensorFlow an OpError. Any of
       # them makes one file unreadable, not the folder.
-      return f'{path} ({type(e).__name__}: {_reason(e)})', None
+      return f'{path} ({type(e).__name__}: {_reason(e)})', None, file_hash
 
   with preprocess.pillow_limit_off(), \
       concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count()) as ex:
     for start in range(0, len(files), batch_size):
       batch = {'image': [], 'label': []}
-      for out, label in ex.map(load, files[start:start + batch_size]):
+      for out, label, file_hash in ex.map(load,
+                                          files[start:start + batch_size]):
+        hashes.append(file_hash)
         if label is None:
           skipped.append(out)
         else:

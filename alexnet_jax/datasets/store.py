@@ -26,7 +26,9 @@ name, or for an image folder `image_folder_<folder name>_<hash of its path>`:
 nothing is ever written inside an image folder. Each time a store is opened
 while its image folder is present, the folder's listing (names, sizes, mtimes)
 is compared with the one recorded, and a changed split is prepared again
-(`store.check_source=False` skips that).
+(`store.check_source=False` skips that); where only the mtimes differ (a
+fresh copy of the folder), every file is read (not decoded) and compared
+with the content digest recorded, and a copy is kept.
 
 Each record is a 4-byte little-endian int32 label followed by the image:
 `raw`, S x S x 3 uint8 pixels (196,608 bytes at S = 256), or `jpeg`, the same
@@ -377,21 +379,50 @@ def _changed_folder(prepared: Split, spec: Spec, split: str):
     return None
   start = time.time()
   listing = image_folder.listing(root, split)
-  recorded = prepared.meta.get('source', {}).get('fingerprint')
+  source_meta = prepared.meta.get('source', {})
   logging.info('store %s: %d files of %s checked in %.2f s.', split,
                len(listing.files), root, time.time() - start)
-  if listing.fingerprint == recorded:
+  if listing.fingerprint == source_meta.get('fingerprint'):
     return None
-  then = prepared.meta.get('source', {}).get('num_files')
+  if (listing.layout == source_meta.get('layout') and
+      source_meta.get('content')):
+    # The same names and sizes: a copy (new mtimes) or files rewritten in
+    # place. Reading every file, without decoding, tells which.
+    start = time.time()
+    content, read = image_folder.read_content(root, listing)
+    if content == source_meta['content']:
+      print(f'store: {root} {split}: the files\' times changed, not their '
+            f'contents ({len(listing.files):,} files, {_gb(read)} read in '
+            f'{time.time() - start:.1f} s); keeping the store.', flush=True)
+      _record_fingerprint(prepared, listing.fingerprint)
+      return None
+  then = source_meta.get('num_files')
   then = '?' if then is None else f'{then:,}'
   message = (f'store: {root} {split} changed since its store was written '
-             f'({len(listing.files):,} files now, {then} then; the names, '
-             'sizes or modification times differ, as they do in a fresh copy '
-             'of the folder); preparing it again '
+             f'({len(listing.files):,} files now, {then} then; their names, '
+             'sizes or contents differ); preparing it again '
              '(--config.store.check_source=False skips this check).')
   logging.warning(message)
   print(message, flush=True)
   return listing
+
+
+def _record_fingerprint(prepared: Split, fingerprint: str):
+  """Records a folder's new fingerprint for the same contents, so the next
+  open compares one stat per file again rather than reading every file."""
+  meta = dict(prepared.meta)
+  meta['source'] = dict(meta['source'], fingerprint=fingerprint)
+  path = os.path.join(prepared.path, SPLIT_FILE)
+  try:
+    with open(path + '.tmp', 'w') as f:
+      json.dump(meta, f, indent=1)
+    os.replace(path + '.tmp', path)
+  except OSError as e:
+    logging.warning('Could not update %s (%s): the next run reads the '
+                    'folder\'s files again to compare them.', path,
+                    e.strerror)
+    return
+  prepared.meta = meta
 
 
 def _report_skipped(split: Split):
@@ -458,9 +489,11 @@ class _FolderSource:
   def batches(self):
     spec = self.spec
     self.counts = np.zeros(len(self.listing.classes), np.int64)
+    self.hashes = []
     for batch in self._lib.preprocessed(
         self.root, self.listing.files, spec.image_size, spec.format,
-        spec.jpeg_quality, spec.max_pixels, skipped=self.skipped):
+        spec.jpeg_quality, spec.max_pixels, skipped=self.skipped,
+        hashes=self.hashes):
       np.add.at(self.counts, np.asarray(batch['label'], np.int64), 1)
       yield batch
 
@@ -476,10 +509,14 @@ class _FolderSource:
           'from both train/ and val/.')
 
   def meta(self):
-    return {'classes': self.listing.classes,
+    listed = self.listing
+    return {'classes': listed.classes,
             'source': {'folder': self.root,
-                       'fingerprint': self.listing.fingerprint,
-                       'num_files': len(self.listing.files)}}
+                       'fingerprint': listed.fingerprint,
+                       'layout': listed.layout,
+                       'content': self._lib.content_digest(
+                           listed.classes, listed.files, self.hashes),
+                       'num_files': len(listed.files)}}
 
 
 def source_batches(spec: Spec, split: str):
