@@ -13,9 +13,9 @@ keeps at most two in flight, one running and one queued), evaluation with
 the centre crop and with 10 crops, compile time, peak memory (the device's
 own count where its backend reports one, and the process's RSS), and
 achieved GFLOP/s from the model's counted multiply-adds against the device's
-peak: from a table of published peaks for known
-accelerators (`peaks.PEAK_TFLOPS`), else a matmul of the compute dtype measured in
-the same run (CPU). `--batch_sizes` measures several batches one after
+peak: from a table of published peaks for known accelerators
+(`peaks.PEAK_TFLOPS`), else a matmul of the compute dtype measured in the
+same run (CPU). `--batch_sizes` measures several batches one after
 another (a list under "batches"). `--vs-torch` trains the same two-tower
 network (groups=2 convolutions, the paper's LRN per tower) in PyTorch in the
 same process, eager and under `torch.compile` (`torch_twin.py`; skip the latter

@@ -42,6 +42,7 @@ for tests of the runner, not for results.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -270,6 +271,7 @@ def shrink(config, steps: Optional[int] = 6, log_every: Optional[int] = None):
   return config
 
 
+@functools.lru_cache(maxsize=None)  # One process runs one checkout.
 def _commit() -> str:
   try:
     sha = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, text=True,
