@@ -175,6 +175,10 @@ def test_a_changed_folder_is_prepared_again(tmp_path, monkeypatch):
   assert len(writes) == 4
 
 
+def _read_only(*args, **kwargs):
+  raise PermissionError(13, 'Permission denied')
+
+
 def test_a_copy_with_new_mtimes_keeps_its_store(tmp_path, monkeypatch,
                                                 capsys):
   """A fresh copy of a folder (same names, sizes and contents, new mtimes)
@@ -187,25 +191,53 @@ def test_a_copy_with_new_mtimes_keeps_its_store(tmp_path, monkeypatch,
       os.makedirs(root / split / c)
       for i in range(2):
         (root / split / c / f'{i}.jpg').write_bytes(encode(rng))
+  (root / 'train' / 'cat' / 'bad.jpg').write_bytes(b'not an image')
   config = small_config(str(root))
   config.image_size, config.model.input_size = 40, 32
   writes = _count_writes(monkeypatch)
   before = store.get(config).split('train').meta['source']
   assert writes == ['train', 'validation']
-  for path in root.rglob('*.jpg'):  # What cp without -p does.
-    os.utime(path, ns=(1, 1))
+
+  def copy():  # What cp without -p does: new mtimes.
+    for path in root.rglob('*.jpg'):
+      os.utime(path, ns=(path.stat().st_mtime_ns + 10**9,) * 2)
+
+  copy()
+  # A store that cannot record the new fingerprint is kept all the same.
+  with monkeypatch.context() as m:
+    m.setattr(store.tempfile, 'mkstemp', _read_only)
+    assert store.get(config).split('train').meta['source'] == before
+  assert writes == ['train', 'validation']
   capsys.readouterr()
   after = store.get(config).split('train').meta['source']
   assert writes == ['train', 'validation']  # Kept: nothing rewritten.
   out = capsys.readouterr().out
-  assert "train: the files' times changed, not their contents (6 files" in out
+  assert "train: the files' times changed, not their contents (7 files" in out
   assert "validation: the files' times changed" in out
   assert after['content'] == before['content']
   assert after['fingerprint'] != before['fingerprint']
+  path = store.Spec.from_config(config).directory
+  assert sorted(os.listdir(os.path.join(path, 'train'))) == [
+      'data-00000.array_record', store.SPLIT_FILE]  # No temporary file left.
   # The new fingerprint is recorded: the next open reads no file.
-  monkeypatch.setattr(image_folder, 'read_content', None)
-  assert store.get(config).split('train').meta['source'] == after
+  with monkeypatch.context() as m:
+    m.setattr(image_folder, 'read_content', None)
+    assert store.get(config).split('train').meta['source'] == after
   assert writes == ['train', 'validation']
+  # A store written before the digest of contents is prepared again.
+  meta_path = os.path.join(path, 'validation', store.SPLIT_FILE)
+  with open(meta_path) as f:
+    meta = json.load(f)
+  del meta['source']['content'], meta['source']['layout']
+  with open(meta_path, 'w') as f:
+    json.dump(meta, f)
+  copy()
+  store.get(config)
+  assert writes == ['train', 'validation', 'validation']
+  assert 'the store predates the digest of contents' in capsys.readouterr().out
+  after = store.get(config).split('train').meta['source']
+  # A tfds store records neither: nothing to compare, no warning.
+  assert not train.images_changed({'store_fingerprint': None}, None, None)
   # A checkpoint trained on `before` resumes as on the same images.
   meta = {'store_fingerprint': before['fingerprint'],
           'store_content': before['content']}
@@ -214,15 +246,14 @@ def test_a_copy_with_new_mtimes_keeps_its_store(tmp_path, monkeypatch,
   # Only the fingerprint to go by (older checkpoints): a change.
   assert train.images_changed({'store_fingerprint': before['fingerprint']},
                               after['fingerprint'], after['content'])
-  monkeypatch.undo()
-  writes = _count_writes(monkeypatch)
   # One byte changed, the size kept: prepared again, a changed content.
   path = root / 'train' / 'dog' / '1.jpg'
   data = bytearray(path.read_bytes())
   data[-3] ^= 0xFF
   path.write_bytes(bytes(data))
   changed = store.get(config).split('train').meta['source']
-  assert writes == ['train']
+  assert writes[3:] == ['train']
+  assert 'their contents differ' in capsys.readouterr().out
   assert changed['content'] != before['content']
   assert changed['layout'] == before['layout']
   assert train.images_changed(meta, changed['fingerprint'],

@@ -16,8 +16,9 @@ neither tfds nor TensorFlow, nor the source):
   BASE/alexnet_jax_stores/<dataset>/store_<S>_<format>/<split>/
       data-NNNNN.array_record   the records
       split.json                what they hold: dataset, classes, size,
-                                format, source and its fingerprint, the
-                                files skipped as unreadable
+                                format, source and its fingerprint (and
+                                an image folder's layout and content
+                                digests), the files skipped as unreadable
       stats.npz                 (train) mean image and RGB PCA
 
 BASE is `store.dir`; else, for a tfds dataset, its `data_dir`; else tfds'
@@ -51,6 +52,7 @@ import io
 import json
 import os
 import shutil
+import tempfile
 import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -367,8 +369,9 @@ def _adopt_legacy_store(spec: Spec, root: str):
 
 def _changed_folder(prepared: Split, spec: Spec, split: str):
   """For an image-folder split whose folder is present (and store.check_source
-  is on): the folder's new listing if it differs from the store's, else
-  None. Costs one stat per file."""
+  is on): the folder's new listing if its files differ from the store's,
+  else None. Costs one stat per file; where only the mtimes differ, also a
+  read of every file (then the new fingerprint is recorded)."""
   if not spec.is_folder or not spec.check_source:
     return None
   from alexnet_jax.datasets import image_folder  # pylint: disable=g-import-not-at-top
@@ -384,23 +387,29 @@ def _changed_folder(prepared: Split, spec: Spec, split: str):
                len(listing.files), root, time.time() - start)
   if listing.fingerprint == source_meta.get('fingerprint'):
     return None
-  if (listing.layout == source_meta.get('layout') and
-      source_meta.get('content')):
+  then = source_meta.get('num_files')
+  then = '?' if then is None else f'{then:,}'
+  why = 'their names or sizes differ'
+  if 'content' not in source_meta:
+    why = ('their names, sizes or modification times differ, and the store '
+           'predates the digest of contents that tells a copy from a change')
+  elif listing.layout == source_meta.get('layout'):
     # The same names and sizes: a copy (new mtimes) or files rewritten in
     # place. Reading every file, without decoding, tells which.
     start = time.time()
     content, read = image_folder.read_content(root, listing)
     if content == source_meta['content']:
-      print(f'store: {root} {split}: the files\' times changed, not their '
-            f'contents ({len(listing.files):,} files, {_gb(read)} read in '
-            f'{time.time() - start:.1f} s); keeping the store.', flush=True)
+      message = (f"store: {root} {split}: the files' times changed, not "
+                 f'their contents ({len(listing.files):,} files, {_gb(read)} '
+                 f'read in {time.time() - start:.1f} s); keeping the store.')
+      logging.info(message)
+      print(message, flush=True)
       _record_fingerprint(prepared, listing.fingerprint)
       return None
-  then = source_meta.get('num_files')
-  then = '?' if then is None else f'{then:,}'
+    why = 'their contents differ'
   message = (f'store: {root} {split} changed since its store was written '
-             f'({len(listing.files):,} files now, {then} then; their names, '
-             'sizes or contents differ); preparing it again '
+             f'({len(listing.files):,} files now, {then} then; {why}); '
+             'preparing it again '
              '(--config.store.check_source=False skips this check).')
   logging.warning(message)
   print(message, flush=True)
@@ -413,13 +422,22 @@ def _record_fingerprint(prepared: Split, fingerprint: str):
   meta = dict(prepared.meta)
   meta['source'] = dict(meta['source'], fingerprint=fingerprint)
   path = os.path.join(prepared.path, SPLIT_FILE)
+  tmp = None
   try:
-    with open(path + '.tmp', 'w') as f:
+    # A file of its own, synced, then renamed over: a reader (another
+    # process on this store) sees the old record or the new, never half.
+    fd, tmp = tempfile.mkstemp(dir=prepared.path, prefix=SPLIT_FILE)
+    with os.fdopen(fd, 'w') as f:
       json.dump(meta, f, indent=1)
-    os.replace(path + '.tmp', path)
+      f.flush()
+      os.fsync(f.fileno())
+    os.chmod(tmp, os.stat(path).st_mode & 0o777)  # mkstemp's is 0600.
+    os.replace(tmp, path)
   except OSError as e:
-    logging.warning('Could not update %s (%s): the next run reads the '
-                    'folder\'s files again to compare them.', path,
+    if tmp and os.path.exists(tmp):
+      os.remove(tmp)
+    logging.warning("Could not update %s (%s): the next run reads the "
+                    "folder's files again to compare them.", path,
                     e.strerror)
     return
   prepared.meta = meta
