@@ -31,7 +31,8 @@ every finished row under the root is aggregated, whether this process trained
 it or not, into --out (default experiments/results/NAME): results.md (the
 table: mean and standard deviation over seeds beside the paper's numbers),
 results.json, a plot, command.txt (the commands and the git commit) and
-configs/ (every resolved config). `--aggregate_only` trains nothing.
+configs/ (every resolved config) and metrics/ (every trained run's
+metrics.jsonl). `--aggregate_only` trains nothing.
 The results directory is itself a record of finished runs: the rows already
 in its results.json (with their configs/) are kept and, for the same config,
 not trained again, so a committed results directory grows by seeds or
@@ -46,6 +47,7 @@ import functools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -461,6 +463,7 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
       with open(os.path.join(out, 'configs', f'{v.slug}_seed{r["seed"]}.json'),
                 'w') as f:
         json.dump(r.pop('config'), f, indent=2, sort_keys=True)
+      _keep_metrics(out, v, r)
   rows = {v.slug: rows[v.slug] for v in shown}
   summary = exp.summarise(shown, rows)
   command = 'python -m experiments.run ' + ' '.join(argv or [name])
@@ -488,6 +491,20 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
   exp.plot(summary, os.path.join(out, 'results.png'), name)
   print(f'[{name}] wrote {out}/results.md')
   return summary
+
+
+def _keep_metrics(out: str, variant: Variant, row: Dict):
+  """Copies a run's metrics.jsonl to out/metrics/, so that its curves outlive
+  the workdir. An evaluation-only variant trained nothing of its own (its
+  curves are the base's); a recorded row whose workdir is gone keeps the copy
+  made when it ran."""
+  source = os.path.join(row.get('workdir', ''), 'metrics.jsonl')
+  if variant.eval_only or not os.path.isfile(source):
+    return
+  os.makedirs(os.path.join(out, 'metrics'), exist_ok=True)
+  target = os.path.join(out, 'metrics', f'{variant.slug}_seed{row["seed"]}.jsonl')
+  shutil.copyfile(source, target + '.tmp')
+  os.replace(target + '.tmp', target)
 
 
 def _trained_at(rows: Dict[str, List[Dict]]) -> str:

@@ -41,6 +41,13 @@ def test_ablations_runner_at_toy_size(digits_dir, tmp_path, monkeypatch):
   assert sorted(os.listdir(os.path.join(out, 'configs'))) == [
       f'{v}_seed{s}.json' for v in ('base', 'centre_crop_at_test')
       for s in (0, 1)]
+  # Each trained run's metrics outlive its workdir; the evaluation-only
+  # variant trained nothing of its own.
+  assert sorted(os.listdir(os.path.join(out, 'metrics'))) == [
+      'base_seed0.jsonl', 'base_seed1.jsonl']
+  with open(os.path.join(out, 'metrics', 'base_seed1.jsonl')) as f:
+    assert f.read() == open(os.path.join(
+        runs['base'][1]['workdir'], 'metrics.jsonl')).read()
   with open(os.path.join(out, 'configs', 'centre_crop_at_test_seed1.json')) as f:
     config = json.load(f)
   assert config['eval_crops'] == 1 and config['seed'] == 1
