@@ -334,6 +334,19 @@ class _Run:
   profiler: 'Profiler'
 
 
+def _check_classes(trained, now, store_root: str, workdir: str):
+  """Refuses to resume on a store whose classes are not those the run trained
+  on: with the same count, the labels would silently mean other classes."""
+  if not trained or not now or list(trained) == list(now):
+    return
+  changed = next((f'{a!r} is now {b!r}' for a, b in zip(trained, now)
+                  if a != b), f'{len(trained)} classes are now {len(now)}')
+  raise errors.DataError(
+      f'the store in {store_root} has other classes than this run trained on '
+      f'({workdir}/{workdir_lib.CLASSES_FILE}: {changed}); resume with the '
+      'data it trained on, or train in a new --workdir.')
+
+
 def images_changed(meta: checkpoint.Meta, fingerprint: Optional[str],
                    content: Optional[str]) -> bool:
   """Whether the training split's images differ from those a checkpoint
@@ -406,7 +419,10 @@ def _start(config, workdir) -> _Run:
   stats = _run_stats(workdir, source, start_step > 0, lambda: stats_lib.load(
       data, spec.splits[0], spec.image_size, config.augment.mean,
       config.augment.pca_lighting))
-  workdir_lib.save_class_names(workdir, class_names)
+  if start_step:
+    _check_classes(workdir_lib.saved_class_names(workdir), class_names,
+                   data.root, workdir)
+  workdir_lib.save_class_names(workdir, class_names, overwrite=not start_step)
   log = metrics_log.MetricsLog(workdir)
   log.roll_back(start_step)
 

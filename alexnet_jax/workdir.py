@@ -19,7 +19,7 @@ through this module. A checkpoint's own config (in meta/) is the authority;
 
 import json
 import os
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from absl import logging
 import jax
@@ -146,14 +146,20 @@ def save_class_names(workdir: str, names, overwrite: bool = False):
     json.dump(names, f)
 
 
+def saved_class_names(workdir: str) -> Optional[List[str]]:
+  """The class names saved with the run, or None."""
+  path = os.path.join(workdir, CLASSES_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def class_names(workdir: str, num_classes: int):
   """The dataset's class names saved with the run, else 'class i'."""
-  path = os.path.join(workdir, CLASSES_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      names = json.load(f)
-    if len(names) == num_classes:
-      return names
+  names = saved_class_names(workdir)
+  if names and len(names) == num_classes:
+    return names
   return [f'class {i}' for i in range(num_classes)]
 
 

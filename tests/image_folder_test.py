@@ -310,6 +310,32 @@ def test_wrong_class_count_names_the_fix(folder, tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
 
 
+@pytest.mark.slow
+def test_resuming_on_other_classes_names_the_fix(tmp_path):
+  root = str(tmp_path / 'images')
+  _folder(root, {'train': {'cat': 3, 'dog': 3}, 'val': {'cat': 1, 'dog': 1}})
+  config = small_config(root, tmp_path / 'stores')
+  config.model.num_classes = 2
+  config.batch_size = config.eval_batch_size = 2
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  # Same count, other classes: the checkpoint's labels would mean others.
+  for split in ('train', 'val'):
+    os.rename(os.path.join(root, split, 'dog'), os.path.join(root, split, 'fox'))
+  before = snapshot(workdir)
+  config.num_train_steps = 4
+  with pytest.raises(errors.DataError, match=r"classes.json: 'dog' is now "
+                     r"'fox'\); resume with the data it trained on, or train "
+                     r'in a new --workdir\.') as e:
+    train.train_and_evaluate(config, workdir)
+  assert '\n' not in str(e.value)
+  assert snapshot(workdir) == before  # Nothing of the run is lost.
+  # A new workdir trains on them, and names them.
+  train.train_and_evaluate(config, str(tmp_path / 'new'))
+  with open(tmp_path / 'new' / 'classes.json') as f:
+    assert json.load(f) == ['cat', 'fox']
+
+
 def _folder(root, layout):
   rng = np.random.RandomState(0)
   for split, classes in layout.items():
