@@ -30,7 +30,7 @@ resumed, not repeated, when the command is run again, and `--variants A
 every finished row under the root is aggregated, whether this process trained
 it or not, into --out (default experiments/results/NAME): results.md (the
 table: mean and standard deviation over seeds beside the paper's numbers),
-results.json, a plot, command.txt (the commands and the git commit) and
+results.json, a plot, command.txt (the commands, git commits and machines) and
 configs/ (every resolved config) and metrics/ (every trained run's
 metrics.jsonl). `--aggregate_only` trains nothing.
 The results directory is itself a record of finished runs: the rows already
@@ -46,6 +46,7 @@ import dataclasses
 import functools
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -444,7 +445,7 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
       # The code that trained it: rows of one table may come from several
       # sessions and commits.
       row = dict(exp.row(workdir, result, seed), config=config.to_dict(),
-                 commit=_commit())
+                 commit=_commit(), machine=_machine())
       with open(row_file(workdir, v) + '.tmp', 'w') as f:
         json.dump(row, f, default=repr)
       os.replace(row_file(workdir, v) + '.tmp', row_file(workdir, v))
@@ -481,7 +482,8 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
              os.path.join(out, 'results.json'))
   with open(os.path.join(out, 'command.txt'), 'w') as f:
     f.write('\n'.join(commands) + f'\n# aggregated by commit {_commit()}\n'
-            f'# runs trained at: {trained}\n# this '
+            f'# runs trained at: {trained}\n'
+            f'# runs trained on: {_trained_on(rows)}\n# this '
             f'invocation: {time.time() - start:.0f} s (runs finished earlier '
             'are reused, not trained again)\n')
   with open(os.path.join(out, 'results.md'), 'w') as f:
@@ -505,6 +507,31 @@ def _keep_metrics(out: str, variant: Variant, row: Dict):
   target = os.path.join(out, 'metrics', f'{variant.slug}_seed{row["seed"]}.jsonl')
   shutil.copyfile(source, target + '.tmp')
   os.replace(target + '.tmp', target)
+
+
+def _machine() -> str:
+  """What trained a run, for command.txt: CPUs, devices, jax."""
+  import jax  # pylint: disable=g-import-not-at-top
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo') as f:
+      cpu = next((line.split(':', 1)[1].strip() for line in f
+                  if line.startswith('model name')), cpu)
+  except OSError:
+    pass
+  device = jax.devices()[0]
+  return (f'{os.cpu_count()} x {cpu}; {jax.device_count()} x '
+          f'{device.device_kind} ({device.platform}); jax {jax.__version__}')
+
+
+def _trained_on(rows: Dict[str, List[Dict]]) -> str:
+  """Which machine trained which (variant, seed)."""
+  by_machine = {}
+  for slug, found in rows.items():
+    for r in found:
+      machine = r.get('machine') or 'not recorded'
+      by_machine.setdefault(machine, []).append(f'{slug} seed {r["seed"]}')
+  return '; '.join(f'{m}: {", ".join(runs)}' for m, runs in by_machine.items())
 
 
 def _trained_at(rows: Dict[str, List[Dict]]) -> str:

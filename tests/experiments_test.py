@@ -37,6 +37,11 @@ def test_ablations_runner_at_toy_size(digits_dir, tmp_path, monkeypatch):
   assert 'Toy size' in table and '+1.5 / +1.3 (Section 6' in table
   assert '| centre crop at test |' in table and 'Caveat:' in table
   assert 'runs trained at: ' in table and 'base seed 1' in table
+  # command.txt names the machine that trained each run.
+  assert all('jax ' in r['machine'] for rs in runs.values() for r in rs)
+  command_txt = open(os.path.join(out, 'command.txt')).read()
+  assert f"# runs trained on: {runs['base'][0]['machine']}: base seed 0" in (
+      command_txt)
   assert os.path.exists(os.path.join(out, 'results.png'))
   assert sorted(os.listdir(os.path.join(out, 'configs'))) == [
       f'{v}_seed{s}.json' for v in ('base', 'centre_crop_at_test')
