@@ -239,6 +239,57 @@ def labels_from_folders(paths: Sequence[str], class_names: Sequence[str]):
   return labels if any(l is not None for l in labels) else None
 
 
+def spread_over_classes(paths: Sequence[str], n: int) -> List[str]:
+  """`n` of the sorted `paths`, taken in turn from each folder (class), so
+  that a sorted val/ gives one image of each of n classes, not n of the
+  first class."""
+  groups = {}
+  for p in paths:
+    groups.setdefault(os.path.dirname(p), []).append(p)
+  out = []
+  for rank in range(max(map(len, groups.values()), default=0)):
+    out += [g[rank] for g in groups.values() if rank < len(g)]
+  return out[:n]
+
+
+def figure4_table(paths, probs, class_names, labels=None, neighbours=None,
+                  distances=None, images_root='', gallery_root='',
+                  gallery_labels=None) -> Dict:
+  """Figure 4 without its photos (committable, as the datasets' images are
+  not): each query's file, true class, top-5 and, with a gallery, its
+  nearest gallery files by fc7 distance with their classes. `neighbours`:
+  per query, (gallery file, gallery index, distance) tuples."""
+  names = [str(n) for n in class_names]
+  rel = lambda p, root: os.path.relpath(p, root) if root else p
+  queries = []
+  for i, p in enumerate(paths):
+    order = np.argsort(-probs[i])[:min(5, probs.shape[1])]
+    q = {'image': rel(p, images_root),
+         'label': None if labels is None or labels[i] is None
+                  else names[labels[i]],
+         'top5': [[names[j], round(float(probs[i][j]), 4)] for j in order]}
+    if neighbours is not None:
+      q['neighbours'] = [
+          {'image': rel(path, gallery_root),
+           'label': None if gallery_labels is None or
+                    gallery_labels[j] is None else names[gallery_labels[j]],
+           'fc7_distance': round(float(d), 3)}
+          for path, j, d in neighbours[i]]
+      if q['label'] is not None:
+        q['same_class'] = sum(n['label'] == q['label']
+                              for n in q['neighbours'])
+    queries.append(q)
+  out = {'queries': queries}
+  if labels is not None:
+    out['top1_correct'] = sum(q['label'] == q['top5'][0][0] for q in queries)
+    out['top5_correct'] = sum(q['label'] in [t[0] for t in q['top5']]
+                              for q in queries)
+  if neighbours is not None and all('same_class' in q for q in queries):
+    out['neighbours_same_class'] = sum(q['same_class'] for q in queries)
+    out['neighbours'] = sum(len(q['neighbours']) for q in queries)
+  return out
+
+
 def main(argv=None):
   from alexnet_jax import features  # pylint: disable=g-import-not-at-top
   from alexnet_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
@@ -251,6 +302,9 @@ def main(argv=None):
   parser.add_argument('--images', help='images for Figure 4 (top-5 bars, '
                       'and the queries of the retrieval figure)')
   parser.add_argument('--max_images', type=int, default=8)
+  parser.add_argument('--pick', choices=('spread', 'first'), default='spread',
+                      help="which --images: 'spread' takes them in turn from "
+                      "each class folder, 'first' the first in sorted order")
   parser.add_argument('--gallery', help='gallery images for retrieval')
   parser.add_argument('--neighbours', type=int, default=6)
   args = parser.parse_args(argv)
@@ -267,23 +321,36 @@ def main(argv=None):
     if os.path.exists(metrics):
       written.append(curves(metrics, os.path.join(args.out, 'curves.png')))
     if args.images:
-      paths = features.image_files(args.images)[:args.max_images]
+      paths = features.image_files(args.images)
+      paths = (spread_over_classes(paths, args.max_images)
+               if args.pick == 'spread' else paths[:args.max_images])
       size = net.config.image_size
       shown = [features.load_image(p, size) for p in paths]
       probs = net.extract(shown, layer='probs')
       names = workdir_lib.class_names(workdir, probs.shape[1])
+      labels = labels_from_folders(paths, names)
       written.append(top5(shown, probs, names,
-                          os.path.join(args.out, 'top5.png'),
-                          labels=labels_from_folders(paths, names)))
+                          os.path.join(args.out, 'top5.png'), labels=labels))
+      found = gallery_labels = None
       if args.gallery:
         gallery_paths = features.image_files(args.gallery)
+        gallery_labels = labels_from_folders(gallery_paths, names)
         gallery = net.extract(gallery_paths, progress=True)
-        idx, _ = features.nearest(net.extract(shown), gallery,
-                                  args.neighbours)
+        idx, dist = features.nearest(net.extract(shown), gallery,
+                                     args.neighbours)
+        found = [[(gallery_paths[j], j, d) for j, d in zip(row, ds)]
+                 for row, ds in zip(idx, dist)]
         neighbours = [[features.load_image(gallery_paths[j], size)
                        for j in row] for row in idx]
         written.append(retrieval(shown, neighbours,
                                  os.path.join(args.out, 'retrieval.png')))
+      table = os.path.join(args.out, 'figure4.json')
+      with open(table, 'w') as f:
+        json.dump(figure4_table(paths, probs, names, labels, found,
+                                images_root=args.images,
+                                gallery_root=args.gallery or '',
+                                gallery_labels=gallery_labels), f, indent=1)
+      written.append(table)
   except errors.UserError as e:
     return cli.error(str(e), prog='alexnet_jax.viz')
   print('wrote ' + ', '.join(written))

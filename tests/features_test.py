@@ -174,6 +174,17 @@ def test_figures(run, tmp_path):
     assert png.shape[0] > 100 and png.shape[1] > 100 and png.std() > 0, name
   # The run saved its class names for the top-5 labels.
   assert workdir_lib.class_names(workdir, 10) == [str(i) for i in range(10)]
+  # Figure 4 without photos: with the queries as the gallery, each query's
+  # nearest is itself, at fc7 distance 0, and the rest are farther.
+  with open(out / 'figure4.json') as f:
+    table = json.load(f)
+  assert [q['image'] for q in table['queries']] == [f'{i}.png' for i in range(6)]
+  for q in table['queries']:
+    assert len(q['top5']) == 5 and q['label'] is None
+    near = q['neighbours']
+    assert near[0]['image'] == q['image'] and near[0]['fc7_distance'] < 1e-2
+    assert [n['fc7_distance'] for n in near] == sorted(
+        n['fc7_distance'] for n in near) and len(near) == 3
 
   # Figure 3's grid: every kernel scaled to [0, 1] in its own cell.
   kernels = np.random.RandomState(0).randn(11, 11, 3, 48)

@@ -107,3 +107,19 @@ def test_true_labels_from_the_images_folders():
   assert viz.labels_from_folders(['v/dog/1.jpg', 'v/cat/2.jpg', 'x/3.jpg'],
                                  names) == [1, 0, None]
   assert viz.labels_from_folders(['x/3.jpg'], names) is None
+  # A sorted val/ gives one image of each class first, not the first class's.
+  paths = ['v/cat/1.jpg', 'v/cat/2.jpg', 'v/cat/3.jpg', 'v/dog/1.jpg',
+           'v/eel/1.jpg', 'v/eel/2.jpg']
+  assert viz.spread_over_classes(paths, 5) == [
+      'v/cat/1.jpg', 'v/dog/1.jpg', 'v/eel/1.jpg', 'v/cat/2.jpg', 'v/eel/2.jpg']
+  probs = np.array([[0.1, 0.7, 0.2], [0.6, 0.3, 0.1]])
+  table = viz.figure4_table(
+      ['v/dog/1.jpg', 'v/cat/1.jpg'], probs, ['cat', 'dog', 'eel'], [1, 0],
+      [[('t/dog/a.jpg', 0, 1.0), ('t/cat/b.jpg', 1, 2.0)],
+       [('t/cat/b.jpg', 1, 0.5), ('t/dog/a.jpg', 0, 3.0)]],
+      images_root='v', gallery_root='t', gallery_labels=[1, 0])
+  assert table['queries'][0]['image'] == 'dog/1.jpg'
+  assert table['queries'][0]['top5'][0] == ['dog', 0.7]
+  assert table['top1_correct'] == 2 and table['top5_correct'] == 2
+  assert [q['same_class'] for q in table['queries']] == [1, 1]
+  assert table['neighbours_same_class'] == 2 and table['neighbours'] == 4
