@@ -344,7 +344,8 @@ def _check_classes(trained, now, store_root: str, workdir: str):
   raise errors.DataError(
       f'the store in {store_root} has other classes than this run trained on '
       f'({workdir}/{workdir_lib.CLASSES_FILE}: {changed}); resume with the '
-      'data it trained on, or train in a new --workdir.')
+      'data it trained on, train in a new --workdir, or, if it did train on '
+      f'this store, delete {workdir_lib.CLASSES_FILE}.')
 
 
 def images_changed(meta: checkpoint.Meta, fingerprint: Optional[str],
@@ -406,6 +407,9 @@ def _start(config, workdir) -> _Run:
     # config.json is this run's, not that of an attempt that failed earlier.
     workdir_lib.prepare(workdir, config, overwrite=True)
   if start_step:
+    # Before anything is written to the workdir or computed from the data.
+    _check_classes(workdir_lib.saved_class_names(workdir), class_names,
+                   data.root, workdir)
     logging.info('Resuming from step %d (epoch %.2f).', start_step,
                  durations.epoch(start_step))
   fingerprint, content = (train_split.meta.get('source', {}).get(k)
@@ -419,9 +423,6 @@ def _start(config, workdir) -> _Run:
   stats = _run_stats(workdir, source, start_step > 0, lambda: stats_lib.load(
       data, spec.splits[0], spec.image_size, config.augment.mean,
       config.augment.pca_lighting))
-  if start_step:
-    _check_classes(workdir_lib.saved_class_names(workdir), class_names,
-                   data.root, workdir)
   workdir_lib.save_class_names(workdir, class_names, overwrite=not start_step)
   log = metrics_log.MetricsLog(workdir)
   log.roll_back(start_step)

@@ -1,4 +1,5 @@
-"""The paper's figures from a trained network, as PNG files.
+"""The paper's figures from a trained network, as PNG files (and Figure 4
+without its photos as figure4.json).
 
   Figure 3        conv1's kernels, one block per tower (the paper saw
                   colour-agnostic kernels on one GPU, colour-specific on the
@@ -279,8 +280,10 @@ def figure4_table(paths, probs, class_names, labels=None, neighbours=None,
         q['same_class'] = sum(n['label'] == q['label']
                               for n in q['neighbours'])
     queries.append(q)
-  out = {'queries': queries}
+  out = {'images': images_root, 'gallery': gallery_root or None,
+         'queries': queries}
   if labels is not None:
+    out['labelled'] = sum(q['label'] is not None for q in queries)
     out['top1_correct'] = sum(q['label'] == q['top5'][0][0] for q in queries)
     out['top5_correct'] = sum(q['label'] in [t[0] for t in q['top5']]
                               for q in queries)
@@ -298,7 +301,8 @@ def main(argv=None):
       description="The paper's figures for a trained AlexNet, as PNG files.")
   parser.add_argument('--workdir', required=True,
                       help='a training workdir, or WORKDIR/checkpoints/STEP')
-  parser.add_argument('--out', required=True, help='directory for the PNGs')
+  parser.add_argument('--out', required=True,
+                      help='directory for the PNGs and JSON files')
   parser.add_argument('--images', help='images for Figure 4 (top-5 bars, '
                       'and the queries of the retrieval figure)')
   parser.add_argument('--max_images', type=int, default=8)

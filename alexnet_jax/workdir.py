@@ -139,11 +139,15 @@ def read_stats(path: str) -> stats_lib.Stats:
 def save_class_names(workdir: str, names, overwrite: bool = False):
   """The dataset's class names beside the checkpoints (for the figures)."""
   path = os.path.join(workdir, CLASSES_FILE)
-  if (jax.process_index() or (os.path.exists(path) and not overwrite) or
-      not names):
+  if jax.process_index() or (os.path.exists(path) and not overwrite):
     return
-  with open(path, 'w') as f:
+  if not names:  # A fresh run of unnamed classes keeps no stale names.
+    if os.path.exists(path):
+      os.remove(path)
+    return
+  with open(path + '.tmp', 'w') as f:
     json.dump(names, f)
+  os.replace(path + '.tmp', path)
 
 
 def saved_class_names(workdir: str) -> Optional[List[str]]:

@@ -470,7 +470,7 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
   command = 'python -m experiments.run ' + ' '.join(argv or [name])
   commands = _commands(out, command)
   n_seeds = max(len(r) for r in rows.values())
-  trained = _trained_at(rows)
+  trained = _grouped(rows, 'commit', '; ')
   default_base = config_file is None
   with open(os.path.join(out, 'results.json.tmp'), 'w') as f:
     json.dump({'experiment': name, 'command': command, 'commands': commands,
@@ -483,7 +483,7 @@ def run_experiment(name: str, seeds: int = 3, variants: Optional[List[str]] = No
   with open(os.path.join(out, 'command.txt'), 'w') as f:
     f.write('\n'.join(commands) + f'\n# aggregated by commit {_commit()}\n'
             f'# runs trained at: {trained}\n'
-            f'# runs trained on: {_trained_on(rows)}\n# this '
+            f"# runs trained on: {_grouped(rows, 'machine', ' | ')}\n# this "
             f'invocation: {time.time() - start:.0f} s (runs finished earlier '
             'are reused, not trained again)\n')
   with open(os.path.join(out, 'results.md'), 'w') as f:
@@ -504,7 +504,8 @@ def _keep_metrics(out: str, variant: Variant, row: Dict):
   if variant.eval_only or not os.path.isfile(source):
     return
   os.makedirs(os.path.join(out, 'metrics'), exist_ok=True)
-  target = os.path.join(out, 'metrics', f'{variant.slug}_seed{row["seed"]}.jsonl')
+  target = os.path.join(out, 'metrics',
+                        f'{variant.slug}_seed{row["seed"]}.jsonl')
   shutil.copyfile(source, target + '.tmp')
   os.replace(target + '.tmp', target)
 
@@ -520,29 +521,19 @@ def _machine() -> str:
   except OSError:
     pass
   device = jax.devices()[0]
-  return (f'{os.cpu_count()} x {cpu}; {jax.device_count()} x '
-          f'{device.device_kind} ({device.platform}); jax {jax.__version__}')
+  return (f'{os.cpu_count()} x {cpu}, {jax.device_count()} x '
+          f'{device.device_kind} ({device.platform}), jax {jax.__version__}')
 
 
-def _trained_on(rows: Dict[str, List[Dict]]) -> str:
-  """Which machine trained which (variant, seed)."""
-  by_machine = {}
+def _grouped(rows: Dict[str, List[Dict]], key: str, sep: str) -> str:
+  """Which `key` (commit, machine) ran which (variant, seed), e.g. 'abc1234:
+  base seed 0, no_lrn seed 0'."""
+  groups = {}
   for slug, found in rows.items():
     for r in found:
-      machine = r.get('machine') or 'not recorded'
-      by_machine.setdefault(machine, []).append(f'{slug} seed {r["seed"]}')
-  return '; '.join(f'{m}: {", ".join(runs)}' for m, runs in by_machine.items())
-
-
-def _trained_at(rows: Dict[str, List[Dict]]) -> str:
-  """Which commit trained which (variant, seed), e.g. 'abc1234: base seed
-  0, no_lrn seed 0'."""
-  by_commit = {}
-  for slug, found in rows.items():
-    for r in found:
-      commit = r.get('commit') or 'not recorded'
-      by_commit.setdefault(commit, []).append(f'{slug} seed {r["seed"]}')
-  return '; '.join(f'{c}: {", ".join(runs)}' for c, runs in by_commit.items())
+      groups.setdefault(r.get(key) or 'not recorded', []).append(
+          f'{slug} seed {r["seed"]}')
+  return sep.join(f'{g}: {", ".join(runs)}' for g, runs in groups.items())
 
 
 def _commands(out: str, command: str) -> List[str]:

@@ -427,6 +427,6 @@ def test_ablation_table_shows_no_spread_for_one_seed_and_who_trained_it():
                        default_base=False)
   assert '| base | 25.00 ± 7.07 | 2.50 ± 0.71 |' in table
   assert '| no LRN | 25.00 ± 0.00 | 2.50 ± 0.00 | +0.0 ± 7.07 |' in table
-  assert run._trained_at(two) == (  # pylint: disable=protected-access
+  assert run._grouped(two, 'commit', '; ') == (  # pylint: disable=protected-access
       'not recorded: base seed 0, no_lrn seed 0; aaa: base seed 1, '
       'no_lrn seed 1')

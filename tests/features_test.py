@@ -178,7 +178,8 @@ def test_figures(run, tmp_path):
   # nearest is itself, at fc7 distance 0, and the rest are farther.
   with open(out / 'figure4.json') as f:
     table = json.load(f)
-  assert [q['image'] for q in table['queries']] == [f'{i}.png' for i in range(6)]
+  assert [q['image'] for q in table['queries']] == [
+      f'{i}.png' for i in range(6)]
   for q in table['queries']:
     assert len(q['top5']) == 5 and q['label'] is None
     near = q['neighbours']

@@ -321,16 +321,21 @@ def test_resuming_on_other_classes_names_the_fix(tmp_path):
   train.train_and_evaluate(config, workdir)
   # Same count, other classes: the checkpoint's labels would mean others.
   for split in ('train', 'val'):
-    os.rename(os.path.join(root, split, 'dog'), os.path.join(root, split, 'fox'))
+    os.rename(os.path.join(root, split, 'dog'),
+              os.path.join(root, split, 'fox'))
   before = snapshot(workdir)
   config.num_train_steps = 4
   with pytest.raises(errors.DataError, match=r"classes.json: 'dog' is now "
-                     r"'fox'\); resume with the data it trained on, or train "
-                     r'in a new --workdir\.') as e:
+                     r"'fox'\); resume with the data it trained on, train in "
+                     r'a new --workdir, or, if it did train on this store, '
+                     r'delete classes.json\.') as e:
     train.train_and_evaluate(config, workdir)
   assert '\n' not in str(e.value)
   assert snapshot(workdir) == before  # Nothing of the run is lost.
-  # A new workdir trains on them, and names them.
+  # A fresh start trains on them and names them, over a stale classes.json
+  # (an attempt that failed before its first checkpoint).
+  (tmp_path / 'new').mkdir()
+  (tmp_path / 'new' / 'classes.json').write_text('["cat", "dog"]')
   train.train_and_evaluate(config, str(tmp_path / 'new'))
   with open(tmp_path / 'new' / 'classes.json') as f:
     assert json.load(f) == ['cat', 'fox']

@@ -123,3 +123,10 @@ def test_true_labels_from_the_images_folders():
   assert table['top1_correct'] == 2 and table['top5_correct'] == 2
   assert [q['same_class'] for q in table['queries']] == [1, 1]
   assert table['neighbours_same_class'] == 2 and table['neighbours'] == 4
+  assert table['labelled'] == 2 and table['gallery'] == 't'
+  # Without a gallery or labels: the top-5 alone, and nothing counted.
+  alone = viz.figure4_table(['x/1.jpg'], probs[:1], ['cat', 'dog', 'eel'],
+                            [None])
+  assert alone['labelled'] == 0 and alone['top1_correct'] == 0
+  assert 'neighbours' not in alone['queries'][0] and 'neighbours' not in alone
+  assert [t[0] for t in alone['queries'][0]['top5']] == ['dog', 'eel', 'cat']
