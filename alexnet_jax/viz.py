@@ -254,8 +254,7 @@ def spread_over_classes(paths: Sequence[str], n: int) -> List[str]:
 
 
 def figure4_table(paths, probs, class_names, labels=None, neighbours=None,
-                  distances=None, images_root='', gallery_root='',
-                  gallery_labels=None) -> Dict:
+                  images_root='', gallery_root='', gallery_labels=None) -> Dict:
   """Figure 4 without its photos (committable, as the datasets' images are
   not): each query's file, true class, top-5 and, with a gallery, its
   nearest gallery files by fc7 distance with their classes. `neighbours`:
